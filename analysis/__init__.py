@@ -1,0 +1,1 @@
+"""memekit.analysis: what can be measured (spectra, priors, FID, data loading, plots)."""

@@ -1,0 +1,1 @@
+"""memekit.search: what decides (training, Optuna studies, workers, export, the CLI)."""

@@ -1,0 +1,55 @@
+"""The ``memekit`` command line: thin argparse subcommands over the Python API.
+
+Each command module registers its subparsers with ``register(subparsers)`` and attaches a
+``run(args) -> int`` through ``set_defaults``. User errors (:class:`MemekitError`) print one line
+and exit with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from memekit.space.errors import MemekitError
+
+# modules under memekit.search that add subcommands, in help order
+COMMAND_MODULES = ("cli_space",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memekit",
+        description="Architecture search for multi-expert diffusion models (MEME).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"memekit.search.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except MemekitError as err:
+        if args.debug:
+            raise
+        print(f"memekit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("memekit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - last-resort one-line report
+        if args.debug:
+            raise
+        print(f"memekit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

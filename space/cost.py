@@ -1,0 +1,131 @@
+"""Cost model: parameters, MACs per forward, MACs of a sampling trajectory, latency.
+
+The counter is ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, linear layers,
+matrix products and attention; elementwise ops, norms and pooling are not counted), extended
+with a formula for the CPU flash-attention kernel that PyTorch leaves at 0:
+``FLOPs = 2 B H S_q S_k d_qk + 2 B H S_q S_k d_v`` (QK^T and AV). memekit reports
+**MACs = FLOPs / 2** for one sample (batch 1) unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .diffusion import ddim_timesteps
+from .expert import build_expert
+from .spec import ExpertSpec, MemeSpec
+
+COUNTER_NAME = "torch FlopCounterMode + SDPA formula (MACs = FLOPs/2)"
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of softmax(QK^T)V for shapes (B, H, S_q, d_qk), (B, H, S_k, d_qk), (B, H, S_k, d_v)."""
+    b, h, s_q, d_qk = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * b * h * s_q * s_k * d_qk + 2 * b * h * s_q * s_k * d_v
+
+
+SDPA_FLOP_MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of running ``fn()`` once (forward only, no autograd)."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=SDPA_FLOP_MAPPING) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def expert_macs(spec: ExpertSpec, model: nn.Module | None = None) -> int:
+    """MACs of one expert forward for a single image (batch 1) at ``spec.resolution``."""
+    model = build_expert(spec) if model is None else model
+    device = next(model.parameters()).device
+    x = torch.zeros(1, spec.image_channels, spec.resolution, spec.resolution, device=device)
+    t = torch.zeros(1, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        return count_flops(lambda: model(x, t)) // 2
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class ExpertCost:
+    """Cost of one expert: its interval, parameters, MACs per forward and steps it serves."""
+
+    interval: tuple[int, int]
+    params: int
+    macs: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class SpecCost:
+    """Cost of a whole MemeSpec over an S-step DDIM trajectory (batch 1)."""
+
+    experts: tuple[ExpertCost, ...]
+    sampling_steps: int
+
+    @property
+    def params(self) -> int:
+        return sum(e.params for e in self.experts)
+
+    @property
+    def trajectory_macs(self) -> int:
+        return sum(e.macs * e.steps for e in self.experts)
+
+    @property
+    def mean_macs_per_step(self) -> float:
+        return self.trajectory_macs / self.sampling_steps
+
+
+def trajectory_steps(spec: MemeSpec, sampling_steps: int) -> list[int]:
+    """How many of the S DDIM steps each expert serves (the step's t picks the expert)."""
+    counts = [0] * spec.n_experts
+    for t in ddim_timesteps(spec.diffusion.timesteps, sampling_steps):
+        counts[spec.expert_for(t)] += 1
+    return counts
+
+
+def spec_cost(spec: MemeSpec, sampling_steps: int = 50) -> SpecCost:
+    """Parameters and MACs of every expert, and the MACs of an S-step sampling trajectory."""
+    steps = trajectory_steps(spec, sampling_steps)
+    cache: dict[ExpertSpec, tuple[int, int]] = {}
+    experts = []
+    for n, expert in enumerate(spec.experts):
+        if expert not in cache:
+            with torch.device("cpu"):
+                model = build_expert(expert)
+            cache[expert] = (count_params(model), expert_macs(expert, model))
+        params, macs = cache[expert]
+        experts.append(ExpertCost(spec.intervals[n], params, macs, steps[n]))
+    return SpecCost(tuple(experts), sampling_steps)
+
+
+def measure_latency(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
+                    device: torch.device | str | None = None) -> float:
+    """Median wall time of ``fn()`` in seconds after ``warmup`` calls; CUDA-synchronised."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,0 +1,73 @@
+"""Named MemeSpecs, one table at 32 and 64 px.
+
+Sizing follows the paper's LDM-L / LDM-S ratio: a small expert (base width 32) costs about a
+third of ``single-large`` (base width 56) per step, so 4 small experts sample ~3x cheaper.
+
+| preset | experts | architecture | intervals | p_n |
+|---|---|---|---|---|
+| ``single-large`` | 1 | width 56, LDM-like (conv stage 0, attention deeper) | [0, T) | 1 |
+| ``single-small`` | 1 | width 32, LDM-like | [0, T) | 1 |
+| ``multi-same`` | 4 | width 32, LDM-like, all identical | uniform | 0.8, 0.4, 0.2, 0.1 |
+| ``meme-paper`` | 4 | width 32, inception mixers, share rising with depth and noise | uniform | 0.8, 0.4, 0.2, 0.1 |
+
+"LDM-like" mixers have ``attention_share = (0, 1, 1, 1)``: a conv-only top level and pure
+self-attention below it, the plain U-Net baseline of the paper (attention at latent 32/16/8).
+``meme-paper``'s shares follow MEME's two rules and its reported end-expert ratios (stage-2
+conv:attention 5:8 for the cleanest expert vs 1:4 for the noisiest; deepest stage 1:3 vs 1:15),
+rounded to the head grid. Experts are listed from the lowest noise (small t) to the highest.
+"""
+
+from __future__ import annotations
+
+from .errors import SpecError
+from .spec import DiffusionSpec, ExpertSpec, MemeSpec, uniform_intervals
+
+RESOLUTIONS = (32, 64)
+PAPER_SOFT_ASSIGNMENT = (0.8, 0.4, 0.2, 0.1)
+LDM_LIKE_SHARE = (0.0, 1.0, 1.0, 1.0)
+# per expert, lowest noise first; per stage, shallow to deep
+MEME_PAPER_SHARES = (
+    (0.25, 0.625, 0.75, 0.75),
+    (0.25, 0.625, 0.75, 0.875),
+    (0.5, 0.75, 0.875, 0.875),
+    (0.5, 0.75, 0.875, 1.0),
+)
+
+
+def _expert(resolution: int, base_width: int, share: tuple[float, ...]) -> ExpertSpec:
+    pool = (2, 1, 1, 1) if resolution <= 32 else (4, 2, 1, 1)
+    return ExpertSpec(image_channels=3, resolution=resolution, base_width=base_width, channel_mult=(1, 2, 2, 2),
+                      blocks_per_stage=(2, 2, 2, 2), attention_share=share, head_dim=8, attention_pool=pool)
+
+
+def _single(name: str, resolution: int, width: int) -> MemeSpec:
+    diffusion = DiffusionSpec()
+    return MemeSpec(experts=(_expert(resolution, width, LDM_LIKE_SHARE),),
+                    intervals=uniform_intervals(diffusion.timesteps, 1), soft_assignment=(1.0,),
+                    diffusion=diffusion, out_of_interval="uniform-all", name=name)
+
+
+def _multi(name: str, resolution: int, shares: tuple[tuple[float, ...], ...]) -> MemeSpec:
+    diffusion = DiffusionSpec()
+    return MemeSpec(experts=tuple(_expert(resolution, 32, s) for s in shares),
+                    intervals=uniform_intervals(diffusion.timesteps, len(shares)),
+                    soft_assignment=PAPER_SOFT_ASSIGNMENT, diffusion=diffusion,
+                    out_of_interval="uniform-complement", name=name)
+
+
+PRESETS: dict[str, dict[int, MemeSpec]] = {
+    "single-large": {r: _single("single-large", r, 56) for r in RESOLUTIONS},
+    "single-small": {r: _single("single-small", r, 32) for r in RESOLUTIONS},
+    "multi-same":   {r: _multi("multi-same", r, (LDM_LIKE_SHARE,) * 4) for r in RESOLUTIONS},
+    "meme-paper":   {r: _multi("meme-paper", r, MEME_PAPER_SHARES) for r in RESOLUTIONS},
+}
+
+
+def get_preset(name: str, resolution: int = 32) -> MemeSpec:
+    """The preset ``name`` at ``resolution`` (32 or 64 exactly; other multiples of 8 are rebuilt)."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} (or give a spec JSON)")
+    table = PRESETS[name]
+    if resolution in table:
+        return table[resolution]
+    return table[64 if resolution > 32 else 32].with_resolution(resolution)
