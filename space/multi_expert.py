@@ -58,17 +58,18 @@ class SoftIntervalSampler:
         self.timesteps = spec.diffusion.timesteps
 
     def sample(self, expert: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` time-steps (int64, CPU) for ``expert``."""
+        """``n`` time-steps (int64) for ``expert``, on the generator's device (CPU without one)."""
         lo, hi = self.spec.intervals[expert]
         p = self.spec.soft_assignment[expert]
-        own = torch.rand(n, generator=generator) < p
-        t_own = lo + torch.randint(0, hi - lo, (n,), generator=generator)
+        device = generator.device if generator is not None else torch.device("cpu")
+        own = torch.rand(n, generator=generator, device=device) < p
+        t_own = lo + torch.randint(0, hi - lo, (n,), generator=generator, device=device)
         if hi - lo == self.timesteps:  # a single expert owns every t
             return t_own
         if self.spec.out_of_interval == "uniform-all":
-            t_out = torch.randint(0, self.timesteps, (n,), generator=generator)
+            t_out = torch.randint(0, self.timesteps, (n,), generator=generator, device=device)
         else:
             width = hi - lo
-            u = torch.randint(0, self.timesteps - width, (n,), generator=generator)
+            u = torch.randint(0, self.timesteps - width, (n,), generator=generator, device=device)
             t_out = torch.where(u < lo, u, u + width)
         return torch.where(own, t_own, t_out)

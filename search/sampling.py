@@ -1,0 +1,122 @@
+"""Sampling images from a model or a checkpoint, and saving them (PNG folder, .npz, grids)."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from memekit.analysis.data import to_uint8
+from memekit.space import Diffusion, MemeSpec, MultiExpert, sample
+from memekit.space.errors import MemekitError
+
+from .checkpoint import checkpoint_spec, load_checkpoint
+
+
+@torch.no_grad()
+def sample_images(model: torch.nn.Module, spec: MemeSpec, n: int, sampler: str = "ddim", steps: int = 50,
+                  eta: float = 0.0, seed: int = 0, device: torch.device | str = "cpu", batch: int = 64,
+                  mixed_precision: str = "no", progress: bool = True) -> np.ndarray:
+    """``n`` images (uint8 NHWC) from ``model``; batch k uses the CPU generator seeded ``seed + k``,
+    so the images do not depend on the device."""
+    if n < 1 or batch < 1:
+        raise MemekitError(f"--n and --batch must be >= 1, got {n} and {batch}")
+    model.eval()
+    diffusion = Diffusion(spec.diffusion)
+    e = spec.experts[0]
+    out = []
+    n_batches = math.ceil(n / batch)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    device = torch.device(device)
+    cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    for k in tqdm(range(n_batches), desc="sampling", unit="batch", disable=not progress):
+        size = min(batch, n - k * batch)
+        gen = torch.Generator().manual_seed(seed + k)
+        with cast:
+            x = sample(model, diffusion, (size, e.image_channels, e.resolution, e.resolution), sampler=sampler,
+                       steps=steps, eta=eta, generator=gen, device=device)
+        out.append(to_uint8(x))
+    return np.concatenate(out)
+
+
+def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
+    """uint8 NHWC images -> one PNG grid (2 px gaps), written atomically."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + 2) + 2, nrow * (w + 2) + 2, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = img
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def save_images(images: np.ndarray, out: str | Path, overwrite: bool = False) -> Path:
+    """Write images as ``out.npz`` (key ``images``) or as numbered PNGs in the folder ``out``."""
+    from PIL import Image
+
+    out = Path(out)
+    if out.suffix == ".npz":
+        if out.exists() and not overwrite:
+            raise MemekitError(f"{out} exists: choose another --out or pass --overwrite")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.stem}.tmp.npz")
+        np.savez(tmp, images=images)
+        tmp.replace(out)
+        return out
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise MemekitError(f"{out} is not empty: choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(out / f"{i:06d}.png")
+    return out
+
+
+def load_model(checkpoint: str | Path, use_ema: bool = True, device: torch.device | str = "cpu") -> tuple[MultiExpert, MemeSpec, dict]:
+    """Rebuild the MultiExpert of a checkpoint (EMA weights by default)."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    spec = checkpoint_spec(state)
+    model = MultiExpert(spec)
+    model.load_state_dict(state["ema" if use_ema else "model"])
+    return model.to(device).eval(), spec, state
+
+
+@dataclass
+class SampleReport:
+    out: Path
+    n: int
+    seconds: float
+    images_per_s: float
+    checkpoint: str
+    step: int
+
+
+def sample_checkpoint(checkpoint: str | Path, out: str | Path, n: int = 64, sampler: str = "ddim", steps: int = 50,
+                      eta: float = 0.0, seed: int = 0, batch: int = 64, device: str | None = None,
+                      use_ema: bool = True, mixed_precision: str = "no", overwrite: bool = False,
+                      progress: bool = True) -> SampleReport:
+    """Sample ``n`` images from a run folder or checkpoint and save them; reports images/s."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out)
+    if out.exists() and not overwrite and (out.suffix == ".npz" or any(out.iterdir())):
+        raise MemekitError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
+    model, spec, state = load_model(checkpoint, use_ema=use_ema, device=device)
+    start = time.perf_counter()
+    images = sample_images(model, spec, n, sampler=sampler, steps=steps, eta=eta, seed=seed, device=device,
+                           batch=batch, mixed_precision=mixed_precision, progress=progress)
+    seconds = time.perf_counter() - start
+    save_images(images, out, overwrite=overwrite)
+    return SampleReport(out, n, seconds, n / seconds, state["path"], int(state["step"]))

@@ -1,0 +1,560 @@
+"""The trainer: any MemeSpec, trained with soft interval assignment under an image budget.
+
+Budget accounting: every optimiser step sees ``batch`` images in total, split evenly over the N
+experts (``batch / N`` each), so a 4-expert model and a single model given the same ``images``
+see the same number of images in total; each expert sees ``images / N``. The log states both.
+
+Each expert n draws its time-steps from :class:`~memekit.space.SoftIntervalSampler` (own
+interval with probability p_n, otherwise the spec's out-of-interval distribution), its loss is
+the mean MSE of its own sub-batch, and its gradient is clipped on its own (as if trained alone).
+
+Reproducibility: all randomness of step k (data indices, flips, time-steps, noise, dropout) comes
+from generators seeded with ``(seed, rank, k)``, so k steps + resume + (n - k) steps equals n
+straight steps bit for bit on the CPU (weights, EMA and optimiser state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from memekit.analysis.data import load_images
+from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
+from memekit.space.errors import MemekitError
+
+from .checkpoint import checkpoint_spec, latest_checkpoint, load_checkpoint, save_checkpoint
+from .sampling import save_image_grid, sample_images
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+VALIDATION_QUARTERS = 4  # the validation loss is also reported per quarter of [0, T)
+
+
+class TrainingError(MemekitError):
+    """Training cannot go on (bad configuration, divergence, out of memory)."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or inf."""
+
+
+class OutOfMemory(TrainingError):
+    """The device ran out of memory."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT/SIGTERM: a checkpoint was written, rerun to resume."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run besides the spec (saved as config.json)."""
+
+    data: str = "builtin:shapes"
+    images: int = 100_000  # total images seen, all experts together
+    batch: int = 64  # images per optimiser step, all experts together
+    lr: float = 2e-4
+    warmup_images: int = 10_000  # linear learning-rate warm-up, then constant
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # per-expert gradient-norm clip (0 disables)
+    ema_decay: float = 0.999  # with warm-up: decay_k = min(ema_decay, (1 + k) / (10 + k))
+    mixed_precision: str = "no"
+    channels_last: bool = True  # used on CUDA only
+    compile: bool = False
+    seed: int = 0
+    hflip: bool = True
+    data_limit: int | None = None
+    log_every: int = 50
+    val_every: int = 500  # steps; 0 = only at the end
+    val_images: int = 256
+    val_timesteps: int = 16
+    sample_every: int = 1000  # steps; 0 = only at the end
+    sample_count: int = 16
+    sample_steps: int = 50
+    checkpoint_every: int = 1000  # steps; 0 = only at the end
+    keep_last: int = 3
+    device: str | None = None  # None = cuda if available, else cpu
+
+    def __post_init__(self) -> None:
+        positive = ("images", "batch", "log_every", "val_images", "val_timesteps", "sample_count",
+                    "sample_steps", "keep_last")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("warmup_images", "val_every", "sample_every", "checkpoint_every", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise TrainingError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TrainingError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TrainingError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise TrainingError(f"unknown mixed precision {self.mixed_precision!r}: choose no, bf16 or fp16")
+        if self.images < self.batch:
+            raise TrainingError(f"the budget of {self.images} images is smaller than one batch ({self.batch})")
+
+    @property
+    def steps(self) -> int:
+        return self.images // self.batch
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    images_seen: int
+    images_per_expert: list[int]
+    val: dict[str, Any]
+    checkpoint: Path | None
+    wall_time_s: float
+    train_images_per_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- pieces ------------------------------------------------------------------------------------
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed for (seed, rank, step): every step's randomness is independent of the past."""
+    return (((seed * 1_000_003 + rank) * 1_000_000_007) + step) % (2**63 - 1)
+
+
+def ema_warmup_avg_fn(decay: float) -> Callable[..., None]:
+    """``multi_avg_fn`` for AveragedModel: ema <- d ema + (1 - d) p, d = min(decay, (1+n)/(10+n))."""
+
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = n_averaged.to(torch.float32)
+        d = torch.clamp((1.0 + n) / (10.0 + n), max=decay)
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1.0 - d))
+
+    return update
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_images`` then constant (budgets can be extended on resume)."""
+    warmup_steps = config.warmup_images // config.batch
+    if warmup_steps == 0:
+        return config.lr
+    return config.lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def validation_timesteps(timesteps: int, count: int) -> list[int]:
+    """The fixed validation grid ``t_k = floor((k + 1/2) T / K)``."""
+    return [int((k + 0.5) * timesteps / count) for k in range(count)]
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.Tensor, count: int,
+                    batch: int = 256, seed: int = 2_147_483_647) -> dict[str, Any]:
+    """Mean loss on held-out ``images`` (uint8 NHWC) at fixed t and fixed noise.
+
+    Returns ``val_loss`` (mean over the grid of :func:`validation_timesteps`) and
+    ``val_loss_quarters``, the mean per quarter of [0, T). Deterministic: same model, same number.
+    """
+    device = images.device
+    ts = validation_timesteps(diffusion.timesteps, count)
+    per_t = []
+    for k, t in enumerate(ts):
+        gen = torch.Generator(device="cpu").manual_seed(seed + k)
+        total = 0.0
+        for start in range(0, len(images), batch):
+            x0 = to_model_input(images[start:start + batch])
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t_batch = torch.full((len(x0),), t, device=device, dtype=torch.long)
+            total += float(diffusion.loss(model, x0, t_batch, noise).sum())
+        per_t.append(total / len(images))
+    quarters = [[] for _ in range(VALIDATION_QUARTERS)]
+    for t, loss in zip(ts, per_t, strict=True):
+        quarters[t * VALIDATION_QUARTERS // diffusion.timesteps].append(loss)
+    return {"val_loss": sum(per_t) / len(per_t),
+            "val_loss_quarters": [sum(q) / len(q) if q else float("nan") for q in quarters],
+            "val_timesteps": ts}
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) on any device -> float32 (B, C, H, W) in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device is not None:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return _Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision == "no":
+        return nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def dry_run(spec: MemeSpec, config: TrainConfig) -> dict[str, Any]:
+    """The resolved configuration and the cost of every expert, as printed by ``--dry-run``."""
+    cost = spec_cost(spec, config.sample_steps)
+    n = spec.n_experts
+    return {
+        "spec": spec.to_dict(),
+        "config": config.to_dict(),
+        "steps": config.steps,
+        "images_total": config.steps * config.batch,
+        "images_per_expert": config.steps * config.batch // n,
+        "experts": [{"interval": list(c.interval), "params": c.params, "macs_per_forward": c.macs}
+                    for c in cost.experts],
+        "trajectory_macs": cost.trajectory_macs,
+        "trajectory_steps": config.sample_steps,
+    }
+
+
+# ---- the training loop --------------------------------------------------------------------------
+class Trainer:
+    """One training run in ``run_dir``: build, resume, loop, validate, sample, checkpoint."""
+
+    def __init__(self, spec: MemeSpec, config: TrainConfig, run_dir: str | Path, progress: bool = True,
+                 on_validation: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+        self.spec, self.config, self.run_dir = spec, config, Path(run_dir)
+        self.progress, self.on_validation = progress, on_validation
+        self.dist = _init_distributed()
+        self.device = _resolve_device(config, self.dist.local_rank)
+        n, per_step = spec.n_experts, self.dist.world * spec.n_experts
+        if config.batch % per_step:
+            raise TrainingError(f"batch {config.batch} must be divisible by experts x processes = {per_step}")
+        if config.mixed_precision != "no" and self.device.type != "cuda":
+            raise TrainingError(f"--mixed-precision {config.mixed_precision} needs a CUDA device: use 'no' on {self.device}")
+        self.sub_batch = config.batch // per_step  # images per expert per process per step
+        self.diffusion = Diffusion(spec.diffusion)
+        self.sampler = SoftIntervalSampler(spec)
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed only
+        self.model = MultiExpert(spec).to(self.device)
+        self.channels_last = config.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_warmup_avg_fn(config.ema_decay))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
+        self.experts = self._wrap_experts()
+        self.step, self.images_per_expert = 0, [0] * n
+        self.history: list[dict[str, Any]] = []
+        self.last_val: dict[str, Any] = {}
+        self._stop_signal: int | None = None
+
+    def _wrap_experts(self) -> list[torch.nn.Module]:
+        experts: list[torch.nn.Module] = list(self.model.experts)
+        if self.config.compile:
+            experts = [torch.compile(e) for e in experts]
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            experts = [DDP(e, device_ids=ids) for e in experts]
+        return experts
+
+    # ---- data ------------------------------------------------------------------------------
+    def load_data(self) -> None:
+        res = self.spec.experts[0].resolution
+        show = self.progress and self.dist.main
+        train = load_images(self.config.data, res, limit=self.config.data_limit, split="train", progress=show)
+        val = load_images(self.config.data, res, limit=self.config.val_images, split="reference", progress=show)
+        self.train_images = torch.from_numpy(train).to(self.device)
+        self.val_images = torch.from_numpy(val).to(self.device)
+
+    def _batch(self, gen: torch.Generator) -> torch.Tensor:
+        total = self.sub_batch * self.spec.n_experts
+        idx = torch.randint(0, len(self.train_images), (total,), generator=gen, device=self.device)
+        x0 = to_model_input(self.train_images[idx])
+        if self.config.hflip:
+            flip = torch.rand(total, generator=gen, device=self.device) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        return x0
+
+    # ---- one step -----------------------------------------------------------------------------
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step; returns the per-expert losses (N,) as a tensor."""
+        seed = step_seed(self.config.seed, self.dist.rank, self.step)
+        torch.manual_seed(seed)  # dropout
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        x0 = self._batch(gen)
+        t = torch.cat([self.sampler.sample(n, self.sub_batch, gen) for n in range(self.spec.n_experts)])
+        noise = torch.randn(x0.shape, generator=gen, device=self.device)
+        if self.channels_last:
+            x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
+        for g in self.optimizer.param_groups:
+            g["lr"] = learning_rate(self.config, self.step)
+        losses = []
+        with _autocast(self.device, self.config.mixed_precision):
+            for n, expert in enumerate(self.experts):
+                rows = slice(n * self.sub_batch, (n + 1) * self.sub_batch)
+                losses.append(self.diffusion.loss(expert, x0[rows], t[rows], noise[rows]).mean())
+        loss_vec = torch.stack(losses)
+        self.scaler.scale(loss_vec.sum()).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.config.grad_clip > 0:
+            for expert in self.model.experts:
+                torch.nn.utils.clip_grad_norm_(expert.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update_parameters(self.model)
+        return loss_vec.detach()
+
+    def _check_finite(self, loss_vec: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss_vec).all()):
+            return
+        n = int((~torch.isfinite(loss_vec)).nonzero()[0, 0])
+        lo, hi = self.spec.intervals[n]
+        last = latest_checkpoint(self.run_dir)
+        raise TrainingDiverged(
+            f"loss is {float(loss_vec[n])} at step {self.step + 1} in interval [{lo}, {hi}) (expert {n}); "
+            f"last good checkpoint: {last or 'none'}; lower --lr or --grad-clip, or use bf16 instead of fp16")
+
+    # ---- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_json(),
+            "config": json.dumps(self.config.to_dict()),
+            "step": self.step,
+            "images_seen": self.step * self.config.batch,
+            "images_per_expert": list(self.images_per_expert),
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "ema_updates": int(self.ema.n_averaged),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "val": json.dumps(self.last_val),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        stored = checkpoint_spec(state)
+        if stored.to_dict() != self.spec.to_dict():
+            raise TrainingError(f"checkpoint {state['path']} was trained with a different spec "
+                                f"({stored.name or 'unnamed'}): use a new --out folder or the same spec")
+        self.model.load_state_dict(state["model"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.ema.n_averaged.fill_(int(state["ema_updates"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.images_per_expert = [int(v) for v in state["images_per_expert"]]
+        self.last_val = json.loads(state.get("val", "{}"))
+
+    def checkpoint(self) -> Path | None:
+        path = None
+        if self.dist.main:
+            path = save_checkpoint(self.state_dict(), self.run_dir, self.config.keep_last)
+        if self.dist.world > 1:
+            dist.barrier()
+        return path
+
+    # ---- run folder and resume ----------------------------------------------------------------
+    def prepare(self, resume: str | Path | None) -> None:
+        """Create the run folder, or resume from ``resume`` / the folder's latest checkpoint."""
+        spec_file = self.run_dir / "spec.json"
+        source = resume or latest_checkpoint(self.run_dir)
+        if source is None and spec_file.is_file() and json.loads(spec_file.read_text()) != self.spec.to_dict():
+            raise TrainingError(f"{self.run_dir} already holds a run of another spec: use a new --out folder")
+        if source is not None:
+            self.load_state_dict(load_checkpoint(source, map_location=self.device))
+            self.log_event({"event": "resumed", "from": str(source), "step": self.step})
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_text(spec_file, self.spec.to_json() + "\n")
+            _write_text(self.run_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines past the resumed step so the log reads like one straight run."""
+        log = self.run_dir / "log.jsonl"
+        if not log.is_file():
+            return
+        kept = [line for line in log.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        _write_text(log, "".join(line + "\n" for line in kept))
+
+    def log_event(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.dist.main and self.run_dir.is_dir():
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---- periodic work -------------------------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        self.ema.module.eval()
+        with _autocast(self.device, self.config.mixed_precision):
+            val = validation_loss(self.ema.module, self.diffusion, self.val_images, self.config.val_timesteps)
+        self.last_val = {**val, "step": self.step}
+        self.log_event({"event": "validation", "step": self.step, "images_seen": self.step * self.config.batch,
+                        "val_loss": val["val_loss"], "val_loss_quarters": val["val_loss_quarters"]})
+        if self.on_validation is not None:
+            self.on_validation(self.step, self.last_val)
+        return val
+
+    def sample_grid(self) -> Path:
+        images = sample_images(self.ema.module, self.spec, self.config.sample_count, steps=self.config.sample_steps,
+                               seed=0, device=self.device, batch=self.config.sample_count,
+                               mixed_precision=self.config.mixed_precision, progress=False)
+        return save_image_grid(images, self.run_dir / "samples" / f"step-{self.step:09d}.png")
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    def run(self, resume: str | Path | None = None) -> TrainResult:
+        self.prepare(resume)
+        total = self.config.steps
+        start_step, start_time = self.step, time.perf_counter()
+        if self.step >= total:
+            self.log_event({"event": "complete", "step": self.step, "note": "budget already reached"})
+            return self._result(start_step, start_time, latest_checkpoint(self.run_dir))
+        self.load_data()
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and self.dist.main), dynamic_ncols=True)
+        window = torch.zeros(self.spec.n_experts, device=self.device)
+        window_steps, window_start = 0, time.perf_counter()
+        with _signals_to(self):
+            while self.step < total:
+                if self._stop_signal is not None:
+                    self._interrupt(bar)
+                loss_vec = self._guarded_step()
+                self.step += 1
+                self.images_per_expert = [v + self.sub_batch * self.dist.world for v in self.images_per_expert]
+                window += loss_vec
+                window_steps += 1
+                bar.update(1)
+                if self._due(self.config.log_every) or self.step == total:
+                    self._log_train(window / window_steps, window_steps, window_start, bar)
+                    window.zero_()
+                    window_steps, window_start = 0, time.perf_counter()
+                self._periodic(total)
+        bar.close()
+        path = self.checkpoint()
+        return self._result(start_step, start_time, path)
+
+    def _guarded_step(self) -> torch.Tensor:
+        try:
+            loss_vec = self.train_step()
+        except torch.cuda.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise OutOfMemory(f"out of memory at step {self.step + 1} with batch {self.config.batch} on "
+                              f"{self.device}: use a smaller --batch (or --mixed-precision bf16)") from None
+        self._check_finite(loss_vec)
+        return loss_vec
+
+    def _periodic(self, total: int) -> None:
+        final = self.step == total
+        if self.dist.main and (self._due(self.config.val_every) or final):
+            self.validate()
+        if self.dist.main and (self._due(self.config.sample_every) or final):
+            self.sample_grid()
+        if self._due(self.config.checkpoint_every) and not final:
+            self.checkpoint()
+
+    def _log_train(self, mean_losses: torch.Tensor, steps: int, since: float, bar: tqdm) -> None:
+        losses = [float(v) for v in mean_losses]
+        ips = steps * self.config.batch / max(time.perf_counter() - since, 1e-9)
+        self.log_event({"event": "train", "step": self.step, "images_seen": self.step * self.config.batch,
+                        "images_per_expert": list(self.images_per_expert), "loss": sum(losses) / len(losses),
+                        "loss_per_interval": losses, "lr": learning_rate(self.config, self.step - 1),
+                        "images_per_s": ips})
+        bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", img_s=f"{ips:.0f}")
+
+    def _interrupt(self, bar: tqdm) -> None:
+        bar.close()
+        path = self.checkpoint()
+        name = signal.Signals(self._stop_signal).name
+        raise TrainingInterrupted(f"{name} at step {self.step}: checkpoint written to {path}; rerun the same "
+                                  "command to resume", 128 + int(self._stop_signal))
+
+    def _result(self, start_step: int, start_time: float, path: Path | None) -> TrainResult:
+        wall = time.perf_counter() - start_time
+        images = (self.step - start_step) * self.config.batch
+        if self.dist.world > 1:
+            dist.barrier()
+        return TrainResult(self.run_dir, self.step, self.step * self.config.batch, list(self.images_per_expert),
+                           dict(self.last_val), path, wall, images / wall if wall > 0 else 0.0, self.history)
+
+
+class _signals_to:
+    """Route SIGINT/SIGTERM to ``trainer._stop_signal`` (main thread only), restoring on exit."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.previous = trainer, {}
+
+    def __enter__(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.trainer._stop_signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def train(spec: MemeSpec, config: TrainConfig, run_dir: str | Path, resume: str | Path | None = None,
+          progress: bool = True, on_validation: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``spec`` under ``config`` into ``run_dir`` (resuming automatically); see :class:`Trainer`."""
+    return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation).run(resume)
