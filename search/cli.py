@@ -14,7 +14,7 @@ import sys
 from memekit.space.errors import MemekitError
 
 # modules under memekit.search that add subcommands, in help order
-COMMAND_MODULES = ("cli_space",)
+COMMAND_MODULES = ("cli_space", "cli_train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"memekit: error: {err}", file=sys.stderr)
-        return 2
+        return int(getattr(err, "exit_code", 2))
     except KeyboardInterrupt:
         print("memekit: interrupted", file=sys.stderr)
         return 130
