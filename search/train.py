@@ -192,7 +192,7 @@ def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.
         quarters[t * VALIDATION_QUARTERS // diffusion.timesteps].append(loss)
     return {"val_loss": sum(per_t) / len(per_t),
             "val_loss_quarters": [sum(q) / len(q) if q else float("nan") for q in quarters],
-            "val_timesteps": ts}
+            "val_loss_per_t": per_t, "val_timesteps": ts}
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:

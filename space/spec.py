@@ -133,6 +133,10 @@ class ExpertSpec:
                     "factor that divides the stage's resolution"
                 )
 
+    def with_resolution(self, resolution: int) -> ExpertSpec:
+        """The same expert at another image size (re-validated)."""
+        return dataclasses.replace(self, resolution=resolution)
+
     # ---- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -318,7 +322,7 @@ class MemeSpec:
 
     def with_resolution(self, resolution: int) -> MemeSpec:
         """The same spec with every expert at ``resolution`` (re-validated)."""
-        experts = tuple(dataclasses.replace(e, resolution=resolution) for e in self.experts)
+        experts = tuple(e.with_resolution(resolution) for e in self.experts)
         return dataclasses.replace(self, experts=experts)
 
 
