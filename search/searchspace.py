@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from memekit.space import (
-    PRESETS,
     DiffusionSpec,
     ExpertSpec,
     MemeSpec,

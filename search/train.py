@@ -37,7 +37,7 @@ from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler,
 from memekit.space.errors import MemekitError
 
 from .checkpoint import checkpoint_spec, latest_checkpoint, load_checkpoint, save_checkpoint
-from .sampling import save_image_grid, sample_images
+from .sampling import sample_images, save_image_grid
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 VALIDATION_QUARTERS = 4  # the validation loss is also reported per quarter of [0, T)
