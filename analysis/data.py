@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +43,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLITS = ("all", "train", "reference")
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DEFAULT_COUNT = 4096
+# part of every cache key: bump when decoding or resizing changes, so stale caches are not reused
+LOADER_VERSION = 2
 
 
 class DataError(MemekitError, ValueError):
@@ -97,12 +100,21 @@ def dead_leaves(n: int, resolution: int, seed: int = 0, n_shapes: int = 120) -> 
 
 # ---- image decoding ---------------------------------------------------------------------------
 def _fit(img, resolution: int) -> np.ndarray:
-    """PIL image -> center-cropped, anti-aliased resized uint8 (r, r, 3)."""
-    from PIL import Image, ImageOps
+    """PIL image -> center-cropped, anti-aliased resized uint8 (r, r, 3).
+
+    The square is cropped before resizing: resizing with a crop box (as ``ImageOps.fit`` does)
+    lets the filter read pixels outside the crop, which bleed into the border columns.
+    """
+    from PIL import Image
 
     img = img.convert("RGB")
-    if img.size != (resolution, resolution):
-        img = ImageOps.fit(img, (resolution, resolution), method=Image.Resampling.BICUBIC)
+    width, height = img.size
+    side = min(width, height)
+    if width != height:
+        left, top = (width - side) // 2, (height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    if side != resolution:
+        img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -145,10 +157,11 @@ def _load_npz(path: Path, resolution: int) -> np.ndarray:
             if "images" not in data.files:
                 raise DataError(f"{str(path)!r} has no 'images' array (found: {', '.join(data.files) or 'nothing'})")
             images = data["images"]
-    except (OSError, ValueError, zlib.error) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"cannot read {str(path)!r} as .npz: {err}") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+        # empty files raise EOFError, truncated or non-zip files BadZipFile
+        raise DataError(f"cannot read {str(path)!r} as .npz: {type(err).__name__}: {err}") from None
     return _normalise_array(images, resolution, str(path))
 
 
@@ -160,7 +173,8 @@ def _normalise_array(images: np.ndarray, resolution: int, where: str) -> np.ndar
     if images.shape[-1] not in (1, 3):
         raise DataError(f"{where}: images need 1 or 3 channels, got shape {images.shape}")
     if images.dtype != np.uint8:
-        if not np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 1:
+        if (not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all()
+                or images.min() < 0 or images.max() > 1):
             raise DataError(f"{where}: images must be uint8, or float in [0, 1] (got {images.dtype})")
         images = np.clip(images * 255 + 0.5, 0, 255).astype(np.uint8)
     if images.shape[-1] == 1:
@@ -188,7 +202,7 @@ def parse_builtin(source: str) -> tuple[str, int]:
 
 def source_fingerprint(source: str) -> str:
     """A short hash that changes when the source's content may have changed."""
-    h = hashlib.sha1()
+    h = hashlib.sha1(f"loader-v{LOADER_VERSION}\n".encode())
     if source.startswith(BUILTIN_PREFIX):
         name, count = parse_builtin(source)
         h.update(f"{name}:{count}:v1".encode())
