@@ -1,0 +1,158 @@
+"""Renderers for the spectral tables: each takes DataFrames and returns a matplotlib Figure.
+
+They never show or save (the caller does: ``fig.savefig(...)``; the CLI uses the Agg backend).
+Inputs are the frames of :mod:`memekit.analysis.spectra` (``spectrum_frame``, ``summary_frame``),
+:mod:`memekit.analysis.priors` (boundaries) and :mod:`memekit.analysis.features`
+(``feature_spectra``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .spectra import BAND_EDGES, BAND_NAMES
+
+SNR_COLUMN = "snr"
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
+    # a bare Figure (not pyplot): no global state, nothing shown, works under any backend
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_spectrum_heatmap(spectrum: pd.DataFrame, value: str = SNR_COLUMN,
+                          summary: pd.DataFrame | None = None, boundaries: Sequence[int] | None = None) -> Figure:
+    """``log10`` of ``value`` (``snr``, ``expected_power`` or ``data_power``) over t (y) and
+    frequency (x, log scale), with the SNR = 1 contour, given ``summary`` the crossover curve
+    f_c(t), and given ``boundaries`` ``(0, b_1, ..., T)`` the interval cuts as horizontal lines."""
+    grid = spectrum.pivot(index="t", columns="frequency", values=value)
+    t, f = grid.index.to_numpy(), grid.columns.to_numpy()
+    with np.errstate(divide="ignore"):
+        z = np.log10(grid.to_numpy())
+    fig = _figure()
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(f, t, z, shading="nearest", cmap="magma")
+    fig.colorbar(mesh, ax=ax, label=f"log10 {value}")
+    if value == SNR_COLUMN and summary is None:
+        ax.contour(f, t, z, levels=[0.0], colors="white", linewidths=1.0)
+    if summary is not None:
+        crossed = summary[summary["crossover_frequency"] > 0]
+        ax.plot(crossed["crossover_frequency"], crossed["t"], color="cyan", lw=1.2, ls="--",
+                label="crossover f_c(t)")
+    for i, b in enumerate((boundaries or ())[1:-1]):
+        ax.axhline(b, color="tab:green", lw=1.0, label="interval boundaries" if i == 0 else None)
+    if summary is not None or boundaries:
+        ax.legend(loc="upper right", fontsize=8)
+    _frequency_scale(ax, "x", f)
+    ax.set_xlabel("spatial frequency f (cycles / pixel)")
+    ax.set_ylabel("time-step t")
+    ax.set_title("log10 SNR(t, f); SNR = 1 on the crossover curve" if value == SNR_COLUMN
+                 else f"log10 {value} over t and f")
+    return fig
+
+
+def plot_crossover(summary: pd.DataFrame, proposed: Sequence[int], uniform: Sequence[int] | None = None) -> Figure:
+    """Crossover frequency f_c(t) with the proposed interval boundaries (solid) and the uniform
+    ones (dashed); ``proposed``/``uniform`` are ``(0, b_1, ..., T)``."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    crossed = summary[summary["crossover_frequency"] > 0]
+    ax.plot(crossed["t"], crossed["crossover_frequency"], color="black", lw=1.5, label="f_c(t): SNR = 1")
+    for i, b in enumerate(proposed[1:-1]):
+        ax.axvline(b, color="tab:red", lw=1.5, label="proposed boundaries" if i == 0 else None)
+    for i, b in enumerate((uniform or ())[1:-1]):
+        ax.axvline(b, color="tab:blue", lw=1.2, ls="--", label="uniform boundaries" if i == 0 else None)
+    buried = summary.loc[summary["crossover_frequency"] <= 0, "t"]
+    if len(buried):  # f_c = 0: even the lowest frequency is below the noise
+        ax.axvspan(buried.min(), buried.max(), color="gray", alpha=0.2, label="SNR < 1 at every f")
+    _frequency_scale(ax, "y", crossed["crossover_frequency"].to_numpy())
+    ax.set_xlabel("time-step t")
+    ax.set_ylabel("crossover frequency (cycles / pixel)")
+    ax.set_title("crossover frequency per time-step and interval boundaries")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_band_fractions(summary: pd.DataFrame) -> Figure:
+    """Left: share of E P_t's energy per band (stacked). Right: share of each band's energy that is
+    still signal. Bands per :data:`~memekit.analysis.spectra.BAND_EDGES`."""
+    fig = _figure(10.0, 4.0)
+    left, right = fig.subplots(1, 2)
+    labels = [f"low (f < {BAND_EDGES[0]:g})", f"mid ({BAND_EDGES[0]:g} <= f < {BAND_EDGES[1]:g})",
+              f"high (f >= {BAND_EDGES[1]:g})"]
+    left.stackplot(summary["t"], *[summary[f"energy_{b}"] for b in BAND_NAMES], labels=labels, alpha=0.85)
+    left.set_ylim(0, 1)
+    left.set_title("energy of x_t per band")
+    for b, label in zip(BAND_NAMES, labels, strict=True):
+        right.plot(summary["t"], summary[f"signal_{b}"], label=label)
+    right.set_ylim(0, 1)
+    right.set_title("signal share of each band")
+    for ax in (left, right):
+        ax.set_xlabel("time-step t")
+        ax.legend(fontsize=8, loc="center right")
+    return fig
+
+
+def plot_data_power(spectrum: pd.DataFrame, timesteps: Sequence[int] = (0, 250, 500, 750, 999)) -> Figure:
+    """Log-log data spectrum P_0(f) and expected noisy spectra E P_t(f) at a few t, with the unit
+    noise floor."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    first = spectrum[spectrum["t"] == spectrum["t"].min()]
+    ax.loglog(first["frequency"], first["data_power"], color="black", lw=2, label="data P_0(f)")
+    for t in timesteps:
+        rows = spectrum[spectrum["t"] == t]
+        if len(rows):
+            ax.loglog(rows["frequency"], rows["expected_power"], lw=1, label=f"E P_t(f), t={t}")
+    ax.axhline(1.0, color="gray", ls=":", label="noise power 1")
+    _frequency_scale(ax, "x", first["frequency"].to_numpy())
+    ax.set_xlabel("spatial frequency f (cycles / pixel)")
+    ax.set_ylabel("power (orthonormal FFT, images in [-1, 1])")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_feature_spectra(features: pd.DataFrame, value: str = "relative_log_amplitude") -> Figure:
+    """One panel per t: ``value`` (``relative_log_amplitude`` or ``delta``) over omega/pi, one line
+    per layer coloured by depth (input dashed)."""
+    ts = sorted(features["t"].unique())
+    fig = _figure(3.6 * len(ts) + 1.8, 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(ts), sharey=True))
+    depth_max = max(int(features["depth"].max()), 1)
+    cmap = _colormap()
+    for ax, t in zip(axes, ts, strict=True):
+        for (depth, layer), rows in features[features["t"] == t].groupby(["depth", "layer"], sort=True):
+            style = {"ls": "--", "color": "black"} if depth == 0 else {"color": cmap(depth / depth_max)}
+            ax.plot(rows["frequency"], rows[value], lw=1, label=layer, **style)
+        ax.set_title(f"t = {t}")
+        ax.set_xlabel("frequency (omega / pi)")
+    axes[0].set_ylabel("relative log amplitude" if value != "delta" else "change vs input")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=6, ncol=1 + len(labels) // 20)
+    return fig
+
+
+def _frequency_scale(ax, which: str, frequency: np.ndarray) -> None:
+    """Log scale on axis ``which`` ("x" or "y") with ticks at 1/2^k cycles per pixel, as fractions."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    positive = frequency[frequency > 0]
+    if not len(positive):
+        return
+    k = np.arange(int(np.floor(-np.log2(positive.max()))), int(np.ceil(-np.log2(positive.min()))) + 1)
+    axis.set_major_locator(FixedLocator(2.0 ** -k))
+    axis.set_major_formatter(lambda v, _pos: f"1/{round(1 / v)}" if v < 1 else f"{v:g}")
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _colormap():
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]
