@@ -24,13 +24,14 @@ from .spec import ExpertSpec
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, plus the projected time embedding, then GroupNorm-SiLU-dropout-conv."""
+    """GroupNorm-SiLU-conv, then GroupNorm modulated by the time embedding (scale and shift,
+    improved DDPM's ``use_scale_shift_norm``), SiLU, dropout, conv; residual connection."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_channels)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)  # -> (scale, shift)
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -38,8 +39,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # each (B, C, 1, 1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

@@ -23,9 +23,19 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def norm_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
+    """The largest group count <= ``max_groups`` that divides ``channels`` with at least
+    ``min_group_size`` channels per group (1 group when ``channels < min_group_size``).
+
+    At least a few channels per group keep GroupNorm from turning into an instance norm, which
+    would erase any per-channel constant added before it (such as a time embedding)."""
+    limit = min(max_groups, max(channels // min_group_size, 1))
+    return max(g for g in range(1, limit + 1) if channels % g == 0)
+
+
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= ``max_groups`` that divides ``channels``."""
-    return nn.GroupNorm(math.gcd(max_groups, channels), channels, eps=1e-6)
+    """GroupNorm over :func:`norm_groups` groups."""
+    return nn.GroupNorm(norm_groups(channels, max_groups), channels, eps=1e-6)
 
 
 class TimestepEmbedder(nn.Module):
@@ -37,4 +47,4 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.in_dim))
+        return self.mlp(timestep_embedding(t, self.in_dim).to(self.mlp[0].weight.dtype))

@@ -71,8 +71,7 @@ def test_endpoint_mixers_have_no_unused_parameters(make_expert, share):
 def test_endpoint_expert_has_no_unused_parameters(make_expert, share):
     """Loss on the network output: every parameter of the whole expert gets a real gradient.
 
-    Width 64 with head_dim 32 (2 heads), so that every GroupNorm has 2 channels per group (see
-    the xfail tests below for width 16)."""
+    Width 64 with head_dim 32 (2 heads)."""
     spec = make_expert(share=share, base_width=64, head_dim=32, attention_pool=(1, 1))
     torch.manual_seed(0)
     model = build_expert(spec)
@@ -101,20 +100,12 @@ def test_expert_shape_and_determinism(make_expert):
 
 
 # --------------------------------------------------------------------------------------------
-# Known bugs (strict xfail: they flip when fixed)
+# The time embedding must reach the output (regression: GroupNorm with one channel per group
+# used to cancel a per-channel embedding added right before it)
 # --------------------------------------------------------------------------------------------
-GROUPNORM_BUG = (
-    "layers.group_norm uses gcd(32, C) groups, i.e. one channel per group when C divides 32; "
-    "ResBlock adds the time embedding as a per-channel constant right before norm2, which "
-    "subtracts it again, so the block ignores t"
-)
-
-
 @pytest.mark.parametrize(
     "channels",
-    [pytest.param(16, marks=pytest.mark.xfail(strict=True, reason=GROUPNORM_BUG)),
-     pytest.param(32, marks=pytest.mark.xfail(strict=True, reason=GROUPNORM_BUG)),
-     64],
+    [8, 16, 32, 64],
 )
 def test_resblock_output_depends_on_time_embedding(channels):
     torch.manual_seed(0)
@@ -127,7 +118,6 @@ def test_resblock_output_depends_on_time_embedding(channels):
     assert change > 1e-2
 
 
-@pytest.mark.xfail(strict=True, reason=GROUPNORM_BUG)
 def test_tiny_expert_output_depends_on_t(make_expert):
     torch.manual_seed(0)
     model = build_expert(make_expert()).eval()
@@ -137,9 +127,6 @@ def test_tiny_expert_output_depends_on_t(make_expert):
     assert change > 1e-2
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="layers.timestep_embedding always returns float32 (t.float()), so an expert "
-                          "cast to float64/bfloat16 fails in time_embed: mat1 and mat2 dtype mismatch")
 def test_expert_runs_in_float64(make_expert):
     torch.manual_seed(0)
     model = ExpertUNet(make_expert()).double()
