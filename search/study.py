@@ -190,7 +190,7 @@ def load_or_make_prior(config: SearchConfig, space: SearchSpace, study_dir: Path
     base = get_preset("meme-paper", space.base_expert.resolution)
     base = dataclasses.replace(base, experts=tuple(space.base_expert for _ in base.experts), diffusion=space.diffusion)
     images = load_images(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
-    prior = prior_spec(images, n, base)
+    prior = prior_spec(images, n, base, min_length=space.min_length)
     save_spec(prior, path)
     return prior
 
