@@ -135,6 +135,11 @@ def _tiny_expert(resolution: int) -> ExpertSpec:
                       attention_share=(0.0, 1.0), head_dim=8, attention_pool=(2, 1))
 
 
+def _cpu32_expert() -> ExpertSpec:
+    return ExpertSpec(resolution=32, base_width=16, channel_mult=(1, 2, 2), blocks_per_stage=(1, 1, 1),
+                      attention_share=(0.0, 1.0, 1.0), head_dim=8, attention_pool=(2, 1, 1))
+
+
 SPACE_PRESETS: dict[str, dict[str, Any]] = {
     # MEME's setting: 4 experts, free boundaries, per-expert per-stage shares, searched p_n
     "meme": {"base_preset": "meme-paper", "n_experts": [4], "boundary_mode": "free"},
@@ -143,6 +148,9 @@ SPACE_PRESETS: dict[str, dict[str, Any]] = {
                "p_fixed": [0.8, 0.4, 0.2, 0.1]},
     # around the spectral prior's boundaries
     "prior": {"base_preset": "meme-paper", "n_experts": [4], "boundary_mode": "prior"},
+    # a real study on 2 CPU cores: 4 small 3-stage experts at 32 px, free boundaries
+    "cpu32": {"base_expert": _cpu32_expert().to_dict(), "n_experts": [4], "boundary_mode": "free",
+              "min_length": 50, "share_grid": [0.0, 0.25, 0.5, 0.75, 1.0]},
     # CPU-sized: 2 tiny experts of 2 stages, for tests, the quickstart and notebooks
     "tiny": {"base_expert": _tiny_expert(16).to_dict(), "n_experts": [2], "boundary_mode": "free",
              "min_length": 100, "share_grid": [0.0, 0.5, 1.0], "p_low": 0.3, "p_high": 1.0},
