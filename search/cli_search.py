@@ -107,3 +107,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_search)
+    register_quickstart(subparsers)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import QuickstartConfig, run_quickstart
+
+    config = QuickstartConfig.tiny() if args.tiny else QuickstartConfig()
+    report = run_quickstart(args.out, config)
+    print(f"quickstart finished: open {report}")
+    return 0
+
+
+def register_quickstart(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("quickstart", help="spectrum -> search -> export -> train -> samples on built-in data")
+    p.add_argument("out", metavar="OUT", help="output folder (rerun to resume)")
+    p.add_argument("--tiny", action="store_true", help="seconds-sized version (tests, smoke checks)")
+    p.set_defaults(run=_quickstart)
