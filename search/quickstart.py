@@ -110,11 +110,11 @@ def best_trial(search: SearchConfig) -> optuna.trial.FrozenTrial:
 
 def export_stage(out: Path, search: SearchConfig) -> Path:
     """Export the Pareto front (specs, trials.csv, plots, report.md)."""
-    from .export import export_study
+    from .export import export_study, load_study
 
     folder = out / "3-export"
     if not (folder / "report.md").is_file():
-        export_study(Path(search.study_dir), folder, overwrite=True)
+        export_study(load_study(search.study_dir), folder, overwrite=True)
     return folder
 
 

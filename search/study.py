@@ -304,24 +304,25 @@ class Objective:
     def _proxy_quality(self, trial: optuna.Trial, spec: MemeSpec) -> float | None:
         run_dir = self.study_dir / "trials" / f"trial-{trial.number:05d}"
         try:
-            result = train(spec, self.config.proxy_config(self.device), run_dir, progress=False,
-                           on_validation=self._pruning_callback(trial))
-        except OutOfMemory as err:
-            trial.set_user_attr("failure_reason", str(err))
-            return None
-        except TrainingDiverged as err:
-            trial.set_user_attr("failure_reason", str(err))
-            raise optuna.TrialPruned(str(err)) from None
+            try:
+                result = train(spec, self.config.proxy_config(self.device), run_dir, progress=False,
+                               on_validation=self._pruning_callback(trial))
+            except OutOfMemory as err:
+                trial.set_user_attr("failure_reason", str(err))
+                return None
+            except TrainingDiverged as err:
+                trial.set_user_attr("failure_reason", str(err))
+                raise optuna.TrialPruned(str(err)) from None
+            trial.set_user_attr("val_loss", result.val["val_loss"])
+            trial.set_user_attr("val_loss_quarters", result.val["val_loss_quarters"])
+            trial.set_user_attr("train_images_per_s", result.train_images_per_s)
+            self._upload_grid(trial, run_dir)
+            if self.config.quality == "val":
+                return float(result.val["val_loss"])
+            return self._fid(trial, spec, run_dir)
         finally:
             if not self.config.keep_proxy_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        trial.set_user_attr("val_loss", result.val["val_loss"])
-        trial.set_user_attr("val_loss_quarters", result.val["val_loss_quarters"])
-        trial.set_user_attr("train_images_per_s", result.train_images_per_s)
-        self._upload_grid(trial, run_dir)
-        if self.config.quality == "val":
-            return float(result.val["val_loss"])
-        return self._fid(trial, spec, run_dir)
 
     def _pruning_callback(self, trial: optuna.Trial):
         if self.config.objective == "multi" or self.config.pruner == "none":
@@ -350,7 +351,7 @@ class Objective:
         trial.set_user_attr("sample_grid_artifact", artifact_id)
 
     def _fid(self, trial: optuna.Trial, spec: MemeSpec, run_dir: Path) -> float:
-        from memekit.analysis.fid import fid_against_reference
+        from memekit.analysis.fid import fid
 
         from .sampling import load_model, sample_images
 
@@ -358,8 +359,9 @@ class Objective:
         images = sample_images(model, spec, self.config.fid_n, steps=self.config.fid_steps, seed=self.config.seed,
                                device=self.device, batch=256, mixed_precision=self.config.mixed_precision,
                                progress=False)
-        result = fid_against_reference(images, self.config.data, spec.experts[0].resolution,
-                                       cache=self.study_dir / "fid_reference.npz", device=self.device)
+        # reference: the data's held-out split, statistics cached by the FID module
+        result = fid(images, self.config.data, resolution=spec.experts[0].resolution, split="reference",
+                     device=self.device)
         trial.set_user_attr("fid_weights", result.weights_label)
         return float(result.value)
 
