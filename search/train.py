@@ -63,6 +63,10 @@ class TrainingInterrupted(TrainingError):
         self.exit_code = exit_code
 
 
+class TrainingPaused(TrainingInterrupted):
+    """The run's deadline passed: a checkpoint was written, rerun to resume."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run besides the spec (saved as config.json)."""
@@ -263,9 +267,11 @@ class Trainer:
     """One training run in ``run_dir``: build, resume, loop, validate, sample, checkpoint."""
 
     def __init__(self, spec: MemeSpec, config: TrainConfig, run_dir: str | Path, progress: bool = True,
-                 on_validation: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+                 on_validation: Callable[[int, dict[str, Any]], None] | None = None,
+                 deadline: float | None = None) -> None:
         self.spec, self.config, self.run_dir = spec, config, Path(run_dir)
         self.progress, self.on_validation = progress, on_validation
+        self.deadline = deadline  # time.time() after which the run checkpoints and stops
         self.dist = _init_distributed()
         self.device = _resolve_device(config, self.dist.local_rank)
         n, per_step = spec.n_experts, self.dist.world * spec.n_experts
@@ -467,6 +473,8 @@ class Trainer:
             while self.step < total:
                 if self._stop_signal is not None:
                     self._interrupt(bar)
+                if self.deadline is not None and time.time() > self.deadline:
+                    self._pause(bar)
                 loss_vec = self._guarded_step()
                 self.step += 1
                 self.images_per_expert = [v + self.sub_batch * self.dist.world for v in self.images_per_expert]
@@ -517,6 +525,12 @@ class Trainer:
         raise TrainingInterrupted(f"{name} at step {self.step}: checkpoint written to {path}; rerun the same "
                                   "command to resume", 128 + int(self._stop_signal))
 
+    def _pause(self, bar: tqdm) -> None:
+        bar.close()
+        path = self.checkpoint()
+        raise TrainingPaused(f"time limit reached at step {self.step}: checkpoint written to {path}; rerun to "
+                             "resume", 0)
+
     def _result(self, start_step: int, start_time: float, path: Path | None) -> TrainResult:
         wall = time.perf_counter() - start_time
         images = (self.step - start_step) * self.config.batch
@@ -555,6 +569,11 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def train(spec: MemeSpec, config: TrainConfig, run_dir: str | Path, resume: str | Path | None = None,
-          progress: bool = True, on_validation: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train ``spec`` under ``config`` into ``run_dir`` (resuming automatically); see :class:`Trainer`."""
-    return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation).run(resume)
+          progress: bool = True, on_validation: Callable[[int, dict[str, Any]], None] | None = None,
+          deadline: float | None = None) -> TrainResult:
+    """Train ``spec`` under ``config`` into ``run_dir`` (resuming automatically); see :class:`Trainer`.
+
+    ``deadline`` (a ``time.time()`` value): past it, write a checkpoint and raise
+    :class:`TrainingPaused`, for bounded chunks on time-limited allocations."""
+    return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation,
+                   deadline=deadline).run(resume)
