@@ -24,8 +24,9 @@ The noisy-input identity (exact for white Gaussian eps and an orthonormal FFT; t
 so one pass over the clean data gives the expected spectrum of x_t at every t. The Monte-Carlo
 estimate (:func:`monte_carlo_noisy_spectrum`) actually noises images and is the cross-check.
 The crossover frequency ``f_c(t)`` (:func:`crossover_frequency`) is where SNR(t, f) first falls
-to 1: detail above it is buried in noise at step t (Rissanen et al. 2023 and Dieleman 2024 read
-diffusion as approximate spectral autoregression in the same way).
+to 1: detail above it is buried in noise at step t, the reading of diffusion as coarse-to-fine
+generation in Rissanen et al. 2023 ("Generative modelling with inverse heat dissipation") and
+Dieleman 2024 ("Diffusion is spectral autoregression").
 """
 
 from __future__ import annotations
