@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ PRUNERS = ("none", "median", "hyperband", "wilcoxon")
 WARM_STARTS = ("prior", "meme-paper", "multi-same", "single-large", "single-small")
 HEARTBEAT_KEY = "memekit:heartbeat"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# group=True, set_metric_names and artifacts are "experimental" in Optuna 5; memekit pins optuna<6
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class SearchError(MemekitError, ValueError):
