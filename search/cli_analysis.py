@@ -150,8 +150,17 @@ def _spectrum(args: argparse.Namespace) -> int:
 
 
 # ---- memekit features ------------------------------------------------------------------------------
+def _is_checkpoint(name: str) -> bool:
+    return Path(name).is_dir() or name.endswith(".pt")
+
+
 def _features_spec(args: argparse.Namespace) -> MemeSpec:
-    spec = resolve_spec(args.model, args.resolution)
+    if _is_checkpoint(args.model):
+        from .checkpoint import checkpoint_spec, load_checkpoint
+
+        spec = checkpoint_spec(load_checkpoint(args.model))
+    else:
+        spec = resolve_spec(args.model, args.resolution)
     if not 0 <= args.expert < spec.n_experts:
         raise SpecError(f"--expert {args.expert} is out of range: {args.model} has {spec.n_experts} expert(s)")
     T = spec.diffusion.timesteps
@@ -169,7 +178,8 @@ def _features(args: argparse.Namespace) -> int:
     config = {"command": "features", "model": args.model, "expert": args.expert, "data": args.data,
               "resolution": expert_spec.resolution, "limit": args.limit, "t": list(args.t),
               "layers": args.layers, "seed": args.seed, "device": args.device, "out": str(args.out),
-              "weights": "random init (torch.manual_seed(seed))"}
+              "weights": ("EMA weights of the checkpoint" if _is_checkpoint(args.model)
+                          else "random init (torch.manual_seed(seed))")}
     if args.dry_run:
         print(json.dumps(config, indent=2))
         return 0
@@ -177,7 +187,12 @@ def _features(args: argparse.Namespace) -> int:
     _prepare_out(out, args.overwrite)
     device = _device(args.device)
     torch.manual_seed(args.seed)
-    model = build_expert(expert_spec).to(device).eval()
+    if _is_checkpoint(args.model):
+        from .sampling import load_model
+
+        model = load_model(args.model, device=device)[0].experts[args.expert].eval()
+    else:
+        model = build_expert(expert_spec).to(device).eval()
     x0 = to_model_range(load_images(args.data, expert_spec.resolution, limit=args.limit, progress=True)).to(device)
     frame = feature_spectra(model, x0, Diffusion(spec.diffusion), args.t, layers=args.layers or None,
                             seed=args.seed, progress=True)
@@ -244,7 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_spectrum)
 
     p = subparsers.add_parser("features", help="relative log amplitude of an expert's feature maps per t")
-    p.add_argument("model", metavar="MODEL_OR_PRESET", help="preset name or spec JSON (random init)")
+    p.add_argument("model", metavar="MODEL_OR_PRESET", help="preset name, spec JSON (random init), or a run folder / checkpoint (EMA weights)")
     p.add_argument("--data", required=True, help="image folder, .npz, or builtin:shapes[:N]")
     p.add_argument("--expert", type=int, default=0, help="index of the expert to analyse (default 0)")
     p.add_argument("--t", type=int, nargs="+", default=None,

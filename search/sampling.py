@@ -16,7 +16,7 @@ from memekit.analysis.data import to_uint8
 from memekit.space import Diffusion, MemeSpec, MultiExpert, sample
 from memekit.space.errors import MemekitError
 
-from .checkpoint import checkpoint_spec, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_spec, load_checkpoint
 
 
 @torch.no_grad()
@@ -90,7 +90,12 @@ def load_model(checkpoint: str | Path, use_ema: bool = True, device: torch.devic
     state = load_checkpoint(checkpoint, map_location="cpu")
     spec = checkpoint_spec(state)
     model = MultiExpert(spec)
-    model.load_state_dict(state["ema" if use_ema else "model"])
+    try:
+        model.load_state_dict(state["ema" if use_ema else "model"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise CheckpointError(f"checkpoint {state['path']} does not fit the network its spec builds "
+                              f"(written by another memekit version?): {first[:160]}") from None
     return model.to(device).eval(), spec, state
 
 

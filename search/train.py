@@ -386,8 +386,12 @@ class Trainer:
         if stored.to_dict() != self.spec.to_dict():
             raise TrainingError(f"checkpoint {state['path']} was trained with a different spec "
                                 f"({stored.name or 'unnamed'}): use a new --out folder or the same spec")
-        self.model.load_state_dict(state["model"])
-        self.ema.module.load_state_dict(state["ema"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.module.load_state_dict(state["ema"])
+        except RuntimeError:
+            raise TrainingError(f"checkpoint {state['path']} does not fit the network its spec builds (written by "
+                                "another memekit version?): use a new --out folder") from None
         self.ema.n_averaged.fill_(int(state["ema_updates"]))
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.scaler.is_enabled():
