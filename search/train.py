@@ -288,7 +288,8 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_warmup_avg_fn(config.ema_decay))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                           fused=self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
         self.experts = self._wrap_experts()
         self.step, self.images_per_expert = 0, [0] * n
