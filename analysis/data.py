@@ -200,6 +200,14 @@ def parse_builtin(source: str) -> tuple[str, int]:
     return parts[0], count
 
 
+def check_data_source(source: str) -> None:
+    """Fail early, with one line, for a source that cannot be loaded (before any work starts)."""
+    if source.startswith(BUILTIN_PREFIX):
+        parse_builtin(source)
+    elif not Path(source).exists():
+        raise DataError(f"data source {source!r} does not exist: give an image folder, an .npz or builtin:shapes")
+
+
 def source_fingerprint(source: str) -> str:
     """A short hash that changes when the source's content may have changed."""
     h = hashlib.sha1(f"loader-v{LOADER_VERSION}\n".encode())

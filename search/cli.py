@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - last-resort one-line report
         if args.debug:
             raise
-        print(f"memekit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        print(f"memekit: internal error: {type(err).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+from memekit.analysis.data import check_data_source
 from memekit.space.diffusion import SAMPLERS
 
 from .cli_space import _positive, resolve_spec
 from .sampling import sample_checkpoint
-from .train import MIXED_PRECISION, TrainConfig, TrainingError, dry_run, train
+from .train import MIXED_PRECISION, TrainConfig, TrainingError, check_budget, dry_run, train
 
 
 def _nonneg(text: str) -> int:
@@ -45,15 +47,20 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise TrainingError("--out RUN_DIR is required (unless --dry-run)")
+    check_budget(spec, config, int(os.environ.get("WORLD_SIZE", "1")))
+    check_data_source(config.data)
     n = spec.n_experts
-    print(f"budget: {config.steps * config.batch:,} images in total = {config.steps * config.batch // n:,} per "
-          f"expert x {n} expert(s); {config.steps:,} steps of batch {config.batch} ({config.batch // n} per expert)",
-          file=sys.stderr)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        per = config.steps * config.batch
+        print(f"budget: {per:,} images in total = {per // n:,} per expert x {n} expert(s); {config.steps:,} "
+              f"steps of batch {config.batch} ({config.batch // n} per expert)", file=sys.stderr)
     result = train(spec, config, args.out, resume=args.resume, progress=not args.quiet)
     val = result.val.get("val_loss")
-    print(f"trained to step {result.steps:,}: {result.images_seen:,} images in total, "
-          f"{result.images_per_expert} per expert; {result.train_images_per_s:.1f} img/s; "
-          f"val loss {val if val is None else round(val, 5)}; checkpoint {result.checkpoint}")
+    if main_rank:
+        print(f"trained to step {result.steps:,}: {result.images_seen:,} images in total, "
+              f"{result.images_per_expert} per expert; {result.train_images_per_s:.1f} img/s; "
+              f"val loss {val if val is None else round(val, 5)}; checkpoint {result.checkpoint}")
     return 0
 
 

@@ -115,7 +115,11 @@ def sample_checkpoint(checkpoint: str | Path, out: str | Path, n: int = 64, samp
                       progress: bool = True) -> SampleReport:
     """Sample ``n`` images from a run folder or checkpoint and save them; reports images/s."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise MemekitError(f"--device {device} was asked for but no CUDA device is visible: use --device cpu")
     out = Path(out)
+    if out.exists() and out.suffix != ".npz" and not out.is_dir():
+        raise MemekitError(f"--out {out} is an existing file: give a folder or a .npz path")
     if out.exists() and not overwrite and (out.suffix == ".npz" or any(out.iterdir())):
         raise MemekitError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
     model, spec, state = load_model(checkpoint, use_ema=use_ema, device=device)

@@ -245,8 +245,16 @@ def _autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def check_budget(spec: MemeSpec, config: TrainConfig, world: int = 1) -> None:
+    """The batch must split evenly over experts x processes."""
+    per_step = world * spec.n_experts
+    if config.batch % per_step:
+        raise TrainingError(f"batch {config.batch} must be divisible by experts x processes = {per_step}")
+
+
 def dry_run(spec: MemeSpec, config: TrainConfig) -> dict[str, Any]:
     """The resolved configuration and the cost of every expert, as printed by ``--dry-run``."""
+    check_budget(spec, config)
     cost = spec_cost(spec, config.sample_steps)
     n = spec.n_experts
     return {
@@ -275,8 +283,7 @@ class Trainer:
         self.dist = _init_distributed()
         self.device = _resolve_device(config, self.dist.local_rank)
         n, per_step = spec.n_experts, self.dist.world * spec.n_experts
-        if config.batch % per_step:
-            raise TrainingError(f"batch {config.batch} must be divisible by experts x processes = {per_step}")
+        check_budget(spec, config, self.dist.world)
         if config.mixed_precision != "no" and self.device.type != "cuda":
             raise TrainingError(f"--mixed-precision {config.mixed_precision} needs a CUDA device: use 'no' on {self.device}")
         self.sub_batch = config.batch // per_step  # images per expert per process per step
@@ -413,7 +420,11 @@ class Trainer:
     def prepare(self, resume: str | Path | None) -> None:
         """Create the run folder, or resume from ``resume`` / the folder's latest checkpoint."""
         spec_file = self.run_dir / "spec.json"
-        source = resume or latest_checkpoint(self.run_dir)
+        latest = latest_checkpoint(self.run_dir)
+        if resume is not None and latest is not None and Path(resume).resolve() != latest.resolve():
+            raise TrainingError(f"{self.run_dir} already holds newer checkpoints (latest {latest.name}); resuming "
+                                f"from {resume} there would mix two runs: use a new --out folder")
+        source = resume or latest
         if source is None and spec_file.is_file() and json.loads(spec_file.read_text()) != self.spec.to_dict():
             raise TrainingError(f"{self.run_dir} already holds a run of another spec: use a new --out folder")
         if source is not None:

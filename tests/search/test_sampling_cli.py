@@ -84,9 +84,6 @@ def test_sample_refuses_to_overwrite_without_flag(trained_run: Path, tmp_path: P
     assert npz.read_bytes() == b"not mine"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: search/sampling.py sample_checkpoint calls any(out.iterdir()) when --out is an existing "
-    "regular file without .npz suffix; NotADirectoryError -> 'internal error', exit 1 instead of 2"))
 def test_sample_refuses_an_existing_file_as_out(trained_run: Path, tmp_path: Path, cli: Cli) -> None:
     target = tmp_path / "notes.txt"
     target.write_text("mine")
@@ -96,10 +93,6 @@ def test_sample_refuses_an_existing_file_as_out(trained_run: Path, tmp_path: Pat
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: search/sampling.py sample_checkpoint passes --device cuda straight to model.to(); without "
-    "CUDA that is 'internal error: RuntimeError: Found no NVIDIA driver', exit 1 instead of 2 "
-    "(memekit train has a one-line check for the same case in train._resolve_device)"))
 def test_sample_on_missing_cuda_is_a_one_line_error(trained_run: Path, tmp_path: Path, cli: Cli) -> None:
     code, _, err = cli("sample", trained_run, "--out", tmp_path / "o", "--n", "1", "--steps", "1",
                        "--device", "cuda", "--quiet")
@@ -150,10 +143,6 @@ def test_bf16_on_cpu_is_one_line_exit_2(spec_file: Callable[..., Path], cli: Cli
     assert_one_line_error(code, err, contains="bf16")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: search/train.py dry_run (and cli_train._train's budget line) never check that batch is "
-    "divisible by the number of experts; `--dry-run --batch 7` with 2 experts exits 0 and reports "
-    "images_per_expert = floor(7 x steps / 2) != images_total / 2 (only Trainer.__init__ checks)"))
 def test_dry_run_refuses_batch_not_divisible_by_experts(spec_file: Callable[..., Path], cli: Cli) -> None:
     code, _, err = cli("train", spec_file(), "--data", DATA, "--batch", "7", "--steps", "3", "--dry-run")
     assert_one_line_error(code, err, contains="divisible")
