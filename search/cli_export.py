@@ -1,0 +1,85 @@
+"""``memekit export`` (specs, table, plots and report of a study) and ``memekit fidelity`` (proxy
+rank agreement with longer runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cli_space import _positive
+
+
+def _export(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .export import export_study, load_study, select_trials
+
+    loaded = load_study(args.study_dir, args.storage, args.study)
+    top = None if args.pareto else args.top
+    if args.dry_run:
+        chosen = [t.number for t in select_trials(loaded.study, top)]
+        print(json.dumps({"study_name": loaded.study.study_name, "storage": loaded.where,
+                          "config": loaded.config.to_dict(), "selection": "pareto" if top is None else f"top {top}",
+                          "trials": chosen, "out": args.out}, indent=2))
+        return 0
+    result = export_study(loaded, args.out, top=top, overwrite=args.overwrite)
+    for spec in result.specs:
+        if spec.differences:
+            print(f"memekit: warning: trial {spec.number}: {'; '.join(spec.differences)} (see report.md)",
+                  file=sys.stderr)
+    for note in result.notes:
+        print(f"memekit: note: {note}", file=sys.stderr)
+    print(f"exported {len(result.specs)} trial(s) of study {loaded.study.study_name!r} to {result.out}: "
+          f"{', '.join(f'trial-{s.number:05d}.json' for s in result.specs)}; report.md, trials.csv, plots")
+    return 0
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    from .export import load_study
+    from .fidelity import fidelity_runs, fidelity_text, plan_fidelity, save_fidelity
+
+    loaded = load_study(args.study_dir)
+    if args.dry_run:
+        plan = plan_fidelity(loaded, args.top, args.images, args.out, args.device)
+        print(json.dumps({"study_name": loaded.study.study_name, **plan.to_dict()}, indent=2))
+        return 0
+
+    def on_run(number: int, result) -> None:
+        print(f"trial {number}: {result.images_seen:,} images, val_loss {result.val['val_loss']:.5f} "
+              f"({result.run_dir})", file=sys.stderr)
+
+    result = fidelity_runs(loaded, args.top, args.images, args.out, device=args.device, progress=not args.quiet,
+                           on_run=on_run)
+    written = save_fidelity(loaded, result, args.export)
+    print(fidelity_text(result))
+    print(f"saved to the study (user attr 'fidelity') and {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="write a study's chosen specs, trials.csv, plots and report.md")
+    p.add_argument("study_dir", metavar="STUDY_DIR", nargs="?", default=None,
+                   help="study folder of 'memekit search' (its search_config.json names storage and study)")
+    p.add_argument("--storage", default=None, help="instead of STUDY_DIR: a journal file or postgresql://...")
+    p.add_argument("--study", default=None, help="study name (with --storage)")
+    p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--pareto", action="store_true", help="the feasible Pareto front (default)")
+    which.add_argument("--top", type=_positive, default=None, help="the K best feasible trials by quality")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    p.add_argument("--dry-run", action="store_true", help="print the study and the chosen trials, write nothing")
+    p.set_defaults(run=_export)
+
+    p = subparsers.add_parser("fidelity", help="retrain the K best trials longer; Kendall tau / Spearman rho")
+    p.add_argument("study_dir", metavar="STUDY_DIR")
+    p.add_argument("--top", type=int, default=5, help="K best feasible trials by proxy quality (K >= 3)")
+    p.add_argument("--images", type=_positive, required=True, help="long training budget (images, > proxy)")
+    p.add_argument("--out", default=None, help="folder of the runs (default STUDY_DIR/fidelity)")
+    p.add_argument("--export", default=None, help="export whose report.md gets the result "
+                                                  "(default STUDY_DIR/export, if it exists)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the chosen trials and the training config")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_fidelity)

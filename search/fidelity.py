@@ -1,0 +1,232 @@
+"""Proxy fidelity: does the short proxy run rank architectures the way a longer run does?
+
+:func:`proxy_fidelity` retrains the K best feasible complete trials of a study (by proxy quality)
+with a longer image budget and otherwise the study's proxy settings (same data, seed, batch,
+learning rate, warm-up, validation set), each into ``STUDY_DIR/fidelity/trial-NNNNN`` (resumable:
+:func:`memekit.search.train.train` resumes from the run's last checkpoint and returns at once when
+the run is finished), then measures the rank agreement between proxy quality and long-run
+validation loss with Kendall's tau-b and Spearman's rho (:mod:`scipy.stats`).
+
+The result goes into the study (user attr ``fidelity``), ``STUDY_DIR/fidelity.json`` and, when an
+export exists, a section of its ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from optuna.trial import FrozenTrial
+from scipy import stats
+
+from memekit.space.errors import MemekitError
+
+from .export import REPORT_FILE, LoadedStudy, load_study, select_trials, trial_spec
+from .train import TrainConfig, TrainResult, train
+
+MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
+FIDELITY_FILE = "fidelity.json"
+REPORT_BEGIN, REPORT_END = "<!-- memekit:fidelity -->", "<!-- /memekit:fidelity -->"
+
+
+class FidelityError(MemekitError, ValueError):
+    """A fidelity check cannot run (too few trials, a budget that is not longer, ...)."""
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """Kendall's tau-b and Spearman's rho between two paired samples, with two-sided p-values."""
+
+    kendall_tau: float
+    kendall_p: float
+    spearman_rho: float
+    spearman_p: float
+
+
+def rank_agreement(proxy: Sequence[float], long: Sequence[float]) -> RankAgreement:
+    """``scipy.stats.kendalltau`` (tau-b, ties corrected) and ``scipy.stats.spearmanr`` of the pairs
+    ``(proxy_i, long_i)``; NaN where a sample is constant (no ranking to agree with)."""
+    if len(proxy) != len(long) or len(proxy) < MIN_TRIALS:
+        raise FidelityError(f"rank agreement needs >= {MIN_TRIALS} pairs, got {len(proxy)} and {len(long)} values")
+    with warnings.catch_warnings():  # a constant sample gives NaN, reported as "undefined"
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        tau = stats.kendalltau(proxy, long)
+        rho = stats.spearmanr(proxy, long)
+    return RankAgreement(float(tau.statistic), float(tau.pvalue), float(rho.statistic), float(rho.pvalue))
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    """Proxy and long-run quality of K trials, and their rank agreement."""
+
+    trials: tuple[int, ...]
+    warm_start: tuple[str, ...]
+    proxy: tuple[float, ...]  # the study's first objective (proxy quality)
+    long: tuple[float, ...]  # validation loss after the long run
+    agreement: RankAgreement
+    quality_name: str
+    proxy_images: int
+    long_images: int
+    run_dirs: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["agreement"] = {k: (None if math.isnan(v) else v) for k, v in data["agreement"].items()}
+        return data
+
+
+def long_config(proxy: TrainConfig, images: int) -> TrainConfig:
+    """The study's proxy training with ``images`` instead of the proxy budget; checkpoints about every
+    tenth of the run (so an interrupted run resumes; they do not change the result)."""
+    if images <= proxy.images:
+        raise FidelityError(f"--images {images} must exceed the proxy budget of {proxy.images} images")
+    steps = images // proxy.batch
+    return dataclasses.replace(proxy, images=images, checkpoint_every=max(1, steps // 10), keep_last=1,
+                               log_every=max(1, steps // 20))
+
+
+def _check_run_dir(run_dir: Path, images: int) -> None:
+    config = run_dir / "config.json"
+    if config.is_file():
+        trained = int(json.loads(config.read_text()).get("images", 0))
+        if trained > images:
+            raise FidelityError(f"{run_dir} was trained to {trained:,} images, more than --images {images:,}: "
+                                "use that budget or another --out")
+
+
+@dataclass(frozen=True)
+class FidelityPlan:
+    """Which trials are retrained, with which training config, into which folder."""
+
+    trials: tuple[FrozenTrial, ...]
+    config: TrainConfig
+    out: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": [t.number for t in self.trials], "out": str(self.out), "train": self.config.to_dict()}
+
+
+def plan_fidelity(loaded: LoadedStudy, top: int, images: int, out: str | Path | None = None,
+                  device: str | None = None) -> FidelityPlan:
+    """The ``top`` best feasible complete trials, the long config and the runs' folder (checked)."""
+    if top < MIN_TRIALS:
+        raise FidelityError(f"--top {top}: the rank agreement needs K >= {MIN_TRIALS} trials")
+    chosen = select_trials(loaded.study, top)
+    if len(chosen) < top:
+        raise FidelityError(f"--top {top}, but study {loaded.study.study_name!r} has only {len(chosen)} feasible "
+                            "complete trials")
+    if loaded.study_dir is None and out is None:
+        raise FidelityError("the study has no STUDY_DIR: give --out for the fidelity runs")
+    out = Path(out) if out is not None else loaded.study_dir / "fidelity"
+    config = long_config(loaded.config.proxy_config(device), images)
+    for trial in chosen:
+        _check_run_dir(out / f"trial-{trial.number:05d}", images)
+    return FidelityPlan(tuple(chosen), config, out)
+
+
+def fidelity_runs(loaded: LoadedStudy, top: int, images: int, out: str | Path | None = None,
+                  device: str | None = None, progress: bool = False,
+                  on_run: Callable[[int, TrainResult], None] | None = None) -> FidelityResult:
+    """Retrain the ``top`` best feasible complete trials for ``images`` images and compare ranks."""
+    plan = plan_fidelity(loaded, top, images, out, device)
+    chosen, config = plan.trials, plan.config
+    long, dirs = [], []
+    for trial in chosen:
+        spec = trial_spec(trial, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
+        run_dir = plan.out / f"trial-{trial.number:05d}"
+        result = train(spec, config, run_dir, progress=progress)
+        long.append(float(result.val["val_loss"]))
+        dirs.append(str(run_dir))
+        if on_run is not None:
+            on_run(trial.number, result)
+    proxy = [float(t.values[0]) for t in chosen]
+    return FidelityResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
+                          tuple(proxy), tuple(long), rank_agreement(proxy, long), loaded.quality_name,
+                          loaded.config.proxy_images, images, tuple(dirs))
+
+
+def fidelity_frame(result: FidelityResult) -> pd.DataFrame:
+    """One row per trial: proxy and long-run quality and their ranks (1 = best)."""
+    frame = pd.DataFrame({"trial": result.trials, "warm_start": result.warm_start, "proxy": result.proxy,
+                          "long": result.long})
+    frame["proxy_rank"] = frame["proxy"].rank(method="min").astype(int)
+    frame["long_rank"] = frame["long"].rank(method="min").astype(int)
+    return frame
+
+
+def _number(value: float) -> str:
+    return "undefined (a constant sample)" if math.isnan(value) else f"{value:.3f}"
+
+
+def fidelity_text(result: FidelityResult) -> str:
+    """A small plain-text table and the two coefficients (what ``memekit fidelity`` prints)."""
+    frame = fidelity_frame(result)
+    proxy_head = f"proxy {result.quality_name} ({result.proxy_images:,} img)"
+    long_head = f"val_loss ({result.long_images:,} img)"
+    lines = [f"{'trial':>6}  {'warm start':<12}  {proxy_head:>28}  {long_head:>22}  {'rank':>4} -> {'rank':<4}"]
+    for row in frame.itertuples(index=False):
+        lines.append(f"{row.trial:>6}  {row.warm_start:<12}  {row.proxy:>28.5f}  {row.long:>22.5f}  "
+                     f"{row.proxy_rank:>4} -> {row.long_rank:<4}")
+    a = result.agreement
+    lines.append(f"Kendall tau = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}), Spearman rho = "
+                 f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) over {len(frame)} trials")
+    return "\n".join(lines)
+
+
+def fidelity_markdown(result: FidelityResult) -> str:
+    """The ``report.md`` section (between markers, so a rerun replaces it)."""
+    frame = fidelity_frame(result)
+    a = result.agreement
+    lines = [REPORT_BEGIN, "## Proxy fidelity", "",
+             f"The {len(frame)} best feasible trials by proxy {result.quality_name} "
+             f"({result.proxy_images:,} images) retrained for {result.long_images:,} images with the same data, "
+             "seed and settings; long-run quality is the validation loss.", "",
+             f"| trial | warm start | proxy {result.quality_name} | long-run val_loss | proxy rank | long rank |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.trial} | {r.warm_start} | {r.proxy:.5g} | {r.long:.5g} | {r.proxy_rank} | {r.long_rank} |"
+              for r in frame.itertuples(index=False)]
+    lines += ["", f"Kendall tau-b = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}); Spearman rho = "
+              f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) (scipy.stats).", REPORT_END, ""]
+    return "\n".join(lines)
+
+
+def append_to_report(report: Path, result: FidelityResult) -> None:
+    """Add (or replace) the fidelity section of an export's ``report.md``."""
+    text = report.read_text()
+    pattern = re.compile(re.escape(REPORT_BEGIN) + r".*?" + re.escape(REPORT_END) + r"\n?", re.DOTALL)
+    text = pattern.sub("", text).rstrip("\n") + "\n\n"
+    report.write_text(text + fidelity_markdown(result))
+
+
+def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str | Path | None = None) -> list[Path]:
+    """Record ``result`` in the study (user attr ``fidelity``), ``STUDY_DIR/fidelity.json`` and the
+    export's ``report.md`` (``export_dir``, default ``STUDY_DIR/export``) when it exists."""
+    loaded.study.set_user_attr("fidelity", result.to_dict())
+    written = []
+    if loaded.study_dir is not None:
+        path = loaded.study_dir / FIDELITY_FILE
+        path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        written.append(path)
+    export = Path(export_dir) if export_dir is not None else (loaded.study_dir / "export" if loaded.study_dir else None)
+    if export is not None and (export / REPORT_FILE).is_file():
+        append_to_report(export / REPORT_FILE, result)
+        written.append(export / REPORT_FILE)
+    return written
+
+
+def proxy_fidelity(study_dir: str | Path, top: int, images: int, out: str | Path | None = None,
+                   export_dir: str | Path | None = None, device: str | None = None, progress: bool = False,
+                   on_run: Callable[[int, TrainResult], None] | None = None) -> FidelityResult:
+    """Open the study in ``study_dir``, run :func:`fidelity_runs`, save with :func:`save_fidelity`."""
+    loaded = load_study(study_dir)
+    result = fidelity_runs(loaded, top, images, out, device=device, progress=progress, on_run=on_run)
+    save_fidelity(loaded, result, export_dir)
+    return result

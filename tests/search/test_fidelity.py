@@ -1,0 +1,173 @@
+"""``memekit fidelity``: rank agreement against closed forms and scipy, pairing of proxy and long
+runs (with :func:`memekit.search.train.train` replaced by a fake whose val losses we choose), what
+is saved, resumption with the real trainer, and bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assert_one_line_error, read_log
+from scipy import stats
+from test_export import fabricate_study
+
+import memekit.search.fidelity as fidelity_module
+from memekit.search.export import load_study
+from memekit.search.fidelity import FidelityError, proxy_fidelity, rank_agreement
+from memekit.search.train import TrainConfig, TrainResult
+
+Cli = Callable[..., tuple[int, str, str]]
+LONG = 64
+
+# proxy quality of 6 trials (trial 2 infeasible, trial 5 pruned); the best four feasible are 0, 3, 4, 1
+POINTS = [
+    {"quality": 1.0, "cost": 4.0},
+    {"quality": 4.0, "cost": 1.0},
+    {"quality": 0.1, "cost": 0.1, "feasible": False},
+    {"quality": 2.0, "cost": 3.0, "warm_start": "meme-paper"},
+    {"quality": 3.0, "cost": 2.0},
+    {"state": "PRUNED"},
+    {"quality": 5.0, "cost": 5.0},
+]
+
+
+class FakeTrain:
+    """Stands in for ``train``: returns ``long_loss[trial number]`` as the final validation loss."""
+
+    def __init__(self, long_loss: dict[int, float]) -> None:
+        self.long_loss = long_loss
+        self.calls: list[tuple[int, TrainConfig]] = []
+
+    def __call__(self, spec: Any, config: TrainConfig, run_dir: str | Path, resume: Any = None,
+                 progress: bool = True, on_validation: Any = None) -> TrainResult:
+        number = int(Path(run_dir).name.split("-")[1])
+        self.calls.append((number, config))
+        val = {"val_loss": self.long_loss[number]}
+        return TrainResult(Path(run_dir), config.steps, config.images, [], val, None, 0.0, 0.0)
+
+
+# ---- rank agreement ------------------------------------------------------------------------------
+def test_rank_agreement_closed_forms() -> None:
+    # one discordant pair of 6: tau = (5 - 1) / 6; rank differences (0, 1, 1, 0): rho = 1 - 6*2/(4*15)
+    a = rank_agreement([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0])
+    assert a.kendall_tau == pytest.approx(2 / 3) and a.spearman_rho == pytest.approx(0.8)
+    perfect = rank_agreement([0.1, 0.5, 0.7], [3.0, 4.0, 9.0])
+    assert perfect.kendall_tau == pytest.approx(1.0) and perfect.spearman_rho == pytest.approx(1.0)
+    reversed_ = rank_agreement([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    assert reversed_.kendall_tau == pytest.approx(-1.0) and reversed_.spearman_rho == pytest.approx(-1.0)
+
+
+def test_rank_agreement_equals_scipy_with_ties() -> None:
+    proxy, long = [1.0, 2.0, 2.0, 5.0, 3.0], [2.0, 1.0, 4.0, 4.0, 6.0]
+    a = rank_agreement(proxy, long)
+    assert a.kendall_tau == pytest.approx(stats.kendalltau(proxy, long).statistic)
+    assert a.spearman_rho == pytest.approx(stats.spearmanr(proxy, long).statistic)
+    with pytest.raises(FidelityError):
+        rank_agreement([1.0, 2.0], [1.0, 2.0])
+
+
+# ---- proxy_fidelity with a fake trainer ------------------------------------------------------------------
+def test_pairs_top_k_proxy_with_long_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study_dir = tmp_path / "study"
+    fabricate_study(study_dir, POINTS)
+    long_loss = {0: 0.9, 3: 0.5, 4: 0.7, 1: 0.6}  # trial -> long-run val loss
+    fake = FakeTrain(long_loss)
+    monkeypatch.setattr(fidelity_module, "train", fake)
+    result = proxy_fidelity(study_dir, top=4, images=LONG)
+    assert result.trials == (0, 3, 4, 1)  # by proxy quality; 2 infeasible, 5 pruned, 6 is 5th
+    assert result.proxy == (1.0, 2.0, 3.0, 4.0)
+    assert result.long == (0.9, 0.5, 0.7, 0.6)
+    assert result.warm_start == ("", "meme-paper", "", "")
+    assert result.agreement.kendall_tau == pytest.approx(stats.kendalltau(result.proxy, result.long).statistic)
+    assert result.agreement.spearman_rho == pytest.approx(stats.spearmanr(result.proxy, result.long).statistic)
+    # pairs (1, .9) (2, .5) (3, .7) (4, .6): 2 concordant and 4 discordant of 6 -> tau = -2/6
+    assert result.agreement.kendall_tau == pytest.approx(-1 / 3)
+
+
+def test_long_runs_keep_the_proxy_settings_but_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study_dir = tmp_path / "study"
+    fabricate_study(study_dir, POINTS)
+    fake = FakeTrain({0: 1.0, 3: 2.0, 4: 3.0})
+    monkeypatch.setattr(fidelity_module, "train", fake)
+    proxy_fidelity(study_dir, top=3, images=LONG)
+    proxy = load_study(study_dir).config.proxy_config()
+    assert [n for n, _ in fake.calls] == [0, 3, 4]
+    for _, config in fake.calls:
+        assert config.images == LONG != proxy.images
+        for name in ("data", "batch", "lr", "warmup_images", "seed", "val_images", "val_timesteps", "hflip",
+                     "ema_decay", "grad_clip", "mixed_precision"):
+            assert getattr(config, name) == getattr(proxy, name), name
+
+
+def test_perfect_ranking_gives_one_and_is_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study_dir = tmp_path / "study"
+    fabricate_study(study_dir, POINTS)
+    export = study_dir / "export"
+    export.mkdir()
+    (export / "report.md").write_text("# Study\n\ntable\n")
+    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.2, 3: 0.3, 4: 0.35}))
+    result = proxy_fidelity(study_dir, top=3, images=LONG)
+    assert result.agreement.kendall_tau == pytest.approx(1.0)
+    assert result.agreement.spearman_rho == pytest.approx(1.0)
+    stored = load_study(study_dir).study.user_attrs["fidelity"]
+    saved = json.loads((study_dir / "fidelity.json").read_text())
+    for record in (stored, saved):
+        assert record["trials"] == [0, 3, 4] and record["long"] == [0.2, 0.3, 0.35]
+        assert record["agreement"]["kendall_tau"] == pytest.approx(1.0)
+    proxy_fidelity(study_dir, top=3, images=LONG)  # a rerun replaces the section, never duplicates it
+    report = (export / "report.md").read_text()
+    assert report.startswith("# Study\n\ntable\n") and report.count("## Proxy fidelity") == 1
+    assert "| 3 | meme-paper | 2 | 0.3 | 2 | 2 |" in report
+
+
+def test_cli_prints_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli) -> None:
+    fabricate_study(tmp_path / "study", POINTS)
+    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.4, 3: 0.3, 4: 0.5}))
+    code, out, err = cli("fidelity", tmp_path / "study", "--top", "3", "--images", str(LONG), "--quiet")
+    assert code == 0, err
+    # pairs (1, .4) (2, .3) (3, .5): one discordant pair of 3 -> tau = 1/3; rho = 1 - 6*2/24 = 0.5
+    assert "Kendall tau = 0.333" in out and "Spearman rho = 0.500" in out
+    assert [line.split()[0] for line in out.splitlines()[1:4]] == ["0", "3", "4"]
+
+
+# ---- the real trainer: resumable -------------------------------------------------------------------------
+def test_finished_runs_are_not_retrained(tmp_path: Path) -> None:
+    study_dir = tmp_path / "study"
+    fabricate_study(study_dir, POINTS[:5])
+    first = proxy_fidelity(study_dir, top=3, images=32)
+    logs = {n: read_log(study_dir / "fidelity" / f"trial-{n:05d}") for n in first.trials}
+    assert all(any(r.get("event") == "train" for r in log) for log in logs.values())
+    second = proxy_fidelity(study_dir, top=3, images=32)
+    assert second.long == first.long
+    for n in first.trials:
+        log = read_log(study_dir / "fidelity" / f"trial-{n:05d}")
+        assert sum(r.get("event") == "train" for r in log) == sum(r.get("event") == "train" for r in logs[n])
+        assert log[-1].get("note") == "budget already reached"
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------
+def test_k_too_small_is_one_line(tmp_path: Path, cli: Cli) -> None:
+    fabricate_study(tmp_path / "study", POINTS)
+    code, _, err = cli("fidelity", tmp_path / "study", "--top", "2", "--images", str(LONG))
+    assert_one_line_error(code, err, contains="K >= 3")
+    assert not (tmp_path / "study" / "fidelity").exists()
+
+
+def test_more_trials_than_feasible_is_one_line(tmp_path: Path, cli: Cli) -> None:
+    fabricate_study(tmp_path / "study", POINTS)
+    code, _, err = cli("fidelity", tmp_path / "study", "--top", "6", "--images", str(LONG))
+    assert_one_line_error(code, err, contains="only 5 feasible")
+
+
+def test_budget_not_longer_is_one_line(tmp_path: Path, cli: Cli) -> None:
+    fabricate_study(tmp_path / "study", POINTS)
+    code, _, err = cli("fidelity", tmp_path / "study", "--top", "3", "--images", "16")
+    assert_one_line_error(code, err, contains="must exceed the proxy budget")
+
+
+def test_missing_study_dir_is_one_line(tmp_path: Path, cli: Cli) -> None:
+    code, _, err = cli("fidelity", tmp_path / "nowhere", "--top", "3", "--images", str(LONG))
+    assert_one_line_error(code, err, contains="does not exist")
