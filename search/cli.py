@@ -14,7 +14,7 @@ import sys
 from memekit.space.errors import MemekitError
 
 # modules under memekit.search that add subcommands, in help order
-COMMAND_MODULES = ("cli_space", "cli_analysis", "cli_train", "cli_search", "cli_fid")
+COMMAND_MODULES = ("cli_space", "cli_analysis", "cli_train", "cli_search", "cli_export", "cli_fid")
 
 
 def build_parser() -> argparse.ArgumentParser:
