@@ -24,7 +24,7 @@ import optuna
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import spectral_report
-from memekit.space import MemeSpec, get_preset, load_spec, save_spec, spec_cost
+from memekit.space import MemeSpec, get_preset, load_spec, save_spec, spec_cost, uniform_intervals
 from memekit.space.errors import MemekitError
 
 from .cli_analysis import format_spectrum_summary, write_spectrum_report
@@ -149,7 +149,9 @@ def report_stage(out: Path, prior: MemeSpec, search: SearchConfig, best: optuna.
     spec = MemeSpec.from_json(best.user_attrs["spec"])
     cost = spec_cost(spec, 50)
     large = spec_cost(get_preset("single-large", spec.experts[0].resolution), 50)
-    val = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1]) if (run_dir / "log.jsonl").is_file() else {}
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    val = next((r for r in reversed(records) if r.get("event") == "validation"), {})
+    uniform = [iv[0] for iv in uniform_intervals(prior.diffusion.timesteps, prior.n_experts)] + [prior.diffusion.timesteps]
     rows = "\n".join(f"| {n} | [{lo}, {hi}) | {spec.soft_assignment[n]:.2f} | "
                      f"{'/'.join(f'{s:.2f}' for s in e.effective_attention_share())} |"
                      for n, (e, (lo, hi)) in enumerate(zip(spec.experts, spec.intervals, strict=True)))
@@ -159,7 +161,7 @@ Data `{search.data}`, search space `{search.space}`, {search.n_trials} trials, p
 {search.proxy_images} images; total time {seconds / 60:.1f} min.
 
 ## 1. Spectrum of the noisy inputs
-Spectral prior boundaries {list(prior.boundaries)} (uniform: equal quarters).
+Spectral prior boundaries {list(prior.boundaries)} (uniform: {uniform}).
 
 ![SNR](1-spectrum/snr_heatmap.png)
 ![crossover](1-spectrum/crossover.png)
@@ -177,7 +179,8 @@ Full export: [3-export/report.md](3-export/report.md).
 ![Pareto front](3-export/pareto_front.png)
 
 ## 4-5. Longer training and samples
-Trained in `4-train/` ({val.get('images_seen', '?')} images); last log line: `{json.dumps(val)}`.
+Trained in `4-train/` for {val.get('images_seen', '?')} images: validation loss {val.get('val_loss', float('nan')):.4f}
+(per quarter of [0, T): {', '.join(f'{v:.4f}' for v in val.get('val_loss_quarters', []))}).
 Trajectory MACs {cost.trajectory_macs / 1e9:.3f} G; params {cost.params:,}.
 
 ![samples]({grid.name})
