@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from .cli_space import _positive
 from .cli_train import _nonneg
@@ -15,6 +16,7 @@ from .study import (
     PRUNERS,
     QUALITIES,
     SAMPLERS,
+    STORAGE_ENV,
     WARM_STARTS,
     SearchConfig,
     count_trials,
@@ -55,7 +57,7 @@ def _search(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.dry_run:
         space = load_search_space(config.space, config.resolution)
-        print(json.dumps({"config": config.to_dict(), "space": space.to_dict(),
+        print(json.dumps({"config": config.public_dict(), "space": space.to_dict(),
                           "proxy": config.proxy_config().to_dict()}, indent=2))
         return 0
     where = redact_url(config.storage) if config.storage else f"{config.study_dir}/study.journal"
@@ -73,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("search", help="run, resume or join an Optuna study (proxy training per trial)")
     p.add_argument("study_dir", metavar="STUDY_DIR", help="study folder (journal, trials, artifacts)")
     p.add_argument("--study-name", default=d.study_name)
-    p.add_argument("--storage", default=None, help="default: STUDY_DIR/study.journal; or postgresql://...")
+    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                   help=f"default: ${STORAGE_ENV} or STUDY_DIR/study.journal; or postgresql://user:pw@host/db")
     p.add_argument("--space", default=d.space, help=f"search space: {', '.join(SPACE_PRESETS)} or a JSON file")
     p.add_argument("--resolution", type=_positive, default=None)
     p.add_argument("--data", default=d.data, help="image folder, .npz or builtin:shapes[:N]")

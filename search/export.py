@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,7 +104,10 @@ def load_study(study_dir: str | Path | None = None, storage: str | None = None,
     from ``storage`` + ``study_name``; one-line :class:`ExportError` when there is none."""
     folder = Path(study_dir) if study_dir is not None else None
     file_config = _config_file(folder) if folder is not None else None
-    storage = storage or (file_config.storage if file_config else None)
+    storage = storage or os.environ.get("MEMEKIT_STORAGE") or (file_config.storage if file_config else None)
+    if storage is not None and ":***@" in storage:
+        raise ExportError("the study's storage URL is stored without its password: pass --storage URL "
+                          "(or set MEMEKIT_STORAGE)")
     name = study_name or (file_config.study_name if file_config else None)
     if folder is None and (storage is None or name is None):
         raise ExportError("give STUDY_DIR, or both --storage URL and --study NAME")

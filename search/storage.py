@@ -20,7 +20,7 @@ class StorageError(MemekitError, ValueError):
 
 def redact_url(url: str) -> str:
     """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def storage_kind(url: str | None) -> str:
@@ -59,18 +59,25 @@ def open_storage(url: str | None, study_dir: Path, workers: int = 1, heartbeat_i
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if kind == "postgresql":
         _require_postgres_driver()
-        callback = optuna.storages.RetryFailedTrialCallback(max_retry=max_retries)
-        return _rdb(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                    failed_trial_callback=callback)
-    return _rdb(url)
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+        return _rdb(postgres_url(url), shown=url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=callback)
+    return _rdb(url, shown=url)
 
 
-def _rdb(url: str, **kwargs) -> optuna.storages.RDBStorage:
+def postgres_url(url: str) -> str:
+    """``postgresql://`` -> ``postgresql+psycopg2://`` (SQLAlchemy 2.1 would pick psycopg 3 instead);
+    a URL that names its driver is kept as it is."""
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url, flags=re.IGNORECASE)
+
+
+def _rdb(url: str, shown: str, **kwargs) -> optuna.storages.RDBStorage:
+    """RDBStorage for ``url``; errors name ``shown`` (the URL as the user wrote it), redacted."""
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
     except Exception as err:  # noqa: BLE001 - sqlalchemy raises many types
         reason = redact_url(str(err).splitlines()[0])[:200]
-        raise StorageError(f"cannot open storage {redact_url(url)}: {reason}") from None
+        raise StorageError(f"cannot open storage {redact_url(shown)}: {reason}") from None
 
 
 def _require_postgres_driver() -> None:

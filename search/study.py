@@ -53,6 +53,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNERS = ("none", "median", "hyperband", "wilcoxon")
 WARM_STARTS = ("prior", "meme-paper", "multi-same", "single-large", "single-small")
 HEARTBEAT_KEY = "memekit:heartbeat"
+STORAGE_ENV = "MEMEKIT_STORAGE"  # default --storage; also how workers receive the URL with its password
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # group=True, set_metric_names and artifacts are "experimental" in Optuna 5; memekit pins optuna<6
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -131,6 +132,13 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the storage password replaced by ``***`` (for files, studies, logs)."""
+        data = self.to_dict()
+        if data["storage"]:
+            data["storage"] = redact_url(data["storage"])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
@@ -492,7 +500,7 @@ def open_study(config: SearchConfig, seed: int, create: bool = True) -> optuna.S
         raise SearchError(f"no study named {config.study_name!r} in {redact_url(config.storage or str(study_dir))}") from None
     stored = study.user_attrs.get("memekit_config")
     if stored is None:
-        study.set_user_attr("memekit_config", config.to_dict())
+        study.set_user_attr("memekit_config", config.public_dict())
         study.set_metric_names(config.metric_names())
     elif {k: stored.get(k) for k in config.IDENTITY} != json.loads(json.dumps(config.identity())):
         diff = [k for k in config.IDENTITY if stored.get(k) != json.loads(json.dumps(config.identity()))[k]]
@@ -535,6 +543,8 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True) -> N
             if finished >= config.n_trials:
                 break
             if finished + running >= config.n_trials:  # wait: a running trial may still die
+                if not journal:  # Optuna fails (and retries) heartbeat-stale RDB trials only on request
+                    optuna.storages.fail_stale_trials(study)
                 time.sleep(min(5.0, config.heartbeat_interval))
                 continue
             study.optimize(watched, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
@@ -555,7 +565,7 @@ def prepare_study(config: SearchConfig) -> optuna.Study:
     study_dir = _mkdir(Path(config.study_dir))
     config_file = study_dir / "search_config.json"
     tmp = config_file.with_name(".search_config.json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    tmp.write_text(json.dumps(config.public_dict(), indent=2) + "\n")
     tmp.replace(config_file)
     study = open_study(config, worker_seed(config, 0))
     space = load_search_space(config.space, config.resolution)
@@ -579,6 +589,8 @@ def run_search(config: SearchConfig, progress: bool = True) -> optuna.Study:
     config_file = Path(config.study_dir) / "search_config.json"
     for i in range(config.workers):
         env = dict(os.environ)
+        if config.storage:  # the password travels in the environment, never in a file
+            env[STORAGE_ENV] = config.storage
         if config.gpus:
             env["CUDA_VISIBLE_DEVICES"] = config.gpus[i % len(config.gpus)]
         cmd = [sys.executable, "-m", "memekit.search.study", str(config_file), str(i)]
@@ -592,6 +604,8 @@ def run_search(config: SearchConfig, progress: bool = True) -> optuna.Study:
 
 def _worker_main(argv: list[str]) -> int:
     config = SearchConfig.from_dict(json.loads(Path(argv[0]).read_text()))
+    if os.environ.get(STORAGE_ENV):
+        config = dataclasses.replace(config, storage=os.environ[STORAGE_ENV])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_worker(config, int(argv[1]), progress=False)
     return 0

@@ -99,9 +99,6 @@ def test_password_never_printed_when_the_server_is_down(tmp_path: Path, scheme: 
     assert f"{scheme}://memekit:***@" in result.stdout  # the banner names the storage, redacted
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli_search.py:56-59 (_search --dry-run) prints config.to_dict() as JSON, whose 'storage' is the raw URL "
-    "with the password; print redact_url(storage) there"))
 def test_password_never_printed_by_dry_run(tmp_path: Path) -> None:
     url = f"postgresql://memekit:sekrit@127.0.0.1:{closed_port()}/memekit_test"
     result = run_memekit("search", tmp_path / "study", "--storage", url, *TINY, "--dry-run")

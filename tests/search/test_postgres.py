@@ -9,7 +9,6 @@ stale trials failed when a worker calls ``study.optimize`` and re-enqueued by
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from conftest import assert_one_line_error, run_memekit
 from optuna.trial import TrialState
 from test_workers import Workers, kill_worker_mid_trial, run_parallel_workers, tiny_search
@@ -31,11 +29,6 @@ POSTGRES_URL = os.environ.get("MEMEKIT_TEST_POSTGRES_URL", "")
 pytestmark = pytest.mark.skipif(
     not POSTGRES_URL, reason="MEMEKIT_TEST_POSTGRES_URL is not set: `source .ci/postgres.sh` starts a throwaway "
                              "PostgreSQL server and exports it (CI does)")
-
-# SQLAlchemy >= 2.1 maps a plain postgresql:// URL to the psycopg (3) driver, not psycopg2
-PLAIN_URL_NEEDS_PSYCOPG3 = (tuple(int(x) for x in sqlalchemy.__version__.split(".")[:2]) >= (2, 1)
-                            and importlib.util.find_spec("psycopg") is None)
-
 
 def with_psycopg2(url: str) -> str:
     """``postgresql://...`` -> ``postgresql+psycopg2://...`` (the driver memekit checks for)."""
@@ -70,10 +63,6 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     pool.close()
 
 
-@pytest.mark.xfail(PLAIN_URL_NEEDS_PSYCOPG3, strict=True, reason=(
-    "storage.py:61-64: _require_postgres_driver checks for psycopg2, but SQLAlchemy >= 2.1 resolves a plain "
-    "postgresql:// URL (the documented form) to the psycopg 3 driver, so RDBStorage fails with 'Failed to import "
-    "DB access module'; map postgresql:// to postgresql+psycopg2:// or require psycopg"))
 def test_documented_postgresql_url_opens(tmp_path: Path) -> None:
     assert storage_kind(POSTGRES_URL) == "postgresql"
     storage = open_storage(POSTGRES_URL, tmp_path, workers=2)
@@ -101,11 +90,6 @@ def test_sigkilled_postgres_worker_is_recovered_by_the_next_worker(tmp_path: Pat
     assert retry.system_attrs["retry_history"] == [killed.number]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "study.py:532-539 (run_worker): with finished + running >= n_trials a PostgreSQL worker only sleeps and "
-    "never calls study.optimize, and Optuna fails stale trials only inside optimize (journal studies call "
-    "sweep_stale_trials there), so a worker SIGKILLed during the last needed trial leaves it RUNNING and the "
-    "surviving worker waits forever"))
 def test_sigkilled_postgres_worker_is_recovered_by_a_waiting_worker(tmp_path: Path, workers: Workers,
                                                                    study_name: str) -> None:
     config = tiny_search(tmp_path / "study", study_name=study_name, storage=with_psycopg2(POSTGRES_URL),
@@ -123,10 +107,6 @@ def test_wrong_password_never_printed(tmp_path: Path) -> None:
     assert "***" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "study.py:493-496 (open_study) stores config.to_dict() as the study user attribute 'memekit_config', "
-    "storage URL and password included, so every reader of the database (optuna-dashboard, "
-    "trials_dataframe) sees the password; store redact_url(storage)"))
 def test_study_attributes_do_not_hold_the_password(tmp_path: Path, study_name: str) -> None:
     config = tiny_search(tmp_path / "study", study_name=study_name, storage=with_psycopg2(POSTGRES_URL))
     study = prepare_study(config)

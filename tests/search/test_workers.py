@@ -86,6 +86,9 @@ class Workers:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                "FAKE_TRAIN_CALLS": str(self.calls_file), "FAKE_TRAIN_SECONDS": str(seconds)}
         env.pop("FAKE_TRAIN_HANG", None)
+        env.pop("MEMEKIT_STORAGE", None)
+        if config.storage:  # as run_search does: the URL with its password travels in the environment
+            env["MEMEKIT_STORAGE"] = config.storage
         if hang is not None:
             env["FAKE_TRAIN_HANG"] = str(hang)
         log = open(self.folder / f"worker-{label or index}-{len(self.procs)}.log", "w")  # noqa: SIM115
