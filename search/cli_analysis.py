@@ -22,6 +22,7 @@ from memekit.space import Diffusion, MemeSpec, build_expert, save_spec
 from memekit.space.errors import MemekitError, SpecError
 from memekit.space.spec import SCHEDULES
 
+from .cli_args import positive_int
 from .cli_space import resolve_spec
 
 DEFAULT_BASE = "meme-paper"
@@ -225,20 +226,10 @@ def format_feature_summary(frame, layers: list[str]) -> str:
 
 
 # ---- registration ----------------------------------------------------------------------------------
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser, limit: int | None) -> None:
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--limit", type=_positive, default=limit,
+    p.add_argument("--limit", type=positive_int, default=limit,
                    help=f"use only the first K images (default {limit or 'all'})")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
@@ -247,14 +238,14 @@ def _common(p: argparse.ArgumentParser, limit: int | None) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("spectrum", help="spectra of noisy inputs, crossover frequencies, prior spec")
     p.add_argument("data", metavar="DATA", help="image folder, .npz, or builtin:shapes[:N]")
-    p.add_argument("--resolution", type=_positive, default=32, help="image size in pixels (default 32)")
+    p.add_argument("--resolution", type=positive_int, default=32, help="image size in pixels (default 32)")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="beta schedule (default: the base spec's)")
-    p.add_argument("--n-experts", type=_positive, default=4, help="number of intervals / experts (default 4)")
-    p.add_argument("--min-length", type=_positive, default=None,
+    p.add_argument("--n-experts", type=positive_int, default=4, help="number of intervals / experts (default 4)")
+    p.add_argument("--min-length", type=positive_int, default=None,
                    help="minimum interval length in steps (default T // (4 N))")
     p.add_argument("--base", default=DEFAULT_BASE, metavar="NAME|SPEC.json",
                    help=f"spec whose architecture, diffusion and p_n the prior reuses (default {DEFAULT_BASE})")
-    p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     _common(p, limit=None)
     p.set_defaults(run=_spectrum)
 
@@ -265,7 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--t", type=int, nargs="+", default=None,
                    help="time-steps of x_t (default 0, T/4, T/2, 3T/4, T-1)")
     p.add_argument("--layers", nargs="+", default=None, help="module names (default: every U-Net block)")
-    p.add_argument("--resolution", type=_positive, default=None, help="image size (presets: 32 or 64)")
+    p.add_argument("--resolution", type=positive_int, default=None, help="image size (presets: 32 or 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the noise")
     _common(p, limit=16)
     p.set_defaults(run=_features)

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from .cli_space import _positive
+from .cli_args import positive_int
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--pareto", action="store_true", help="the feasible Pareto front (default)")
-    which.add_argument("--top", type=_positive, default=None, help="the K best feasible trials by quality")
+    which.add_argument("--top", type=positive_int, default=None, help="the K best feasible trials by quality")
     p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     p.add_argument("--dry-run", action="store_true", help="print the study and the chosen trials, write nothing")
     p.set_defaults(run=_export)
@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("fidelity", help="retrain the K best trials longer; Kendall tau / Spearman rho")
     p.add_argument("study_dir", metavar="STUDY_DIR")
     p.add_argument("--top", type=int, default=5, help="K best feasible trials by proxy quality (K >= 3)")
-    p.add_argument("--images", type=_positive, required=True, help="long training budget (images, > proxy)")
+    p.add_argument("--images", type=positive_int, required=True, help="long training budget (images, > proxy)")
     p.add_argument("--out", default=None, help="folder of the runs (default STUDY_DIR/fidelity)")
     p.add_argument("--export", default=None, help="export whose report.md gets the result "
                                                   "(default STUDY_DIR/export, if it exists)")

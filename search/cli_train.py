@@ -10,19 +10,10 @@ import sys
 from memekit.analysis.data import check_data_source
 from memekit.space.diffusion import SAMPLERS
 
-from .cli_space import _positive, resolve_spec
+from .cli_args import nonneg_int, positive_int
+from .cli_space import resolve_spec
 from .sampling import sample_checkpoint
 from .train import MIXED_PRECISION, TrainConfig, TrainingError, check_budget, dry_run, train
-
-
-def _nonneg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -81,28 +72,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC.json|PRESET")
     p.add_argument("--data", default=defaults.data, help="image folder, .npz or builtin:shapes[:N]")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (holds checkpoints, log.jsonl, samples)")
-    p.add_argument("--resolution", type=_positive, default=None)
-    p.add_argument("--images", type=_positive, default=None, help="budget: images seen, all experts together")
-    p.add_argument("--steps", type=_positive, default=None, help="budget as optimiser steps (x --batch)")
-    p.add_argument("--batch", type=_positive, default=defaults.batch, help="images per step, all experts")
+    p.add_argument("--resolution", type=positive_int, default=None)
+    p.add_argument("--images", type=positive_int, default=None, help="budget: images seen, all experts together")
+    p.add_argument("--steps", type=positive_int, default=None, help="budget as optimiser steps (x --batch)")
+    p.add_argument("--batch", type=positive_int, default=defaults.batch, help="images per step, all experts")
     p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--warmup-images", type=_nonneg, default=defaults.warmup_images)
+    p.add_argument("--warmup-images", type=nonneg_int, default=defaults.warmup_images)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
     p.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true", help="torch.compile every expert")
-    p.add_argument("--seed", type=_nonneg, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
-    p.add_argument("--data-limit", type=_positive, default=None, help="use the first K training images")
-    p.add_argument("--log-every", type=_positive, default=defaults.log_every)
-    p.add_argument("--val-every", type=_nonneg, default=defaults.val_every)
-    p.add_argument("--val-images", type=_positive, default=defaults.val_images)
-    p.add_argument("--sample-every", type=_nonneg, default=defaults.sample_every)
-    p.add_argument("--sample-steps", type=_positive, default=defaults.sample_steps)
-    p.add_argument("--checkpoint-every", type=_nonneg, default=defaults.checkpoint_every)
-    p.add_argument("--keep-last", type=_positive, default=defaults.keep_last)
+    p.add_argument("--data-limit", type=positive_int, default=None, help="use the first K training images")
+    p.add_argument("--log-every", type=positive_int, default=defaults.log_every)
+    p.add_argument("--val-every", type=nonneg_int, default=defaults.val_every)
+    p.add_argument("--val-images", type=positive_int, default=defaults.val_images)
+    p.add_argument("--sample-every", type=nonneg_int, default=defaults.sample_every)
+    p.add_argument("--sample-steps", type=positive_int, default=defaults.sample_steps)
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=defaults.checkpoint_every)
+    p.add_argument("--keep-last", type=positive_int, default=defaults.keep_last)
     p.add_argument("--resume", metavar="CHECKPOINT", default=None, help="resume from this checkpoint")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and costs, then exit")
@@ -112,12 +103,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sample", help="sample images from a run folder or checkpoint")
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--out", required=True, metavar="DIR|FILE.npz")
-    p.add_argument("--n", type=_positive, default=64)
+    p.add_argument("--n", type=positive_int, default=64)
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--steps", type=_positive, default=50, help="DDIM steps (DDPM always takes all T)")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (DDPM always takes all T)")
     p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--seed", type=_nonneg, default=0)
-    p.add_argument("--batch", type=_positive, default=64)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
