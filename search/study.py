@@ -182,7 +182,8 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def worker_seed(config: SearchConfig, index: int) -> int:
-    """Distinct sampler seed per worker: ``seed + 1000 * machine_rank + index``."""
+    """Distinct sampler seed per worker: ``seed + 1000 * machine_rank + index`` (a worker that
+    joins or resumes a study with ``k`` ended trials adds ``100003 * k``, see :func:`run_worker`)."""
     return config.seed + 1000 * config.machine_rank + index
 
 
@@ -520,6 +521,9 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True) -> N
     """Run trials until the study holds ``n_trials`` finished ones (several workers may share it)."""
     study_dir = Path(config.study_dir)
     study = open_study(config, worker_seed(config, index))
+    done = len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
+    if done:  # a resumed worker must not replay the proposals its seed made before the restart
+        study.sampler = make_sampler(config.sampler, worker_seed(config, index) + 100_003 * done)
     space = load_search_space(config.space, config.resolution)
     prior = load_spec(study_dir / "prior_spec.json") if (study_dir / "prior_spec.json").is_file() else None
     store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(study_dir / "artifacts")))

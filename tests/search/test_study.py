@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,6 +128,17 @@ def test_seeded_single_worker_study_is_reproducible(tmp_path: Path, fake_train) 
     flipped = _params_sequence(tmp_path / "d", 7, lambda s: -spec_loss(s), n, fake_train)
     assert flipped[:STARTUP_TRIALS] == first[:STARTUP_TRIALS]
     assert flipped[STARTUP_TRIALS:] != first[STARTUP_TRIALS:]
+
+
+def test_resumed_study_does_not_replay_earlier_proposals(tmp_path: Path, fake_train) -> None:
+    """Rerunning the command with a larger --trials resumes the study; the restarted worker's
+    sampler must not propose the parameters its seed proposed before the restart."""
+    fake_train()
+    run_search(tiny_search(tmp_path, n_trials=3, seed=3), progress=False)
+    study = run_search(tiny_search(tmp_path, n_trials=6, seed=3), progress=False)
+    params = [json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)]
+    assert len(params) == 6
+    assert len(set(params)) == 6, "a resumed worker replayed earlier proposals"
 
 
 # ---- 2. budgets -------------------------------------------------------------------------------
