@@ -14,8 +14,8 @@ cleanly after a finished entry or at a training checkpoint (rerun to continue).
     python benchmarks/evidence.py --profile cpu32 --report
 
 Models: single-large, single-small, multi-same, meme-paper, the spectral prior (built from the
-training split with ``prior_spec``) and, with ``--export DIR``, the first 1-3 specs of a study
-export (``trial-*.json``).
+training split with ``prior_spec``) and, with ``--export DIR``, the best 1-3 specs of a study
+export (in the order of its ``export.json``).
 """
 
 from __future__ import annotations
@@ -71,16 +71,16 @@ def scaled(spec: MemeSpec, scale: float) -> MemeSpec:
     return dataclasses.replace(spec, experts=tuple(one(e) for e in spec.experts))
 
 
-def model_specs(profile: Profile, export: Path | None, data: str) -> dict[str, MemeSpec]:
+def model_specs(profile: Profile, export: Path | None, data: str, searched: int = 3) -> dict[str, MemeSpec]:
     specs = {name: scaled(get_preset(name, profile.resolution), profile.width_scale) for name in BASELINES}
     from memekit.analysis.priors import prior_spec
 
     images = load_images(data, profile.resolution, split="train", limit=4096, progress=False)
     specs["spectral-prior"] = prior_spec(images, 4, specs["meme-paper"])
-    if export is not None:
-        for path in sorted(export.glob("trial-*.json"))[:3]:
-            if not path.name.endswith(".rebuilt.json"):
-                specs[f"searched-{path.stem}"] = load_spec(path)
+    if export is not None:  # export.json lists the chosen trials best quality first
+        manifest = json.loads((export / "export.json").read_text())
+        for entry in manifest["trials"][:searched]:
+            specs[f"searched-{Path(entry['file']).stem}"] = load_spec(export / entry["file"])
     return specs
 
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     results = load_results(results_path)
     done = {r["model"] for r in results}
-    specs = model_specs(profile, Path(args.export) if args.export else None, data)
+    specs = model_specs(profile, Path(args.export) if args.export else None, data, args.searched)
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
     for name, spec in specs.items():
         if name in done or (args.models and name not in args.models):
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="results JSON (default benchmarks/evidence_PROFILE.json)")
     p.add_argument("--work", default=None, help="run folders (default runs/evidence_PROFILE)")
     p.add_argument("--export", default=None, help="a study export folder: add its first 1-3 specs")
+    p.add_argument("--searched", type=int, default=3, help="how many exported specs to add (1-3)")
     p.add_argument("--models", nargs="*", default=None, help="only these models")
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--device", default=None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import torch
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import spectral_report
@@ -193,6 +194,9 @@ Trajectory MACs {cost.trajectory_macs / 1e9:.3f} G; params {cost.params:,}.
 def run_quickstart(out: str | Path, config: QuickstartConfig | None = None) -> Path:
     """Run every stage into ``out`` (resuming finished stages); returns OUT/REPORT.md."""
     config = config or QuickstartConfig()
+    # tiny models: intra-op threads buy little and, on a busy machine, oversubscribed threads make
+    # CPU training several times slower; one thread keeps the quickstart's time predictable
+    torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
