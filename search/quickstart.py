@@ -39,16 +39,16 @@ from .train import TrainConfig, train
 class QuickstartConfig:
     """Sizes of every stage (the defaults finish in under 10 minutes on 2 CPU cores)."""
 
-    data: str = "builtin:shapes:1024"
+    data: str = "builtin:shapes:2048"
     space: str = "tiny"
-    trials: int = 6
-    proxy_images: int = 1024
+    trials: int = 8
+    proxy_images: int = 1536
     proxy_batch: int = 32
     val_images: int = 64
-    final_images: int = 6144
-    final_batch: int = 32
-    sample_count: int = 16
-    sample_steps: int = 25
+    final_images: int = 30_720
+    final_batch: int = 64
+    sample_count: int = 36
+    sample_steps: int = 50
     seed: int = 0
 
     @classmethod
