@@ -264,8 +264,10 @@ class Objective:
     """``objective(trial) -> (quality, cost)`` (or ``quality`` in single-objective mode)."""
 
     def __init__(self, config: SearchConfig, space: SearchSpace, prior: MemeSpec | None, study_dir: Path,
-                 artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None) -> None:
+                 artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None,
+                 sampler_seed: int | None = None) -> None:
         self.config, self.space, self.prior, self.study_dir = config, space, prior, study_dir
+        self.sampler_seed = sampler_seed
         self.artifact_store = artifact_store
         self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -279,6 +281,7 @@ class Objective:
         trial.set_user_attr("macs_per_step", cost.mean_macs_per_step)
         trial.set_user_attr("trajectory_gmacs", cost.trajectory_macs / 1e9)
         trial.set_user_attr("environment", environment(self.device))
+        trial.set_user_attr("seeds", {"proxy_training": self.config.seed, "sampler": self.sampler_seed})
         over = self._budget_violation(cost.mean_macs_per_step, cost.params)
         trial.set_constraint("budget", over)
         if over > 0:  # cheap check first: an over-budget candidate never trains
@@ -522,12 +525,13 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True) -> N
     study_dir = Path(config.study_dir)
     study = open_study(config, worker_seed(config, index))
     done = len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
+    sampler_seed = worker_seed(config, index) + 100_003 * done
     if done:  # a resumed worker must not replay the proposals its seed made before the restart
-        study.sampler = make_sampler(config.sampler, worker_seed(config, index) + 100_003 * done)
+        study.sampler = make_sampler(config.sampler, sampler_seed)
     space = load_search_space(config.space, config.resolution)
     prior = load_spec(study_dir / "prior_spec.json") if (study_dir / "prior_spec.json").is_file() else None
     store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(study_dir / "artifacts")))
-    objective = Objective(config, space, prior, study_dir, store)
+    objective = Objective(config, space, prior, study_dir, store, sampler_seed)
     journal = storage_kind(config.storage) == "journal"
     heartbeat = Heartbeat(study, config.heartbeat_interval).start() if journal else None
     callbacks = [_retry_failed_callback(config)]
