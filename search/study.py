@@ -39,7 +39,15 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from memekit.space import MemeSpec, get_preset, load_spec, save_spec, spec_cost, uniform_intervals
+from memekit.space import (
+    ExpertSpec,
+    MemeSpec,
+    get_preset,
+    load_spec,
+    save_spec,
+    spec_cost,
+    uniform_intervals,
+)
 from memekit.space.errors import MemekitError
 
 from .searchspace import SearchSpace, load_search_space, params_for, projection_gap, sample
@@ -219,10 +227,18 @@ def warm_start_specs(config: SearchConfig, space: SearchSpace, prior: MemeSpec |
         preset = _with_n_experts(get_preset(name, res), space)
         if preset is None:
             continue
-        experts = tuple(dataclasses.replace(space.base_expert, attention_share=_fit_shares(e.attention_share, space))
-                        for e in preset.experts)
+        experts = tuple(_in_space(e, space) for e in preset.experts)
         out[name] = dataclasses.replace(preset, experts=experts, diffusion=space.diffusion)
     return out
+
+
+def _in_space(expert: ExpertSpec, space: SearchSpace) -> ExpertSpec:
+    """The space's architecture with the preset expert's shares, and its width when the space
+    searches widths (otherwise single-large and single-small coincide in the space)."""
+    shares = _fit_shares(expert.attention_share, space)
+    nearest = min(space.width_choices, key=lambda w: abs(w - expert.base_width)) if space.width_choices else None
+    return dataclasses.replace(space.base_expert, attention_share=shares,
+                               base_width=nearest or space.base_expert.base_width)
 
 
 def _with_n_experts(preset: MemeSpec, space: SearchSpace) -> MemeSpec | None:
