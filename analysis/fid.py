@@ -471,6 +471,9 @@ def _open(source: ImageSource, n: int | None) -> InceptionStats | _ImageSet | st
     data source for :func:`memekit.analysis.data.load_images`, returned as is."""
     if isinstance(source, np.ndarray | torch.Tensor):
         return _array_set(source, n, "image array")
+    if str(source).startswith(DATA_PREFIX):  # an image folder read by memekit's loader (crop, resize, split)
+        _data_path(str(source))
+        return str(source)
     path = Path(source)
     if path.is_dir():
         return _folder_set(path, n)
@@ -485,12 +488,31 @@ def _open(source: ImageSource, n: int | None) -> InceptionStats | _ImageSet | st
     return str(source)
 
 
+DATA_PREFIX = "data:"
+
+
+def data_source(data: str) -> str:
+    """A training-data string (folder, .npz or builtin) as an FID source read by memekit's loader,
+    so that reference statistics see the same crop, resize and split as training."""
+    return data if data.startswith(("builtin:", DATA_PREFIX)) else DATA_PREFIX + data
+
+
+def _data_path(source: str) -> str:
+    """``data:PATH`` -> ``PATH`` (checked); other data sources (``builtin:...``) unchanged."""
+    if not source.startswith(DATA_PREFIX):
+        return source
+    path = source[len(DATA_PREFIX):]
+    if not Path(path).exists():
+        raise MemekitError(f"{path!r} (in {source!r}) does not exist: give an image folder or an .npz after 'data:'")
+    return path
+
+
 def _source_set(source: str, n: int | None, resolution: int, split: str, progress: bool) -> _ImageSet:
     from memekit.analysis.data import load_images, source_fingerprint
 
-    images = load_images(source, resolution, limit=n, split=split, progress=progress)
+    images = load_images(_data_path(source), resolution, limit=n, split=split, progress=progress)
     _take(len(images), n, f"{source} ({split} split)")
-    fingerprint = f"{source}:{split}:{source_fingerprint(source)}"
+    fingerprint = f"{source}:{split}:{source_fingerprint(_data_path(source))}"
     return _ImageSet(lambda bs: _array_batches(images, bs), len(images), resolution, fingerprint)
 
 
@@ -509,7 +531,7 @@ def _stats_cache_path(source: str, n: int | None, resolution: int, split: str,
     from memekit.analysis.data import cache_dir, source_fingerprint
 
     st = weights.path.stat()
-    key = (f"{source}|{source_fingerprint(source)}|{split}|{n}|{resolution}|{weights.label}|"
+    key = (f"{source}|{source_fingerprint(_data_path(source))}|{split}|{n}|{resolution}|{weights.label}|"
            f"{st.st_size}|{st.st_mtime_ns}")
     return cache_dir() / "fid" / "stats" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
 
@@ -545,7 +567,8 @@ def fid(a: ImageSource, b: ImageSource, n: int | None = None, batch_size: int = 
     Each of ``a`` and ``b`` is a folder of images (read like pytorch-fid: files directly inside,
     sorted, no resizing), an ``.npz`` with ``images`` (uint8 NHWC) or with ``mu`` and ``sigma``
     (statistics), a uint8 (N, H, W, 3) array or a float (N, 3, H, W) tensor in [0, 1], or a data
-    source of :func:`memekit.analysis.data.load_images` (e.g. ``builtin:shapes``), loaded at
+    source of :func:`memekit.analysis.data.load_images` (``builtin:shapes``, or ``data:PATH`` for an
+    image folder or .npz read by memekit's loader, see :func:`data_source`), loaded at
     ``resolution`` (default: the other set's) from ``split``; data-source statistics are cached.
     ``n`` takes the first n images of every image set (statistics are used as stored).
     ``weights``: see :func:`resolve_inception_weights`.

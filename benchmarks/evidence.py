@@ -104,7 +104,7 @@ def _train_images_per_s(run_dir: Path) -> float:
 def evaluate(name: str, spec: MemeSpec, profile: Profile, data: str, work: Path, device: str,
              deadline: float | None) -> dict:
     """Train (resumable) and score one model; raises TrainingPaused past the deadline."""
-    from memekit.analysis.fid import fid
+    from memekit.analysis.fid import data_source, fid
     from memekit.search.sampling import load_model, sample_images
     from memekit.search.train import TrainConfig, train
 
@@ -123,7 +123,7 @@ def evaluate(name: str, spec: MemeSpec, profile: Profile, data: str, work: Path,
         images = sample_images(model, spec, profile.fid_n, steps=profile.sampling_steps, seed=seed, device=device,
                                batch=256, mixed_precision=profile.mixed_precision, progress=True)
         rates.append(profile.fid_n / (time.perf_counter() - start))
-        fids.append(fid(images, data, resolution=profile.resolution, split="reference", device=device))
+        fids.append(fid(images, data_source(data), resolution=profile.resolution, split="reference", device=device))
     return {
         "model": name, "spec": spec.to_dict(), "images": result.images_seen,
         "images_per_expert": result.images_per_expert, "val_loss": result.val.get("val_loss"),

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fid", help="FID between two image sets (pytorch-fid numbers, offline weights)",
         description="A and B: a folder of images, an .npz with 'images' (uint8 NHWC) or with "
-                    "'mu'/'sigma' statistics, or a data source such as builtin:shapes.")
+                    "'mu'/'sigma' statistics, or a data source such as builtin:shapes or data:FOLDER (an image "
+                    "folder read by memekit's loader: center crop, resize to --resolution, --split).")
     p.add_argument("a", metavar="A", help="image set (folder, .npz, or data source)")
     p.add_argument("b", metavar="B", nargs="?", default=None,
                    help="reference set; omit it to only save A's statistics with --save-stats")

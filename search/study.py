@@ -382,7 +382,7 @@ class Objective:
         trial.set_user_attr("sample_grid_artifact", artifact_id)
 
     def _fid(self, trial: optuna.Trial, spec: MemeSpec, run_dir: Path) -> float:
-        from memekit.analysis.fid import fid
+        from memekit.analysis.fid import data_source, fid
 
         from .sampling import load_model, sample_images
 
@@ -391,7 +391,7 @@ class Objective:
                                device=self.device, batch=256, mixed_precision=self.config.mixed_precision,
                                progress=False)
         # reference: the data's held-out split, statistics cached by the FID module
-        result = fid(images, self.config.data, resolution=spec.experts[0].resolution, split="reference",
+        result = fid(images, data_source(self.config.data), resolution=spec.experts[0].resolution, split="reference",
                      device=self.device)
         trial.set_user_attr("fid_weights", result.weights_label)
         return float(result.value)

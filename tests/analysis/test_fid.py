@@ -29,6 +29,7 @@ from memekit.analysis.fid import (
     PYTORCH_FID_WEIGHTS_NAME,
     InceptionStats,
     InceptionWeights,
+    data_source,
     fid,
     frechet_distance,
     inception_model,
@@ -305,6 +306,23 @@ def test_data_source_statistics_are_cached(tmp_path: Path, weights_path: Path, r
     second = statistics("builtin:shapes:3", resolution=16, device="cpu", weights=weights_path)
     np.testing.assert_array_equal(second.sigma, first.sigma)
     assert second.fingerprint == first.fingerprint and second.weights_label == first.weights_label
+
+
+def test_data_prefix_reads_a_folder_through_the_loader(tmp_path: Path, weights_path: Path, reuse_models: None) -> None:
+    """``data:FOLDER`` crops, resizes and splits like training (memekit's loader), unlike a plain
+    folder, which pytorch-fid reads as is: at 16 px it must equal the statistics of load_images."""
+    from memekit.analysis.data import load_images
+
+    _write_folder(tmp_path / "imgs", 4, seed=3, noise=30)  # 32 x 32 files
+    via_prefix = statistics(data_source(str(tmp_path / "imgs")), resolution=16, device="cpu", weights=weights_path)
+    loaded = load_images(str(tmp_path / "imgs"), 16, progress=False)
+    direct = statistics(loaded, device="cpu", weights=weights_path)
+    np.testing.assert_array_equal(via_prefix.mu, direct.mu)
+    assert via_prefix.resolution == 16 and via_prefix.n == 4
+    plain = statistics(tmp_path / "imgs", device="cpu", weights=weights_path)
+    assert plain.resolution == 32 and not np.array_equal(plain.mu, direct.mu)
+    with pytest.raises(MemekitError, match="does not exist"):
+        statistics("data:" + str(tmp_path / "nowhere"), resolution=16)
 
 
 def test_bad_inputs_raise_before_any_inference(tmp_path: Path) -> None:
