@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler)
     p.add_argument("--pruner", choices=PRUNERS, default=d.pruner, help="single-objective studies only")
     p.add_argument("--max-macs", type=float, default=None, help="budget: mean MACs per sampling step")
-    p.add_argument("--max-params", type=int, default=None, help="budget: total parameters")
+    p.add_argument("--max-params", type=positive_int, default=None, help="budget: total parameters")
     p.add_argument("--sampling-steps", type=positive_int, default=d.sampling_steps)
     p.add_argument("--proxy-images", type=positive_int, default=d.proxy_images)
     p.add_argument("--proxy-batch", type=positive_int, default=d.proxy_batch)

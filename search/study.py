@@ -122,6 +122,8 @@ class SearchConfig:
         for name in ("n_trials", "workers", "proxy_images", "proxy_batch", "fid_n", "fid_steps", "sampling_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SearchError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_macs is not None and not (self.max_macs > 0 and math.isfinite(self.max_macs)):
+            raise SearchError(f"max_macs must be a positive number of MACs per step, got {self.max_macs!r}")
         bad = [w for w in self.warm_start if w not in WARM_STARTS]
         if bad:
             raise SearchError(f"unknown warm start {bad[0]!r}: choose from {', '.join(WARM_STARTS)}")
