@@ -14,7 +14,6 @@ interrupted quickstart resumes where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from memekit.space.errors import MemekitError
 from .cli_analysis import format_spectrum_summary, write_spectrum_report
 from .sampling import sample_checkpoint, save_image_grid
 from .searchspace import load_search_space
-from .study import SearchConfig, open_study, run_search
+from .study import SearchConfig, open_study, prior_base, run_search
 from .train import TrainConfig, train
 
 
@@ -74,10 +73,8 @@ def spectrum_stage(out: Path, config: QuickstartConfig) -> MemeSpec:
         return load_spec(folder / "prior_spec.json")
     space = load_search_space(config.space)
     res, n = space.base_expert.resolution, space.n_experts[0]
-    base = get_preset("meme-paper", res)
-    base = dataclasses.replace(base, experts=(space.base_expert,) * base.n_experts, diffusion=space.diffusion)
     images = load_images(config.data, res, split="train", progress=True)
-    report = spectral_report(images, base, n, min_length=space.min_length, progress=True)
+    report = spectral_report(images, prior_base(space), n, min_length=space.min_length, progress=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_spectrum_report(report, folder, {"command": "quickstart", "data": config.data, "resolution": res,
                                            "n_experts": n})

@@ -39,6 +39,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from memekit.analysis.data import load_images
+from memekit.analysis.priors import prior_spec
 from memekit.space import (
     ExpertSpec,
     MemeSpec,
@@ -198,23 +200,22 @@ def worker_seed(config: SearchConfig, index: int) -> int:
 
 
 # ---- the prior and the warm start -------------------------------------------------------------
-def load_or_make_prior(config: SearchConfig, space: SearchSpace, study_dir: Path) -> MemeSpec | None:
-    """The spectral prior spec (cached as ``prior_spec.json``), or None if it cannot be built here."""
+def load_or_make_prior(config: SearchConfig, space: SearchSpace, study_dir: Path) -> MemeSpec:
+    """The spectral prior spec of the training split, cached as ``prior_spec.json``."""
     path = study_dir / "prior_spec.json"
     if path.is_file():
         return load_spec(path)
-    n = space.n_experts[0]
-    try:
-        from memekit.analysis.data import load_images
-        from memekit.analysis.priors import prior_spec
-    except ImportError:
-        return None
-    base = get_preset("meme-paper", space.base_expert.resolution)
-    base = dataclasses.replace(base, experts=tuple(space.base_expert for _ in base.experts), diffusion=space.diffusion)
     images = load_images(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
-    prior = prior_spec(images, n, base, min_length=space.min_length)
+    prior = prior_spec(images, space.n_experts[0], prior_base(space), min_length=space.min_length)
     save_spec(prior, path)
     return prior
+
+
+def prior_base(space: SearchSpace) -> MemeSpec:
+    """``meme-paper``'s p_n and out-of-interval rule on the space's architecture and diffusion: the
+    base from which the spectral prior takes everything but its intervals and shares."""
+    base = get_preset("meme-paper", space.base_expert.resolution)
+    return dataclasses.replace(base, experts=(space.base_expert,) * base.n_experts, diffusion=space.diffusion)
 
 
 def warm_start_specs(config: SearchConfig, space: SearchSpace, prior: MemeSpec | None) -> dict[str, MemeSpec]:
@@ -595,9 +596,8 @@ def prepare_study(config: SearchConfig) -> optuna.Study:
     tmp.replace(config_file)
     study = open_study(config, worker_seed(config, 0))
     space = load_search_space(config.space, config.resolution)
-    prior = load_or_make_prior(config, space, study_dir) if "prior" in config.warm_start or space.boundary_mode == "prior" else None
-    if space.boundary_mode == "prior" and prior is None:
-        raise SearchError("boundary_mode 'prior' needs memekit.analysis.priors to build the spectral prior")
+    needs_prior = "prior" in config.warm_start or space.boundary_mode == "prior"
+    prior = load_or_make_prior(config, space, study_dir) if needs_prior else None
     if not study.trials:
         enqueue_warm_start(study, config, space, prior)
     return study

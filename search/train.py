@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from memekit.analysis.data import load_images
+from memekit.analysis.data import load_images, to_model_range
 from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
 from memekit.space.errors import MemekitError
 
@@ -186,7 +186,7 @@ def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.
         gen = torch.Generator(device="cpu").manual_seed(seed + k)
         total = 0.0
         for start in range(0, len(images), batch):
-            x0 = to_model_input(images[start:start + batch])
+            x0 = to_model_range(images[start:start + batch])
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t_batch = torch.full((len(x0),), t, device=device, dtype=torch.long)
             total += float(diffusion.loss(model, x0, t_batch, noise).sum())
@@ -197,11 +197,6 @@ def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.
     return {"val_loss": sum(per_t) / len(per_t),
             "val_loss_quarters": [sum(q) / len(q) if q else float("nan") for q in quarters],
             "val_loss_per_t": per_t, "val_timesteps": ts}
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, C) on any device -> float32 (B, C, H, W) in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
@@ -327,7 +322,7 @@ class Trainer:
     def _batch(self, gen: torch.Generator) -> torch.Tensor:
         total = self.sub_batch * self.spec.n_experts
         idx = torch.randint(0, len(self.train_images), (total,), generator=gen, device=self.device)
-        x0 = to_model_input(self.train_images[idx])
+        x0 = to_model_range(self.train_images[idx])
         if self.config.hflip:
             flip = torch.rand(total, generator=gen, device=self.device) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
