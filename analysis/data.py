@@ -283,6 +283,20 @@ def _cached_load(source: str, resolution: int, progress: bool, use_cache: bool) 
     return images, keys
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or cuda when available, else cpu; a one-line error for an unknown device or a
+    CUDA device on a machine without one (shared by every command that takes ``--device``)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise MemekitError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise MemekitError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+    return resolved
+
+
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1], the range the diffusion model sees."""
     x = torch.as_tensor(images)

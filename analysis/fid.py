@@ -45,6 +45,8 @@ from tqdm.auto import tqdm
 
 from memekit.space.errors import MemekitError
 
+from .data import resolve_device
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "MEMEKIT_INCEPTION_WEIGHTS"
@@ -247,19 +249,6 @@ def inception_model(weights: InceptionWeights, device: str | torch.device | None
         raise MemekitError(f"{weights.path} is not pytorch-fid's FID Inception state dict "
                            f"({str(err).splitlines()[0]})") from None
     return model.to(resolve_device(device))
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or cuda when available, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise MemekitError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise MemekitError(f"device {device!r} requested but CUDA is not available: use --device cpu")
-    return resolved
 
 
 # ---- statistics -------------------------------------------------------------------------------

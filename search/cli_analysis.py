@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memekit.analysis.data import load_images, to_model_range
+from memekit.analysis.data import load_images, resolve_device, to_model_range
 from memekit.analysis.features import default_layers, feature_spectra
 from memekit.analysis.priors import PriorError, SpectralReport, default_min_length, spectral_report
 from memekit.space import Diffusion, MemeSpec, build_expert, save_spec
@@ -40,12 +40,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MemekitError(f"--device {name} requested but CUDA is not available: use --device cpu")
-    return name
+def _device(name: str) -> torch.device:
+    return resolve_device(None if name == "auto" else name)
 
 
 def _save_figure(fig, path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from memekit.analysis.data import to_uint8
+from memekit.analysis.data import resolve_device, to_uint8
 from memekit.space import Diffusion, MemeSpec, MultiExpert, sample
 from memekit.space.errors import MemekitError
 
@@ -114,9 +114,7 @@ def sample_checkpoint(checkpoint: str | Path, out: str | Path, n: int = 64, samp
                       use_ema: bool = True, mixed_precision: str = "no", overwrite: bool = False,
                       progress: bool = True) -> SampleReport:
     """Sample ``n`` images from a run folder or checkpoint and save them; reports images/s."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise MemekitError(f"--device {device} was asked for but no CUDA device is visible: use --device cpu")
+    device = resolve_device(device)
     out = Path(out)
     if out.exists() and out.suffix != ".npz" and not out.is_dir():
         raise MemekitError(f"--out {out} is an existing file: give a folder or a .npz path")

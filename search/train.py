@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from memekit.analysis.data import load_images, to_model_range
+from memekit.analysis.data import load_images, resolve_device, to_model_range
 from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
 from memekit.space.errors import MemekitError
 
@@ -200,14 +200,10 @@ def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.
 
 
 def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
-    if config.device is not None:
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
-        return device
-    if torch.cuda.is_available():
+    """``--device`` as given, else this process's GPU (``LOCAL_RANK``), else the CPU."""
+    if config.device is None and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    return resolve_device(config.device)
 
 
 @dataclass
