@@ -165,3 +165,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, memekit_cache: Path) -
     finally:
         torch.set_num_threads(threads)
     return run_dir
+
+
+@pytest.fixture
+def workers(tmp_path: Path):
+    """A pool of study worker processes with a fake proxy training (see test_workers.Workers),
+    killed at the end of the test; shared by the journal and PostgreSQL worker tests."""
+    import optuna
+    from test_workers import Workers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pool = Workers(tmp_path)
+    yield pool
+    pool.close()

@@ -55,14 +55,6 @@ def study_name() -> Iterator[str]:
         storage.engine.dispose()
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pool = Workers(tmp_path)
-    yield pool
-    pool.close()
-
-
 def test_documented_postgresql_url_opens(tmp_path: Path) -> None:
     assert storage_kind(POSTGRES_URL) == "postgresql"
     storage = open_storage(POSTGRES_URL, tmp_path, workers=2)

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +121,6 @@ class Workers:
                 proc.wait()
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pool = Workers(tmp_path)
-    yield pool
-    pool.close()
 
 
 def load(config: SearchConfig) -> list[FrozenTrial]:
