@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from memekit.space.errors import MemekitError
 
@@ -17,8 +18,15 @@ from memekit.space.errors import MemekitError
 COMMAND_MODULES = ("cli_space", "cli_analysis", "cli_train", "cli_search", "cli_export", "cli_fid")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (what is wrong and where the help is) with exit code 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="memekit",
         description="Architecture search for multi-expert diffusion models (MEME).",
     )
@@ -32,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors (code 2, one line already printed) and --help (code 0)
+        return int(exit_.code or 0)
     try:
         return int(args.run(args) or 0)
     except MemekitError as err:

@@ -41,8 +41,9 @@ def _fidelity(args: argparse.Namespace) -> int:
     from .fidelity import fidelity_runs, fidelity_text, plan_fidelity, save_fidelity
 
     loaded = load_study(args.study_dir)
+    select, k = ("spread", args.spread) if args.spread is not None else ("top", args.top)
     if args.dry_run:
-        plan = plan_fidelity(loaded, args.top, args.images, args.out, args.device)
+        plan = plan_fidelity(loaded, k, args.images, args.out, args.device, select)
         print(json.dumps({"study_name": loaded.study.study_name, **plan.to_dict()}, indent=2))
         return 0
 
@@ -50,8 +51,8 @@ def _fidelity(args: argparse.Namespace) -> int:
         print(f"trial {number}: {result.images_seen:,} images, val_loss {result.val['val_loss']:.5f} "
               f"({result.run_dir})", file=sys.stderr)
 
-    result = fidelity_runs(loaded, args.top, args.images, args.out, device=args.device, progress=not args.quiet,
-                           on_run=on_run)
+    result = fidelity_runs(loaded, k, args.images, args.out, device=args.device,
+                           progress=not args.quiet and args.jobs == 1, on_run=on_run, select=select, jobs=args.jobs)
     written = save_fidelity(loaded, result, args.export)
     print(fidelity_text(result))
     print(f"saved to the study (user attr 'fidelity') and {', '.join(str(p) for p in written)}")
@@ -72,14 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the study and the chosen trials, write nothing")
     p.set_defaults(run=_export)
 
-    p = subparsers.add_parser("fidelity", help="retrain the K best trials longer; Kendall tau / Spearman rho")
+    p = subparsers.add_parser("fidelity", help="retrain K trials longer; Kendall tau / Spearman rho with the proxy")
     p.add_argument("study_dir", metavar="STUDY_DIR")
-    p.add_argument("--top", type=int, default=5, help="K best feasible trials by proxy quality (K >= 3)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--top", type=int, default=5, help="the K best feasible trials by proxy quality (K >= 3; "
+                                                          "default 5)")
+    which.add_argument("--spread", type=int, default=None, metavar="K",
+                       help="K feasible trials at evenly spaced proxy ranks, best and worst included (K >= 3)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="long runs trained at once (spawned processes sharing the CPU threads or the device)")
     p.add_argument("--images", type=positive_int, required=True, help="long training budget (images, > proxy)")
     p.add_argument("--out", default=None, help="folder of the runs (default STUDY_DIR/fidelity)")
     p.add_argument("--export", default=None, help="export whose report.md gets the result "
                                                   "(default STUDY_DIR/export, if it exists)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the study's device)")
     p.add_argument("--dry-run", action="store_true", help="print the chosen trials and the training config")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_fidelity)

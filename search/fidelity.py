@@ -1,11 +1,15 @@
 """Proxy fidelity: does the short proxy run rank architectures the way a longer run does?
 
-:func:`proxy_fidelity` retrains the K best feasible complete trials of a study (by proxy quality)
+:func:`proxy_fidelity` retrains K feasible complete trials of a study, either the K best by proxy
+quality (``select="top"``: does the proxy order the front-runners?) or K at evenly spaced proxy
+ranks from the best to the worst (``select="spread"``: does the proxy order the whole space?),
 with a longer image budget and otherwise the study's proxy settings (same data, seed, batch,
 learning rate, warm-up, validation set), each into ``STUDY_DIR/fidelity/trial-NNNNN`` (resumable:
 :func:`memekit.search.train.train` resumes from the run's last checkpoint and returns at once when
 the run is finished), then measures the rank agreement between proxy quality and long-run
-validation loss with Kendall's tau-b and Spearman's rho (:mod:`scipy.stats`).
+validation loss with Kendall's tau-b and Spearman's rho (:mod:`scipy.stats`). ``jobs > 1`` trains
+that many long runs at once in spawned processes (the CPU threads split between them); each run
+is the same as a serial one.
 
 The result goes into the study (user attr ``fidelity``), ``STUDY_DIR/fidelity.json`` and, when an
 export exists, a section of its ``report.md``.
@@ -16,14 +20,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 from optuna.trial import FrozenTrial
 from scipy import stats
 
@@ -33,6 +42,7 @@ from .export import REPORT_FILE, LoadedStudy, load_study, select_trials, trial_s
 from .train import TrainConfig, TrainResult, train
 
 MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
+SELECTIONS = ("top", "spread")
 FIDELITY_FILE = "fidelity.json"
 REPORT_BEGIN, REPORT_END = "<!-- memekit:fidelity -->", "<!-- /memekit:fidelity -->"
 
@@ -76,6 +86,7 @@ class FidelityResult:
     proxy_images: int
     long_images: int
     run_dirs: tuple[str, ...]
+    selection: str = "top"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -102,6 +113,27 @@ def _check_run_dir(run_dir: Path, images: int) -> None:
                                 "use that budget or another --out")
 
 
+def spread_ranks(n: int, k: int) -> list[int]:
+    """``k`` distinct 0-based ranks out of ``n``, evenly spaced from the best (0) to the worst (n - 1)."""
+    if not MIN_TRIALS <= k <= n:
+        raise FidelityError(f"spread selection needs {MIN_TRIALS} <= K <= {n}, got K = {k}")
+    # a step of (n-1)/(k-1) >= 1 and floor(x + 1/2) keep the ranks distinct (round() halves to even)
+    return [int(i) for i in np.floor(np.linspace(0, n - 1, k) + 0.5)]
+
+
+def choose_trials(loaded: LoadedStudy, k: int, select: str = "top") -> list[FrozenTrial]:
+    """K feasible complete trials by proxy quality: the ``top`` K, or K at ``spread`` ranks."""
+    if select not in SELECTIONS:
+        raise FidelityError(f"unknown selection {select!r}: use one of {', '.join(SELECTIONS)}")
+    if k < MIN_TRIALS:
+        raise FidelityError(f"K = {k}: the rank agreement needs K >= {MIN_TRIALS} trials")
+    ranked = select_trials(loaded.study, max(1, len(loaded.study.trials)))
+    if len(ranked) < k:
+        raise FidelityError(f"K = {k}, but study {loaded.study.study_name!r} has only {len(ranked)} feasible "
+                            "complete trials")
+    return ranked[:k] if select == "top" else [ranked[i] for i in spread_ranks(len(ranked), k)]
+
+
 @dataclass(frozen=True)
 class FidelityPlan:
     """Which trials are retrained, with which training config, into which folder."""
@@ -109,48 +141,67 @@ class FidelityPlan:
     trials: tuple[FrozenTrial, ...]
     config: TrainConfig
     out: Path
+    selection: str = "top"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trials": [t.number for t in self.trials], "out": str(self.out), "train": self.config.to_dict()}
+        return {"trials": [t.number for t in self.trials], "selection": self.selection, "out": str(self.out),
+                "train": self.config.to_dict()}
 
 
-def plan_fidelity(loaded: LoadedStudy, top: int, images: int, out: str | Path | None = None,
-                  device: str | None = None) -> FidelityPlan:
-    """The ``top`` best feasible complete trials, the long config and the runs' folder (checked)."""
-    if top < MIN_TRIALS:
-        raise FidelityError(f"--top {top}: the rank agreement needs K >= {MIN_TRIALS} trials")
-    chosen = select_trials(loaded.study, top)
-    if len(chosen) < top:
-        raise FidelityError(f"--top {top}, but study {loaded.study.study_name!r} has only {len(chosen)} feasible "
-                            "complete trials")
+def plan_fidelity(loaded: LoadedStudy, k: int, images: int, out: str | Path | None = None,
+                  device: str | None = None, select: str = "top") -> FidelityPlan:
+    """The chosen trials (:func:`choose_trials`), the long config and the runs' folder (checked)."""
+    chosen = choose_trials(loaded, k, select)
     if loaded.study_dir is None and out is None:
         raise FidelityError("the study has no STUDY_DIR: give --out for the fidelity runs")
     out = Path(out) if out is not None else loaded.study_dir / "fidelity"
     config = long_config(loaded.config.proxy_config(device), images)
     for trial in chosen:
         _check_run_dir(out / f"trial-{trial.number:05d}", images)
-    return FidelityPlan(tuple(chosen), config, out)
+    return FidelityPlan(tuple(chosen), config, out, select)
 
 
-def fidelity_runs(loaded: LoadedStudy, top: int, images: int, out: str | Path | None = None,
+def _init_job(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _train_job(spec: Any, config: TrainConfig, run_dir: Path) -> TrainResult:
+    return train(spec, config, run_dir, progress=False)
+
+
+def fidelity_runs(loaded: LoadedStudy, k: int, images: int, out: str | Path | None = None,
                   device: str | None = None, progress: bool = False,
-                  on_run: Callable[[int, TrainResult], None] | None = None) -> FidelityResult:
-    """Retrain the ``top`` best feasible complete trials for ``images`` images and compare ranks."""
-    plan = plan_fidelity(loaded, top, images, out, device)
+                  on_run: Callable[[int, TrainResult], None] | None = None, select: str = "top",
+                  jobs: int = 1) -> FidelityResult:
+    """Retrain K trials (:func:`choose_trials`) for ``images`` images, ``jobs`` at a time, and compare ranks."""
+    if jobs < 1:
+        raise FidelityError(f"--jobs must be a positive integer, got {jobs}")
+    plan = plan_fidelity(loaded, k, images, out, device, select)
     chosen, config = plan.trials, plan.config
-    long, dirs = [], []
-    for trial in chosen:
-        spec = trial_spec(trial, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
-        run_dir = plan.out / f"trial-{trial.number:05d}"
-        result = train(spec, config, run_dir, progress=progress)
-        long.append(float(result.val["val_loss"]))
-        dirs.append(str(run_dir))
-        if on_run is not None:
-            on_run(trial.number, result)
+    specs = [trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
+             for t in chosen]
+    dirs = [plan.out / f"trial-{t.number:05d}" for t in chosen]
+    results: list[TrainResult] = []
+    if jobs == 1:
+        for trial, spec, run_dir in zip(chosen, specs, dirs, strict=True):
+            results.append(train(spec, config, run_dir, progress=progress))
+            if on_run is not None:
+                on_run(trial.number, results[-1])
+    else:
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_job,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(_train_job, spec, config, run_dir) for spec, run_dir in zip(specs, dirs,
+                                                                                              strict=True)]
+            for trial, future in zip(chosen, futures, strict=True):  # in order; the pool keeps them all busy
+                results.append(future.result())
+                if on_run is not None:
+                    on_run(trial.number, results[-1])
     proxy = [float(t.values[0]) for t in chosen]
+    long = [float(r.val["val_loss"]) for r in results]
     return FidelityResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
                           tuple(proxy), tuple(long), rank_agreement(proxy, long), loaded.quality_name,
-                          loaded.config.proxy_images, images, tuple(dirs))
+                          loaded.config.proxy_images, images, tuple(str(d) for d in dirs), select)
 
 
 def fidelity_frame(result: FidelityResult) -> pd.DataFrame:
@@ -185,9 +236,10 @@ def fidelity_markdown(result: FidelityResult) -> str:
     """The ``report.md`` section (between markers, so a rerun replaces it)."""
     frame = fidelity_frame(result)
     a = result.agreement
+    chosen = (f"The {len(frame)} best feasible trials" if result.selection == "top" else
+              f"{len(frame)} feasible trials at evenly spaced ranks (best to worst)")
     lines = [REPORT_BEGIN, "## Proxy fidelity", "",
-             f"The {len(frame)} best feasible trials by proxy {result.quality_name} "
-             f"({result.proxy_images:,} images) retrained for {result.long_images:,} images with the same data, "
+             f"{chosen} by proxy {result.quality_name} ({result.proxy_images:,} images) retrained for {result.long_images:,} images with the same data, "
              "seed and settings; long-run quality is the validation loss.", "",
              f"| trial | warm start | proxy {result.quality_name} | long-run val_loss | proxy rank | long rank |",
              "|---|---|---|---|---|---|"]
@@ -213,7 +265,9 @@ def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str |
     written = []
     if loaded.study_dir is not None:
         path = loaded.study_dir / FIDELITY_FILE
-        path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
         written.append(path)
     export = Path(export_dir) if export_dir is not None else (loaded.study_dir / "export" if loaded.study_dir else None)
     if export is not None and (export / REPORT_FILE).is_file():
@@ -222,11 +276,13 @@ def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str |
     return written
 
 
-def proxy_fidelity(study_dir: str | Path, top: int, images: int, out: str | Path | None = None,
+def proxy_fidelity(study_dir: str | Path, k: int, images: int, out: str | Path | None = None,
                    export_dir: str | Path | None = None, device: str | None = None, progress: bool = False,
-                   on_run: Callable[[int, TrainResult], None] | None = None) -> FidelityResult:
+                   on_run: Callable[[int, TrainResult], None] | None = None, select: str = "top",
+                   jobs: int = 1) -> FidelityResult:
     """Open the study in ``study_dir``, run :func:`fidelity_runs`, save with :func:`save_fidelity`."""
     loaded = load_study(study_dir)
-    result = fidelity_runs(loaded, top, images, out, device=device, progress=progress, on_run=on_run)
+    result = fidelity_runs(loaded, k, images, out, device=device, progress=progress, on_run=on_run,
+                           select=select, jobs=jobs)
     save_fidelity(loaded, result, export_dir)
     return result

@@ -603,6 +603,16 @@ def prepare_study(config: SearchConfig) -> optuna.Study:
     return study
 
 
+def cpu_threads_per_worker(config: SearchConfig) -> int | None:
+    """Torch threads for each of several local CPU workers, so that together they use the cores once
+    (oversubscribed torch threads slow every worker down several times); ``None`` (leave it to torch)
+    for GPU workers or when the user set ``OMP_NUM_THREADS`` themselves."""
+    on_cpu = (config.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    if config.workers < 2 or not on_cpu or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // config.workers)
+
+
 def run_search(config: SearchConfig, progress: bool = True) -> optuna.Study:
     """Prepare the study, then run ``workers`` worker processes (in this process when 1)."""
     study = prepare_study(config)
@@ -613,8 +623,11 @@ def run_search(config: SearchConfig, progress: bool = True) -> optuna.Study:
         return study
     procs = []
     config_file = Path(config.study_dir) / "search_config.json"
+    threads = cpu_threads_per_worker(config)
     for i in range(config.workers):
         env = dict(os.environ)
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         if config.storage:  # the password travels in the environment, never in a file
             env[STORAGE_ENV] = config.storage
         if config.gpus:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -79,7 +80,8 @@ def assert_same(a: Any, b: Any, where: str = "state") -> None:
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("memekit: error:")]
+    """``memekit: error: ...`` (our errors) and ``memekit CMD: error: ...`` (usage errors) lines."""
+    return [line for line in stderr.splitlines() if re.match(r"memekit( [\w-]+)*: error: ", line)]
 
 
 def assert_one_line_error(code: int, stderr: str, expected_code: int = 2, contains: str = "") -> str:

@@ -105,3 +105,15 @@ def test_password_never_printed_by_dry_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["config"]["storage"].startswith("postgresql://memekit:")
     assert "sekrit" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, message", [(("bogus",), "invalid choice: 'bogus'"),
+                                           (("search", "s", "--trials", "zero"), "--trials"),
+                                           (("search", "s", "--sampler", "cmaes"), "invalid choice: 'cmaes'"),
+                                           (("fidelity", "s"), "the following arguments are required: --images")])
+def test_usage_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
+    """argparse's own errors (unknown command, bad type or choice, missing option) through the real
+    entry point: one line naming the problem and the help to read, exit 2, no usage dump."""
+    proc = run_memekit(*args)
+    line = assert_one_line_error(proc.returncode, proc.stderr, contains=message)
+    assert "--help" in line and "usage:" not in proc.stderr

@@ -16,7 +16,7 @@ from test_export import fabricate_study
 
 import memekit.search.fidelity as fidelity_module
 from memekit.search.export import load_study
-from memekit.search.fidelity import FidelityError, proxy_fidelity, rank_agreement
+from memekit.search.fidelity import FidelityError, proxy_fidelity, rank_agreement, spread_ranks
 from memekit.search.train import TrainConfig, TrainResult
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -76,7 +76,7 @@ def test_pairs_top_k_proxy_with_long_losses(tmp_path: Path, monkeypatch: pytest.
     long_loss = {0: 0.9, 3: 0.5, 4: 0.7, 1: 0.6}  # trial -> long-run val loss
     fake = FakeTrain(long_loss)
     monkeypatch.setattr(fidelity_module, "train", fake)
-    result = proxy_fidelity(study_dir, top=4, images=LONG)
+    result = proxy_fidelity(study_dir, k=4, images=LONG)
     assert result.trials == (0, 3, 4, 1)  # by proxy quality; 2 infeasible, 5 pruned, 6 is 5th
     assert result.proxy == (1.0, 2.0, 3.0, 4.0)
     assert result.long == (0.9, 0.5, 0.7, 0.6)
@@ -92,7 +92,7 @@ def test_long_runs_keep_the_proxy_settings_but_the_budget(tmp_path: Path, monkey
     fabricate_study(study_dir, POINTS)
     fake = FakeTrain({0: 1.0, 3: 2.0, 4: 3.0})
     monkeypatch.setattr(fidelity_module, "train", fake)
-    proxy_fidelity(study_dir, top=3, images=LONG)
+    proxy_fidelity(study_dir, k=3, images=LONG)
     proxy = load_study(study_dir).config.proxy_config()
     assert [n for n, _ in fake.calls] == [0, 3, 4]
     for _, config in fake.calls:
@@ -109,7 +109,7 @@ def test_perfect_ranking_gives_one_and_is_saved(tmp_path: Path, monkeypatch: pyt
     export.mkdir()
     (export / "report.md").write_text("# Study\n\ntable\n")
     monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.2, 3: 0.3, 4: 0.35}))
-    result = proxy_fidelity(study_dir, top=3, images=LONG)
+    result = proxy_fidelity(study_dir, k=3, images=LONG)
     assert result.agreement.kendall_tau == pytest.approx(1.0)
     assert result.agreement.spearman_rho == pytest.approx(1.0)
     stored = load_study(study_dir).study.user_attrs["fidelity"]
@@ -117,7 +117,7 @@ def test_perfect_ranking_gives_one_and_is_saved(tmp_path: Path, monkeypatch: pyt
     for record in (stored, saved):
         assert record["trials"] == [0, 3, 4] and record["long"] == [0.2, 0.3, 0.35]
         assert record["agreement"]["kendall_tau"] == pytest.approx(1.0)
-    proxy_fidelity(study_dir, top=3, images=LONG)  # a rerun replaces the section, never duplicates it
+    proxy_fidelity(study_dir, k=3, images=LONG)  # a rerun replaces the section, never duplicates it
     report = (export / "report.md").read_text()
     assert report.startswith("# Study\n\ntable\n") and report.count("## Proxy fidelity") == 1
     assert "| 3 | meme-paper | 2 | 0.3 | 2 | 2 |" in report
@@ -133,19 +133,62 @@ def test_cli_prints_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: 
     assert [line.split()[0] for line in out.splitlines()[1:4]] == ["0", "3", "4"]
 
 
+def test_spread_ranks_are_distinct_and_span_best_to_worst() -> None:
+    assert spread_ranks(5, 3) == [0, 2, 4]
+    assert spread_ranks(24, 8) == [0, 3, 7, 10, 13, 16, 20, 23]  # 23/7 = 3.29 apart, rounded half up
+    assert spread_ranks(4, 4) == [0, 1, 2, 3]
+    for n in range(3, 40):
+        for k in range(3, n + 1):
+            ranks = spread_ranks(n, k)
+            assert len(set(ranks)) == k and ranks[0] == 0 and ranks[-1] == n - 1 and ranks == sorted(ranks)
+    with pytest.raises(FidelityError):
+        spread_ranks(3, 4)
+
+
+def test_spread_selection_spans_the_feasible_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     cli: Cli) -> None:
+    fabricate_study(tmp_path / "study", POINTS)  # feasible complete by proxy quality: 0, 3, 4, 1, 6
+    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.1, 4: 0.3, 6: 0.2}))
+    code, out, err = cli("fidelity", tmp_path / "study", "--spread", "3", "--images", str(LONG), "--quiet")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[1:4]] == ["0", "4", "6"]  # ranks 0, 2, 4 of 5
+    # pairs (1, .1) (3, .3) (5, .2): one discordant pair of 3 -> tau = 1/3
+    assert "Kendall tau = 0.333" in out
+    saved = json.loads((tmp_path / "study" / "fidelity.json").read_text())
+    assert saved["selection"] == "spread" and saved["trials"] == [0, 4, 6]
+
+
+def test_top_and_spread_are_exclusive(tmp_path: Path, cli: Cli) -> None:
+    fabricate_study(tmp_path / "study", POINTS)
+    code, _, err = cli("fidelity", tmp_path / "study", "--top", "3", "--spread", "3", "--images", str(LONG))
+    assert_one_line_error(code, err, contains="not allowed with argument --top")
+
+
 # ---- the real trainer: resumable -------------------------------------------------------------------------
 def test_finished_runs_are_not_retrained(tmp_path: Path) -> None:
     study_dir = tmp_path / "study"
     fabricate_study(study_dir, POINTS[:5])
-    first = proxy_fidelity(study_dir, top=3, images=32)
+    first = proxy_fidelity(study_dir, k=3, images=32)
     logs = {n: read_log(study_dir / "fidelity" / f"trial-{n:05d}") for n in first.trials}
     assert all(any(r.get("event") == "train" for r in log) for log in logs.values())
-    second = proxy_fidelity(study_dir, top=3, images=32)
+    second = proxy_fidelity(study_dir, k=3, images=32)
     assert second.long == first.long
     for n in first.trials:
         log = read_log(study_dir / "fidelity" / f"trial-{n:05d}")
         assert sum(r.get("event") == "train" for r in log) == sum(r.get("event") == "train" for r in logs[n])
         assert log[-1].get("note") == "budget already reached"
+
+
+def test_parallel_jobs_equal_serial_runs(tmp_path: Path) -> None:
+    serial_dir, parallel_dir = tmp_path / "serial", tmp_path / "parallel"
+    for folder in (serial_dir, parallel_dir):
+        fabricate_study(folder, POINTS[:5])
+    serial = proxy_fidelity(serial_dir, k=3, images=32)
+    parallel = proxy_fidelity(parallel_dir, k=3, images=32, jobs=2)  # two spawned processes, one thread each
+    assert parallel.trials == serial.trials
+    assert parallel.long == pytest.approx(serial.long, rel=1e-5)
+    for n in parallel.trials:
+        assert (parallel_dir / "fidelity" / f"trial-{n:05d}" / "checkpoints").is_dir()
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------

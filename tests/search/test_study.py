@@ -269,3 +269,16 @@ def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
     prepare_study(tiny_search(tmp_path, proxy_images=32))
     with pytest.raises(SearchError, match="different proxy_images"):
         open_study(tiny_search(tmp_path, proxy_images=64), seed=0)
+
+
+def test_local_cpu_workers_split_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(study_module.os, "cpu_count", lambda: 16)
+    threads = study_module.cpu_threads_per_worker
+    assert threads(tiny_search(tmp_path, workers=4, device="cpu")) == 4
+    assert threads(tiny_search(tmp_path, workers=3, device="cpu")) == 5
+    assert threads(tiny_search(tmp_path, workers=32, device="cpu")) == 1
+    assert threads(tiny_search(tmp_path, workers=1, device="cpu")) is None  # one worker: torch's default
+    assert threads(tiny_search(tmp_path, workers=4, device="cuda")) is None  # GPU workers
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads(tiny_search(tmp_path, workers=4, device="cpu")) is None  # the user's choice wins
