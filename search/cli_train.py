@@ -6,14 +6,23 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from memekit.analysis.data import check_data_source
 from memekit.space.diffusion import SAMPLERS
 
-from .cli_args import nonneg_int, positive_int
+from .cli_args import nonneg_int, positive_float, positive_int
 from .cli_space import resolve_spec
 from .sampling import sample_checkpoint
-from .train import MIXED_PRECISION, TrainConfig, TrainingError, check_budget, dry_run, train
+from .train import (
+    MIXED_PRECISION,
+    TrainConfig,
+    TrainingError,
+    TrainingPaused,
+    check_budget,
+    dry_run,
+    train,
+)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -46,7 +55,13 @@ def _train(args: argparse.Namespace) -> int:
         per = config.steps * config.batch
         print(f"budget: {per:,} images in total = {per // n:,} per expert x {n} expert(s); {config.steps:,} "
               f"steps of batch {config.batch} ({config.batch // n} per expert)", file=sys.stderr)
-    result = train(spec, config, args.out, resume=args.resume, progress=not args.quiet)
+    deadline = time.time() + 60 * args.max_minutes if args.max_minutes is not None else None
+    try:
+        result = train(spec, config, args.out, resume=args.resume, progress=not args.quiet, deadline=deadline)
+    except TrainingPaused as paused:  # a planned stop, not an error: exit 0 so that scripts go on
+        if main_rank:
+            print(f"memekit: paused after --max-minutes {args.max_minutes:g}: {paused}", file=sys.stderr)
+        return 0
     val = result.val.get("val_loss")
     if main_rank:
         print(f"trained to step {result.steps:,}: {result.images_seen:,} images in total, "
@@ -94,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-steps", type=positive_int, default=defaults.sample_steps)
     p.add_argument("--checkpoint-every", type=nonneg_int, default=defaults.checkpoint_every)
     p.add_argument("--keep-last", type=positive_int, default=defaults.keep_last)
+    p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
+                   help="stop after M minutes of training with a checkpoint and exit 0; the same command "
+                        "resumes (time-limited or preemptible allocations)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None, help="resume from this checkpoint")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and costs, then exit")

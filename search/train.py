@@ -67,6 +67,10 @@ class TrainingPaused(TrainingInterrupted):
     """The run's deadline passed: a checkpoint was written, rerun to resume."""
 
 
+DEADLINE = 1_000  # a stop request past any signal number: the run's deadline passed
+STOP_SYNC_STEPS = 10  # several processes agree on stopping (signal, deadline) every this many steps
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run besides the spec (saved as config.json)."""
@@ -109,6 +113,10 @@ class TrainConfig:
             raise TrainingError(f"lr must be a positive number, got {self.lr!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise TrainingError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise TrainingError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not self.grad_clip >= 0:  # inf: no clipping, as 0
+            raise TrainingError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise TrainingError(f"unknown mixed precision {self.mixed_precision!r}: choose no, bf16 or fp16")
         if self.images < self.batch:
@@ -478,10 +486,11 @@ class Trainer:
         window_steps, window_start = 0, time.perf_counter()
         with _signals_to(self):
             while self.step < total:
-                if self._stop_signal is not None:
-                    self._interrupt(bar)
-                if self.deadline is not None and time.time() > self.deadline:
+                stop = self._stop_requested()
+                if stop == DEADLINE:
                     self._pause(bar)
+                if stop:
+                    self._interrupt(bar)
                 loss_vec = self._guarded_step()
                 self.step += 1
                 self.images_per_expert = [v + self.sub_batch * self.dist.world for v in self.images_per_expert]
@@ -524,6 +533,22 @@ class Trainer:
                         "loss_per_interval": losses, "lr": learning_rate(self.config, self.step - 1),
                         "images_per_s": ips})
         bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", img_s=f"{ips:.0f}")
+
+    def _stop_requested(self) -> int:
+        """0 to go on; a signal number (SIGINT/SIGTERM arrived) or :data:`DEADLINE` to stop at this step.
+        With several processes they decide together every :data:`STOP_SYNC_STEPS` steps (the largest
+        request of any rank wins), so all stop at the same step and none waits in a collective alone."""
+        local = self._stop_signal or (DEADLINE if self.deadline is not None and time.time() > self.deadline else 0)
+        if self.dist.world == 1:
+            return local
+        if self.step % STOP_SYNC_STEPS:
+            return 0
+        request = torch.tensor([local], device=self.device)
+        dist.all_reduce(request, op=dist.ReduceOp.MAX)
+        agreed = int(request.item())
+        if agreed and agreed != DEADLINE:
+            self._stop_signal = agreed
+        return agreed
 
     def _interrupt(self, bar: tqdm) -> None:
         bar.close()

@@ -54,3 +54,26 @@ def test_two_process_gloo_run_writes_one_checkpoint(spec_file: Callable[..., Pat
     log = read_log(run_dir)
     assert [r["step"] for r in log if r["event"] == "train"] == list(range(1, STEPS + 1))
     assert [r["step"] for r in log if r["event"] == "validation"] == [STEPS]
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                    reason="torch.distributed with the gloo backend is not available")
+def test_two_processes_pause_together_at_the_time_limit(spec_file: Callable[..., Path], tmp_path: Path) -> None:
+    """``--max-minutes`` under torchrun: the ranks agree on the stop step (a rank that stopped alone
+    would leave the other waiting in a collective), write one checkpoint, exit 0; the same command
+    without the limit then finishes the run."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+               "-m", "memekit.search.cli", "train", str(spec_file()), "--data", DATA, "--out", str(run_dir),
+               "--device", "cpu", "--quiet", "--batch", str(BATCH), "--steps", str(STEPS), "--val-images", "4",
+               "--sample-steps", "1"]
+    env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    paused = subprocess.run([*command, "--max-minutes", "1e-6"], capture_output=True, text=True, timeout=TIMEOUT_S,
+                            env=env, cwd=tmp_path)
+    assert paused.returncode == 0, paused.stderr[-4000:]
+    assert paused.stderr.count("paused after --max-minutes") == 1  # rank 0 reports it
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"step-{0:09d}.pt"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    assert load_checkpoint(run_dir)["step"] == STEPS

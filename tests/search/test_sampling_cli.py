@@ -128,7 +128,11 @@ def _train_args(spec: Path, out: Path, *extra: str) -> list[str]:
     (("--batch", "8", "--steps", "2", "--data", "/no/such/images"), "does not exist"),
     (("--batch", "8", "--steps", "2", "--lr", "-1"), "lr"),
     (("--batch", "16", "--images", "8"), "smaller than one batch"),
-], ids=["batch-not-divisible", "images-and-steps", "missing-data", "negative-lr", "budget-below-batch"])
+    (("--batch", "8", "--steps", "2", "--weight-decay", "-0.1"), "weight_decay"),
+    (("--batch", "8", "--steps", "2", "--grad-clip", "nan"), "grad_clip"),
+    (("--batch", "8", "--steps", "2", "--max-minutes", "0"), "--max-minutes"),
+], ids=["batch-not-divisible", "images-and-steps", "missing-data", "negative-lr", "budget-below-batch",
+        "negative-weight-decay", "nan-grad-clip", "zero-minutes"])
 def test_bad_train_input_is_one_line_exit_2(spec_file: Callable[..., Path], cli: Cli, tmp_path: Path,
                                             extra: tuple[str, ...], phrase: str) -> None:
     code, _, err = cli(*_train_args(spec_file(), tmp_path / "run", *extra))

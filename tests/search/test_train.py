@@ -12,7 +12,14 @@ from conftest import assert_same, read_log, tiny_config, tiny_spec, tiny_trainer
 
 from memekit.search.checkpoint import list_checkpoints, load_checkpoint
 from memekit.search.sampling import load_model
-from memekit.search.train import TrainingDiverged, train, validation_loss, validation_timesteps
+from memekit.search.train import (
+    Trainer,
+    TrainingDiverged,
+    TrainingPaused,
+    train,
+    validation_loss,
+    validation_timesteps,
+)
 
 
 def test_short_run_lowers_validation_loss(tmp_path: Path) -> None:
@@ -103,6 +110,28 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     train(spec, tiny_config(images=8 * N_STEPS, **RESUME_FIELDS), tmp_path / "explicit", resume=middle[0],
           progress=False)
     _assert_same_training_state(_final_state(tmp_path / "explicit"), _final_state(tmp_path / "straight"))
+
+
+def test_time_limit_pauses_with_a_checkpoint_and_resume_is_exact(tmp_path: Path) -> None:
+    """A deadline that passes mid-run: checkpoint, TrainingPaused (exit code 0); the rerun without
+    one ends bit-identical to a straight run."""
+    spec = tiny_spec(dropout=0.1)
+    tiny_trainer(tmp_path / "straight", spec, images=8 * N_STEPS, **RESUME_FIELDS).run()
+
+    paused = Trainer(spec, tiny_config(images=8 * N_STEPS, **RESUME_FIELDS), tmp_path / "cut", progress=False,
+                     deadline=1.0)
+    original = paused._stop_requested
+
+    def late_after_k() -> int:  # deadline=1.0 (1970) has long passed: seen from step K on
+        return original() if paused.step >= K_STEPS else 0
+
+    paused._stop_requested = late_after_k
+    with pytest.raises(TrainingPaused) as info:
+        paused.run()
+    assert info.value.exit_code == 0 and "rerun to resume" in str(info.value)
+    assert [int(p.stem.split("-")[1]) for p in list_checkpoints(tmp_path / "cut")] == [K_STEPS]
+    tiny_trainer(tmp_path / "cut", spec, images=8 * N_STEPS, **RESUME_FIELDS).run()
+    _assert_same_training_state(_final_state(tmp_path / "cut"), _final_state(tmp_path / "straight"))
 
 
 def test_different_seeds_give_different_weights(tmp_path: Path) -> None:
