@@ -158,7 +158,8 @@ def search_config(args: argparse.Namespace, folder: Path, storage: str | None, n
                         space=args.space, resolution=args.resolution, data=args.data, n_trials=n_trials,
                         proxy_images=args.proxy_images, proxy_batch=args.proxy_batch,
                         proxy_warmup_images=min(1000, args.proxy_images), val_images=args.val_images,
-                        seed=args.seed, warm_start=(), device=args.device, heartbeat_interval=30, grace_period=120)
+                        seed=args.seed, warm_start=(), device=args.device, mixed_precision=args.mixed_precision,
+                        heartbeat_interval=30, grace_period=120)
 
 
 def stand_in_train(spec: Any, config: Any, run_dir: Any, **kwargs: Any) -> Any:
@@ -253,6 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="builtin:shapes:1024")
     p.add_argument("--history", type=int, default=20, help="untimed stand-in trials before the timed ones")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="proxy training (CUDA)")
     p.add_argument("--postgres", default=os.environ.get("MEMEKIT_TEST_POSTGRES_URL"),
                    help="PostgreSQL URL (default: $MEMEKIT_TEST_POSTGRES_URL); omit to time the journal only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
