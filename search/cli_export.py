@@ -38,7 +38,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _fidelity(args: argparse.Namespace) -> int:
     from .export import load_study
-    from .fidelity import fidelity_runs, fidelity_text, plan_fidelity, save_fidelity
+    from .fidelity import fidelity_runs, fidelity_text, plan_fidelity, record_name, save_fidelity
 
     loaded = load_study(args.study_dir)
     select, k = ("spread", args.spread) if args.spread is not None else ("top", args.top)
@@ -55,7 +55,7 @@ def _fidelity(args: argparse.Namespace) -> int:
                            progress=not args.quiet and args.jobs == 1, on_run=on_run, select=select, jobs=args.jobs)
     written = save_fidelity(loaded, result, args.export)
     print(fidelity_text(result))
-    print(f"saved to the study (user attr 'fidelity') and {', '.join(str(p) for p in written)}")
+    print(f"saved to the study (user attr {record_name(select)!r}) and {', '.join(str(p) for p in written)}")
     return 0
 
 

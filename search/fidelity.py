@@ -43,8 +43,15 @@ from .train import TrainConfig, TrainResult, train
 
 MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
 SELECTIONS = ("top", "spread")
-FIDELITY_FILE = "fidelity.json"
-REPORT_BEGIN, REPORT_END = "<!-- memekit:fidelity -->", "<!-- /memekit:fidelity -->"
+def record_name(selection: str) -> str:
+    """Where a selection's result is kept: ``fidelity`` (top K) or ``fidelity-spread`` (user attr,
+    ``STUDY_DIR/NAME.json`` and the report section's markers), so both checks of a study coexist."""
+    return "fidelity" if selection == "top" else f"fidelity-{selection}"
+
+
+def report_markers(selection: str) -> tuple[str, str]:
+    name = record_name(selection)
+    return f"<!-- memekit:{name} -->", f"<!-- /memekit:{name} -->"
 
 
 class FidelityError(MemekitError, ValueError):
@@ -238,7 +245,9 @@ def fidelity_markdown(result: FidelityResult) -> str:
     a = result.agreement
     chosen = (f"The {len(frame)} best feasible trials" if result.selection == "top" else
               f"{len(frame)} feasible trials at evenly spaced ranks (best to worst)")
-    lines = [REPORT_BEGIN, "## Proxy fidelity", "",
+    begin, end = report_markers(result.selection)
+    title = "## Proxy fidelity" + ("" if result.selection == "top" else f" ({result.selection} selection)")
+    lines = [begin, title, "",
              f"{chosen} by proxy {result.quality_name} ({result.proxy_images:,} images) retrained for {result.long_images:,} images with the same data, "
              "seed and settings; long-run quality is the validation loss.", "",
              f"| trial | warm start | proxy {result.quality_name} | long-run val_loss | proxy rank | long rank |",
@@ -246,25 +255,28 @@ def fidelity_markdown(result: FidelityResult) -> str:
     lines += [f"| {r.trial} | {r.warm_start} | {r.proxy:.5g} | {r.long:.5g} | {r.proxy_rank} | {r.long_rank} |"
               for r in frame.itertuples(index=False)]
     lines += ["", f"Kendall tau-b = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}); Spearman rho = "
-              f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) (scipy.stats).", REPORT_END, ""]
+              f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) (scipy.stats).", end, ""]
     return "\n".join(lines)
 
 
 def append_to_report(report: Path, result: FidelityResult) -> None:
     """Add (or replace) the fidelity section of an export's ``report.md``."""
     text = report.read_text()
-    pattern = re.compile(re.escape(REPORT_BEGIN) + r".*?" + re.escape(REPORT_END) + r"\n?", re.DOTALL)
+    begin, end = report_markers(result.selection)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
     text = pattern.sub("", text).rstrip("\n") + "\n\n"
     report.write_text(text + fidelity_markdown(result))
 
 
 def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str | Path | None = None) -> list[Path]:
-    """Record ``result`` in the study (user attr ``fidelity``), ``STUDY_DIR/fidelity.json`` and the
-    export's ``report.md`` (``export_dir``, default ``STUDY_DIR/export``) when it exists."""
-    loaded.study.set_user_attr("fidelity", result.to_dict())
+    """Record ``result`` in the study (user attr :func:`record_name`: ``fidelity`` or
+    ``fidelity-spread``), ``STUDY_DIR/NAME.json`` and the export's ``report.md`` (``export_dir``,
+    default ``STUDY_DIR/export``) when it exists."""
+    name = record_name(result.selection)
+    loaded.study.set_user_attr(name, result.to_dict())
     written = []
     if loaded.study_dir is not None:
-        path = loaded.study_dir / FIDELITY_FILE
+        path = loaded.study_dir / f"{name}.json"
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         tmp.replace(path)

@@ -121,6 +121,11 @@ def test_perfect_ranking_gives_one_and_is_saved(tmp_path: Path, monkeypatch: pyt
     report = (export / "report.md").read_text()
     assert report.startswith("# Study\n\ntable\n") and report.count("## Proxy fidelity") == 1
     assert "| 3 | meme-paper | 2 | 0.3 | 2 | 2 |" in report
+    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.2, 4: 0.35, 6: 0.5}))
+    proxy_fidelity(study_dir, k=3, images=LONG, select="spread")  # a second section beside the first
+    report = (export / "report.md").read_text()
+    assert report.count("## Proxy fidelity") == 2 and "## Proxy fidelity (spread selection)" in report
+    assert "| 3 | meme-paper | 2 | 0.3 | 2 | 2 |" in report and "| 6 |  | 5 | 0.5 | 3 | 3 |" in report
 
 
 def test_cli_prints_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli) -> None:
@@ -154,8 +159,10 @@ def test_spread_selection_spans_the_feasible_ranking(tmp_path: Path, monkeypatch
     assert [line.split()[0] for line in out.splitlines()[1:4]] == ["0", "4", "6"]  # ranks 0, 2, 4 of 5
     # pairs (1, .1) (3, .3) (5, .2): one discordant pair of 3 -> tau = 1/3
     assert "Kendall tau = 0.333" in out
-    saved = json.loads((tmp_path / "study" / "fidelity.json").read_text())
+    saved = json.loads((tmp_path / "study" / "fidelity-spread.json").read_text())
     assert saved["selection"] == "spread" and saved["trials"] == [0, 4, 6]
+    assert load_study(tmp_path / "study").study.user_attrs["fidelity-spread"]["trials"] == [0, 4, 6]
+    assert not (tmp_path / "study" / "fidelity.json").exists()  # the top-K record is another one
 
 
 def test_top_and_spread_are_exclusive(tmp_path: Path, cli: Cli) -> None:
