@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from .cli_args import positive_int
+from .cli_args import nonneg_int, positive_int
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -52,7 +52,8 @@ def _fidelity(args: argparse.Namespace) -> int:
               f"({result.run_dir})", file=sys.stderr)
 
     result = fidelity_runs(loaded, k, args.images, args.out, device=args.device,
-                           progress=not args.quiet and args.jobs == 1, on_run=on_run, select=select, jobs=args.jobs)
+                           progress=not args.quiet and args.jobs == 1, on_run=on_run, select=select, jobs=args.jobs,
+                           noise_seeds=args.noise_seeds)
     written = save_fidelity(loaded, result, args.export)
     print(fidelity_text(result))
     print(f"saved to the study (user attr {record_name(select)!r}) and {', '.join(str(p) for p in written)}")
@@ -83,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="long runs trained at once (spawned processes sharing the CPU threads or the device)")
     p.add_argument("--images", type=positive_int, required=True, help="long training budget (images, > proxy)")
+    p.add_argument("--noise-seeds", type=nonneg_int, default=0, metavar="S",
+                   help="also train the best chosen trial with S more seeds at both budgets: the seed noise of "
+                        "each score beside the spread between trials")
     p.add_argument("--out", default=None, help="folder of the runs (default STUDY_DIR/fidelity)")
     p.add_argument("--export", default=None, help="export whose report.md gets the result "
                                                   "(default STUDY_DIR/export, if it exists)")

@@ -94,10 +94,13 @@ class FidelityResult:
     long_images: int
     run_dirs: tuple[str, ...]
     selection: str = "top"
+    noise: dict[str, Any] | None = None  # seed-to-seed spread of the best trial's scores (noise_seeds > 0)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["agreement"] = {k: (None if math.isnan(v) else v) for k, v in data["agreement"].items()}
+        if self.noise is not None:
+            data["noise"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.noise.items()}
         return data
 
 
@@ -176,39 +179,84 @@ def _train_job(spec: Any, config: TrainConfig, run_dir: Path) -> TrainResult:
     return train(spec, config, run_dir, progress=False)
 
 
-def fidelity_runs(loaded: LoadedStudy, k: int, images: int, out: str | Path | None = None,
-                  device: str | None = None, progress: bool = False,
-                  on_run: Callable[[int, TrainResult], None] | None = None, select: str = "top",
-                  jobs: int = 1) -> FidelityResult:
-    """Retrain K trials (:func:`choose_trials`) for ``images`` images, ``jobs`` at a time, and compare ranks."""
-    if jobs < 1:
-        raise FidelityError(f"--jobs must be a positive integer, got {jobs}")
-    plan = plan_fidelity(loaded, k, images, out, device, select)
-    chosen, config = plan.trials, plan.config
-    specs = [trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
-             for t in chosen]
-    dirs = [plan.out / f"trial-{t.number:05d}" for t in chosen]
+@dataclass(frozen=True)
+class _Job:
+    trial: int
+    spec: Any
+    config: TrainConfig
+    run_dir: Path
+
+
+def _run_jobs(work: Sequence[_Job], jobs: int, progress: bool,
+              on_run: Callable[[int, TrainResult], None] | None) -> list[float]:
+    """Train every job (in this process, or ``jobs`` spawned processes sharing the CPU threads);
+    the final validation losses in job order."""
     results: list[TrainResult] = []
     if jobs == 1:
-        for trial, spec, run_dir in zip(chosen, specs, dirs, strict=True):
-            results.append(train(spec, config, run_dir, progress=progress))
+        for job in work:
+            results.append(train(job.spec, job.config, job.run_dir, progress=progress))
             if on_run is not None:
-                on_run(trial.number, results[-1])
+                on_run(job.trial, results[-1])
     else:
         threads = max(1, torch.get_num_threads() // jobs)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_job,
                                  initargs=(threads,)) as pool:
-            futures = [pool.submit(_train_job, spec, config, run_dir) for spec, run_dir in zip(specs, dirs,
-                                                                                              strict=True)]
-            for trial, future in zip(chosen, futures, strict=True):  # in order; the pool keeps them all busy
+            futures = [pool.submit(_train_job, job.spec, job.config, job.run_dir) for job in work]
+            for job, future in zip(work, futures, strict=True):  # in order; the pool keeps every process busy
                 results.append(future.result())
                 if on_run is not None:
-                    on_run(trial.number, results[-1])
+                    on_run(job.trial, results[-1])
+    return [float(r.val["val_loss"]) for r in results]
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def fidelity_runs(loaded: LoadedStudy, k: int, images: int, out: str | Path | None = None,
+                  device: str | None = None, progress: bool = False,
+                  on_run: Callable[[int, TrainResult], None] | None = None, select: str = "top",
+                  jobs: int = 1, noise_seeds: int = 0) -> FidelityResult:
+    """Retrain K trials (:func:`choose_trials`) for ``images`` images, ``jobs`` at a time, and compare
+    ranks. ``noise_seeds = S > 0`` also trains the best chosen trial with S more seeds at both the
+    proxy and the long budget (``OUT/noise/``): the seed-to-seed spread of each score, to set
+    beside the spread between trials (ranks cannot agree on differences smaller than the noise)."""
+    if jobs < 1:
+        raise FidelityError(f"--jobs must be a positive integer, got {jobs}")
+    if noise_seeds < 0:
+        raise FidelityError(f"--noise-seeds must be an integer >= 0, got {noise_seeds}")
+    plan = plan_fidelity(loaded, k, images, out, device, select)
+    chosen, config = plan.trials, plan.config
+    specs = [trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
+             for t in chosen]
+    work = [_Job(t.number, spec, config, plan.out / f"trial-{t.number:05d}") for t, spec in zip(chosen, specs,
+                                                                                                strict=True)]
+    best, proxy_config = chosen[0], loaded.config.proxy_config(device)
+    seeds = [config.seed + i for i in range(1, noise_seeds + 1)]
+    for budget in (proxy_config, config):
+        for seed in seeds:
+            work.append(_Job(best.number, specs[0], dataclasses.replace(budget, seed=seed),
+                             plan.out / "noise" / f"trial-{best.number:05d}-images-{budget.images}-seed-{seed}"))
+    losses = _run_jobs(work, jobs, progress, on_run)
     proxy = [float(t.values[0]) for t in chosen]
-    long = [float(r.val["val_loss"]) for r in results]
+    long = losses[:len(chosen)]
+    noise = None
+    if seeds:
+        def proxy_val_loss(t: FrozenTrial) -> float:  # the study's own run, seed config.seed
+            fallback = t.values[0] if loaded.quality_name == "val_loss" else math.nan
+            return float(t.user_attrs.get("val_loss", fallback))
+
+        noisy_proxy = [proxy_val_loss(best), *losses[len(chosen):len(chosen) + len(seeds)]]
+        noisy_long = [long[0], *losses[len(chosen) + len(seeds):]]
+        proxy_vals = [proxy_val_loss(t) for t in chosen]
+        noise = {"trial": best.number, "seeds": [config.seed, *seeds], "proxy_val_loss": noisy_proxy,
+                 "long_val_loss": noisy_long, "proxy_noise_std": _std(noisy_proxy),
+                 "long_noise_std": _std(noisy_long), "proxy_spread_std": _std(proxy_vals),
+                 "long_spread_std": _std(long)}
     return FidelityResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
                           tuple(proxy), tuple(long), rank_agreement(proxy, long), loaded.quality_name,
-                          loaded.config.proxy_images, images, tuple(str(d) for d in dirs), select)
+                          loaded.config.proxy_images, images, tuple(str(j.run_dir) for j in work[:len(chosen)]),
+                          select, noise)
 
 
 def fidelity_frame(result: FidelityResult) -> pd.DataFrame:
@@ -224,6 +272,23 @@ def _number(value: float) -> str:
     return "undefined (a constant sample)" if math.isnan(value) else f"{value:.3f}"
 
 
+def noise_text(result: FidelityResult) -> str:
+    """One sentence: the seed-to-seed spread of the best trial's val loss beside the spread between
+    the trials, at both budgets (empty without ``noise_seeds``)."""
+    n = result.noise
+    if not n:
+        return ""
+
+    def ratio(spread: float, noise: float) -> str:
+        return f"{spread / noise:.1f}x" if noise > 0 else "undefined"
+
+    return (f"Seed noise: trial {n['trial']} over seeds {n['seeds']} has val_loss std {n['proxy_noise_std']:.5f} "
+            f"at the proxy budget and {n['long_noise_std']:.5f} at the long one; between the {len(result.trials)} "
+            f"trials the std is {n['proxy_spread_std']:.5f} and {n['long_spread_std']:.5f} "
+            f"(spread / noise {ratio(n['proxy_spread_std'], n['proxy_noise_std'])} and "
+            f"{ratio(n['long_spread_std'], n['long_noise_std'])}).")
+
+
 def fidelity_text(result: FidelityResult) -> str:
     """A small plain-text table and the two coefficients (what ``memekit fidelity`` prints)."""
     frame = fidelity_frame(result)
@@ -236,6 +301,8 @@ def fidelity_text(result: FidelityResult) -> str:
     a = result.agreement
     lines.append(f"Kendall tau = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}), Spearman rho = "
                  f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) over {len(frame)} trials")
+    if result.noise:
+        lines.append(noise_text(result))
     return "\n".join(lines)
 
 
@@ -255,7 +322,10 @@ def fidelity_markdown(result: FidelityResult) -> str:
     lines += [f"| {r.trial} | {r.warm_start} | {r.proxy:.5g} | {r.long:.5g} | {r.proxy_rank} | {r.long_rank} |"
               for r in frame.itertuples(index=False)]
     lines += ["", f"Kendall tau-b = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}); Spearman rho = "
-              f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) (scipy.stats).", end, ""]
+              f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) (scipy.stats)."]
+    if result.noise:
+        lines += ["", noise_text(result)]
+    lines += [end, ""]
     return "\n".join(lines)
 
 
@@ -291,10 +361,10 @@ def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str |
 def proxy_fidelity(study_dir: str | Path, k: int, images: int, out: str | Path | None = None,
                    export_dir: str | Path | None = None, device: str | None = None, progress: bool = False,
                    on_run: Callable[[int, TrainResult], None] | None = None, select: str = "top",
-                   jobs: int = 1) -> FidelityResult:
+                   jobs: int = 1, noise_seeds: int = 0) -> FidelityResult:
     """Open the study in ``study_dir``, run :func:`fidelity_runs`, save with :func:`save_fidelity`."""
     loaded = load_study(study_dir)
     result = fidelity_runs(loaded, k, images, out, device=device, progress=progress, on_run=on_run,
-                           select=select, jobs=jobs)
+                           select=select, jobs=jobs, noise_seeds=noise_seeds)
     save_fidelity(loaded, result, export_dir)
     return result

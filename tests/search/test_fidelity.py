@@ -165,6 +165,37 @@ def test_spread_selection_spans_the_feasible_ranking(tmp_path: Path, monkeypatch
     assert not (tmp_path / "study" / "fidelity.json").exists()  # the top-K record is another one
 
 
+def test_noise_seeds_give_the_seed_spread_at_both_budgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study_dir = tmp_path / "study"
+    fabricate_study(study_dir, POINTS)  # the best three feasible: 0, 3, 4 with proxy 1.0, 2.0, 3.0
+    seed0 = load_study(study_dir).config.seed
+    calls: list[tuple[str, int, int]] = []
+
+    def fake(spec: Any, config: TrainConfig, run_dir: str | Path, **kwargs: Any) -> TrainResult:
+        calls.append((Path(run_dir).name, config.images, config.seed))
+        if Path(run_dir).parent.name == "noise":  # trial 0 again: proxy 1.0 / long 0.4, shifted by the seed
+            loss = (1.0 if config.images == 16 else 0.4) + 0.1 * (config.seed - seed0)
+        else:
+            loss = {"trial-00000": 0.4, "trial-00003": 0.5, "trial-00004": 0.9}[Path(run_dir).name]
+        return TrainResult(Path(run_dir), 0, config.images, [], {"val_loss": loss}, None, 0.0, 0.0)
+
+    monkeypatch.setattr(fidelity_module, "train", fake)
+    result = proxy_fidelity(study_dir, k=3, images=LONG, noise_seeds=2)
+    assert result.long == (0.4, 0.5, 0.9)  # the noise runs do not enter the rank agreement
+    noise_runs = sorted(c for c in calls if c[0].startswith("trial-00000-images"))
+    assert [(images, seed) for _, images, seed in noise_runs] == sorted(
+        [(16, seed0 + 1), (16, seed0 + 2), (LONG, seed0 + 1), (LONG, seed0 + 2)])
+    noise = result.noise
+    assert noise["trial"] == 0 and noise["seeds"] == [seed0, seed0 + 1, seed0 + 2]
+    assert noise["proxy_val_loss"] == pytest.approx([1.0, 1.1, 1.2])
+    assert noise["long_val_loss"] == pytest.approx([0.4, 0.5, 0.6])
+    assert noise["proxy_noise_std"] == pytest.approx(0.1) and noise["long_noise_std"] == pytest.approx(0.1)
+    assert noise["proxy_spread_std"] == pytest.approx(1.0)  # std of 1, 2, 3
+    assert noise["long_spread_std"] == pytest.approx(stats.tstd([0.4, 0.5, 0.9]))
+    saved = json.loads((study_dir / "fidelity.json").read_text())
+    assert saved["noise"]["seeds"] == [seed0, seed0 + 1, seed0 + 2]
+
+
 def test_top_and_spread_are_exclusive(tmp_path: Path, cli: Cli) -> None:
     fabricate_study(tmp_path / "study", POINTS)
     code, _, err = cli("fidelity", tmp_path / "study", "--top", "3", "--spread", "3", "--images", str(LONG))
