@@ -79,8 +79,9 @@ def model_specs(profile: Profile, export: Path | None, data: str, searched: int 
     specs["spectral-prior"] = prior_spec(images, 4, specs["meme-paper"])
     if export is not None:  # export.json lists the chosen trials best quality first
         manifest = json.loads((export / "export.json").read_text())
+        study = export.resolve().parent.name  # runs/STUDY/export: names stay distinct across studies
         for entry in manifest["trials"][:searched]:
-            specs[f"searched-{Path(entry['file']).stem}"] = load_spec(export / entry["file"])
+            specs[f"searched-{study}-{Path(entry['file']).stem}"] = load_spec(export / entry["file"])
     return specs
 
 
