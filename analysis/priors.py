@@ -20,17 +20,9 @@ log(alpha_bar_t / (1 - alpha_bar_t)) + log P_0(f)``, so its spread over an inter
 on the data at all; g saturates at 0 and 1 and so depends on where the data's spectrum crosses
 the noise floor.
 
-**Attention shares.** The low-pass level of step t is the share of the resolved octaves that the
-noise has buried,
-
-    rho(t) = 1 - log(f_c(t) / f_1) / log(f_max / f_1)   (clipped to [0, 1]; f_c = 0 gives 1),
-
-with f_c the crossover frequency, f_1 the lowest resolved frequency (one cycle per image) and
-f_max = 1/2 (0: every resolved frequency is still above the noise; 1: even the lowest is buried).
-Octaves, not cycles per pixel: a U-Net's stages are octaves apart (each halves the resolution) and
-natural images' power falls as a power law of f. At 64 px (5 octaves), f_c = 1/8 leaves 3 octaves
-recoverable (rho = 0.4), where the linear ``1 - f_c / f_max`` would say 0.75 and so crowd every
-interval's level near 1. Expert n gets ``rho_n = mean_{t in interval n} rho(t)`` and, at stage s of
+**Attention shares.** The low-pass level of step t is ``rho(t) = 1 - f_c(t) / f_max`` (0: every
+resolved frequency is still above the noise; 1: even the lowest frequency is buried), with f_c the
+crossover frequency. Expert n gets ``rho_n = mean_{t in interval n} rho(t)`` and, at stage s of
 S (depth ``d_s = s / (S - 1)``, 0 for S = 1),
 
     share(n, s) = share_min + (share_max - share_min) * ((1 - w) rho_n + w d_s),
@@ -137,19 +129,10 @@ def propose_intervals(profile: SpectralProfile, n_intervals: int,
     return intervals_from_boundaries(boundaries)
 
 
-def octave_level(f_c: np.ndarray, f_1: float, f_max: float) -> np.ndarray:
-    """``1 - log(f_c / f_1) / log(f_max / f_1)`` clipped to [0, 1]: 0 at ``f_c = f_max``, 1 at
-    ``f_c <= f_1`` (and at ``f_c = 0``), linear in octaves between."""
-    with np.errstate(divide="ignore"):
-        octaves = np.log(np.asarray(f_c, dtype=np.float64) / f_1) / np.log(f_max / f_1)
-    return np.clip(1.0 - octaves, 0.0, 1.0)
-
-
 def low_pass_level(profile: SpectralProfile) -> np.ndarray:
-    """``rho(t)``: :func:`octave_level` of the crossover f_c(t) between the lowest resolved
-    frequency and Nyquist; in [0, 1], non-decreasing in t, shape (T,)."""
+    """``rho(t) = 1 - f_c(t) / f_max`` in [0, 1], non-decreasing in t, shape (T,)."""
     f_c, _ = profile.crossover()
-    return octave_level(f_c, float(profile.frequency[0]), float(profile.frequency[-1]))
+    return 1.0 - f_c / profile.frequency[-1]
 
 
 def interval_low_pass_level(profile: SpectralProfile, intervals: tuple[tuple[int, int], ...]) -> np.ndarray:

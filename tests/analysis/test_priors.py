@@ -16,7 +16,6 @@ from memekit.analysis.priors import (
     interval_costs,
     interval_low_pass_level,
     low_pass_level,
-    octave_level,
     prior_spec,
     propose_intervals,
     segment_profile,
@@ -113,12 +112,6 @@ def test_proposed_intervals_cover_all_steps(profile):
 # ---- attention shares -------------------------------------------------------------------------------------
 def test_wiener_gain_closed_form():
     np.testing.assert_allclose(wiener_gain(np.array([0.0, 1.0, 3.0, np.inf])), [0.0, 0.5, 0.75, 1.0])
-
-
-def test_octave_level_closed_form():
-    f_1, f_max = 1 / 64, 1 / 2  # 5 octaves
-    f_c = np.array([0.5, 0.25, 1 / 8, 1 / 16, 1 / 64, 0.01, 0.0, 2 ** -3.5])
-    np.testing.assert_allclose(octave_level(f_c, f_1, f_max), [0.0, 0.2, 0.4, 0.6, 1.0, 1.0, 1.0, 0.5])
 
 
 def test_low_pass_level_is_non_decreasing_and_bounded(profile):
