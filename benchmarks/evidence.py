@@ -185,20 +185,29 @@ def report(results: list[dict], profile: str) -> str:
 
 
 def _pareto_plot(results: list[dict], path: Path) -> None:
+    """FID and validation loss against trajectory cost, side by side (the validation loss ranks
+    models where short budgets leave FID uninformative). Labels are numbered, with a legend, so
+    that models at nearly the same point stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for r in results:
-        x, y = r["trajectory_macs"] / 1e9, float(np.mean(r["fid"]))
-        ax.scatter([x], [y], s=40)
-        ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(f"trajectory GMACs (DDIM-{results[0]['sampling_steps']}, batch 1)")
-    ax.set_ylabel(f"FID (n={results[0]['fid_n']})")
-    ax.set_title("quality vs sampling cost")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    x = [r["trajectory_macs"] / 1e9 for r in results]
+    panels = ((axes[0], [float(np.mean(r["fid"])) for r in results], f"FID (n={results[0]['fid_n']})"),
+              (axes[1], [r["val_loss"] for r in results], "validation loss (fixed t and noise)"))
+    for ax, y, label in panels:
+        for i, r in enumerate(results):
+            ax.scatter([x[i]], [y[i]], s=40, color=f"C{i % 10}", marker="os^D"[i // 10 % 4],
+                       label=f"{i + 1}: {r['model']}")
+            ax.annotate(str(i + 1), (x[i], y[i]), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        ax.set_xlabel(f"trajectory GMACs (DDIM-{results[0]['sampling_steps']}, batch 1)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("FID vs sampling cost")
+    axes[1].set_title("validation loss vs sampling cost")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
