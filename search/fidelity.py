@@ -9,10 +9,12 @@ learning rate, warm-up, validation set), each into ``STUDY_DIR/fidelity/trial-NN
 the run is finished), then measures the rank agreement between proxy quality and long-run
 validation loss with Kendall's tau-b and Spearman's rho (:mod:`scipy.stats`). ``jobs > 1`` trains
 that many long runs at once in spawned processes (the CPU threads split between them); each run
-is the same as a serial one.
+is the same as a serial one. ``noise_seeds = S`` retrains the best chosen trial with S more seeds
+at both budgets, so that the seed noise of each score can be set beside the spread between the
+trials: ranks cannot agree on differences smaller than that noise.
 
-The result goes into the study (user attr ``fidelity``), ``STUDY_DIR/fidelity.json`` and, when an
-export exists, a section of its ``report.md``.
+The result goes into the study (user attr ``fidelity``, or ``fidelity-spread``), the JSON file
+of the same name in ``STUDY_DIR`` and, when an export exists, a section of its ``report.md``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from .train import TrainConfig, TrainResult, train
 
 MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
 SELECTIONS = ("top", "spread")
+
+
 def record_name(selection: str) -> str:
     """Where a selection's result is kept: ``fidelity`` (top K) or ``fidelity-spread`` (user attr,
     ``STUDY_DIR/NAME.json`` and the report section's markers), so both checks of a study coexist."""
