@@ -1,5 +1,5 @@
-"""``memekit export`` (specs, table, plots and report of a study) and ``memekit fidelity`` (proxy
-rank agreement with longer runs)."""
+"""``memekit export`` (specs, table, plots and report of a study), ``memekit fidelity`` (proxy
+rank agreement with longer runs) and ``memekit rerank`` (the front-runners over several seeds)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,23 @@ def _fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerank(args: argparse.Namespace) -> int:
+    from .export import load_study
+    from .rerank import rerank, rerank_text, save_rerank
+
+    loaded = load_study(args.study_dir)
+
+    def on_run(number: int, result) -> None:
+        print(f"trial {number}: seed {result.run_dir.name.rsplit('-', 1)[-1]}, val_loss {result.val['val_loss']:.5f}",
+              file=sys.stderr)
+
+    result = rerank(loaded, args.top, args.seeds, args.images, args.out, args.device, args.jobs, on_run)
+    written = save_rerank(loaded, result, args.export)
+    print(rerank_text(result))
+    print(f"saved to the study (user attr 'rerank') and {', '.join(str(p) for p in written)}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write a study's chosen specs, trials.csv, plots and report.md")
     p.add_argument("study_dir", metavar="STUDY_DIR", nargs="?", default=None,
@@ -94,3 +111,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the chosen trials and the training config")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_fidelity)
+
+    p = subparsers.add_parser("rerank", help="retrain the K best trials with more seeds; rank them by mean quality")
+    p.add_argument("study_dir", metavar="STUDY_DIR")
+    p.add_argument("--top", type=int, default=5, help="the K best feasible trials by proxy quality (K >= 3)")
+    p.add_argument("--seeds", type=positive_int, default=2, help="seeds beyond the study's own run (default 2)")
+    p.add_argument("--images", type=positive_int, default=None, help="training budget (default: the proxy's)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once (spawned processes)")
+    p.add_argument("--out", default=None,
+                   help="folder of the runs (default STUDY_DIR/fidelity/noise, shared with fidelity --noise-seeds)")
+    p.add_argument("--export", default=None, help="export whose report.md gets the result "
+                                                  "(default STUDY_DIR/export, if it exists)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the study's device)")
+    p.set_defaults(run=_rerank)

@@ -53,8 +53,8 @@ def record_name(selection: str) -> str:
     return "fidelity" if selection == "top" else f"fidelity-{selection}"
 
 
-def report_markers(selection: str) -> tuple[str, str]:
-    name = record_name(selection)
+def markers(name: str) -> tuple[str, str]:
+    """The HTML comments around a memekit section of ``report.md`` (a rerun replaces the section)."""
     return f"<!-- memekit:{name} -->", f"<!-- /memekit:{name} -->"
 
 
@@ -184,14 +184,16 @@ def _train_job(spec: Any, config: TrainConfig, run_dir: Path) -> TrainResult:
 
 
 @dataclass(frozen=True)
-class _Job:
+class TrainJob:
+    """One training run of a trial's spec (for :func:`train_jobs`)."""
+
     trial: int
     spec: Any
     config: TrainConfig
     run_dir: Path
 
 
-def _run_jobs(work: Sequence[_Job], jobs: int, progress: bool,
+def train_jobs(work: Sequence[TrainJob], jobs: int, progress: bool,
               on_run: Callable[[int, TrainResult], None] | None) -> list[float]:
     """Train every job (in this process, or ``jobs`` spawned processes sharing the CPU threads);
     the final validation losses in job order."""
@@ -233,15 +235,15 @@ def fidelity_runs(loaded: LoadedStudy, k: int, images: int, out: str | Path | No
     chosen, config = plan.trials, plan.config
     specs = [trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
              for t in chosen]
-    work = [_Job(t.number, spec, config, plan.out / f"trial-{t.number:05d}") for t, spec in zip(chosen, specs,
+    work = [TrainJob(t.number, spec, config, plan.out / f"trial-{t.number:05d}") for t, spec in zip(chosen, specs,
                                                                                                 strict=True)]
     best, proxy_config = chosen[0], loaded.config.proxy_config(device)
     seeds = [config.seed + i for i in range(1, noise_seeds + 1)]
     for budget in (proxy_config, config):
         for seed in seeds:
-            work.append(_Job(best.number, specs[0], dataclasses.replace(budget, seed=seed),
+            work.append(TrainJob(best.number, specs[0], dataclasses.replace(budget, seed=seed),
                              plan.out / "noise" / f"trial-{best.number:05d}-images-{budget.images}-seed-{seed}"))
-    losses = _run_jobs(work, jobs, progress, on_run)
+    losses = train_jobs(work, jobs, progress, on_run)
     proxy = [float(t.values[0]) for t in chosen]
     long = losses[:len(chosen)]
     noise = None
@@ -316,7 +318,7 @@ def fidelity_markdown(result: FidelityResult) -> str:
     a = result.agreement
     chosen = (f"The {len(frame)} best feasible trials" if result.selection == "top" else
               f"{len(frame)} feasible trials at evenly spaced ranks (best to worst)")
-    begin, end = report_markers(result.selection)
+    begin, end = markers(record_name(result.selection))
     title = "## Proxy fidelity" + ("" if result.selection == "top" else f" ({result.selection} selection)")
     lines = [begin, title, "",
              f"{chosen} by proxy {result.quality_name} ({result.proxy_images:,} images) retrained for {result.long_images:,} images with the same data, "
@@ -333,33 +335,40 @@ def fidelity_markdown(result: FidelityResult) -> str:
     return "\n".join(lines)
 
 
-def append_to_report(report: Path, result: FidelityResult) -> None:
-    """Add (or replace) the fidelity section of an export's ``report.md``."""
-    text = report.read_text()
-    begin, end = report_markers(result.selection)
+def replace_report_section(report: Path, name: str, markdown: str) -> None:
+    """Add (or replace) the section between ``name``'s markers (see :func:`markers`) at the end of
+    ``report`` (written atomically)."""
+    begin, end = markers(name)
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
-    text = pattern.sub("", text).rstrip("\n") + "\n\n"
-    report.write_text(text + fidelity_markdown(result))
+    text = pattern.sub("", report.read_text()).rstrip("\n") + "\n\n"
+    tmp = report.with_name(f".{report.name}.tmp{os.getpid()}")
+    tmp.write_text(text + markdown)
+    tmp.replace(report)
 
 
-def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str | Path | None = None) -> list[Path]:
-    """Record ``result`` in the study (user attr :func:`record_name`: ``fidelity`` or
-    ``fidelity-spread``), ``STUDY_DIR/NAME.json`` and the export's ``report.md`` (``export_dir``,
-    default ``STUDY_DIR/export``) when it exists."""
-    name = record_name(result.selection)
-    loaded.study.set_user_attr(name, result.to_dict())
+def save_record(loaded: LoadedStudy, name: str, data: dict[str, Any], markdown: str,
+                export_dir: str | Path | None = None) -> list[Path]:
+    """Record a check's result in the study (user attr ``name``), ``STUDY_DIR/NAME.json`` (atomic)
+    and, when the export (``export_dir``, default ``STUDY_DIR/export``) has a ``report.md``, its
+    section between ``name``'s markers."""
+    loaded.study.set_user_attr(name, data)
     written = []
     if loaded.study_dir is not None:
         path = loaded.study_dir / f"{name}.json"
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(path)
         written.append(path)
     export = Path(export_dir) if export_dir is not None else (loaded.study_dir / "export" if loaded.study_dir else None)
     if export is not None and (export / REPORT_FILE).is_file():
-        append_to_report(export / REPORT_FILE, result)
+        replace_report_section(export / REPORT_FILE, name, markdown)
         written.append(export / REPORT_FILE)
     return written
+
+
+def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str | Path | None = None) -> list[Path]:
+    """:func:`save_record` under :func:`record_name` (``fidelity`` or ``fidelity-spread``)."""
+    return save_record(loaded, record_name(result.selection), result.to_dict(), fidelity_markdown(result), export_dir)
 
 
 def proxy_fidelity(study_dir: str | Path, k: int, images: int, out: str | Path | None = None,

@@ -1,0 +1,138 @@
+"""Re-rank a study's front-runners over several training seeds.
+
+A proxy score is one training run: when the best trials differ by less than the seed-to-seed
+noise (``memekit fidelity --noise-seeds`` measures it), their order is an accident of the seed.
+:func:`rerank` retrains each of K trials with S more seeds at the proxy budget (or ``images``),
+into ``STUDY_DIR/fidelity/noise/trial-NNNNN-images-I-seed-S`` (the folders ``fidelity --noise-seeds``
+uses, so runs are shared and resumable), and ranks the trials by their mean validation loss
+with its standard error. Welch's t-test (:func:`scipy.stats.ttest_ind`, ``equal_var=False``)
+says whether the first is distinguishable from the second.
+
+At the proxy budget the study's own run is seed ``config.seed`` of each trial, so S more seeds
+give S + 1 values per trial; at another budget seed ``config.seed`` is trained too. The result
+goes into the study (user attr ``rerank``), ``STUDY_DIR/rerank.json`` and, when an export
+exists, a section of its ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .export import LoadedStudy, trial_spec
+from .fidelity import FidelityError, TrainJob, choose_trials, markers, save_record, train_jobs
+from .train import TrainResult
+
+RECORD = "rerank"
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """Validation losses of K trials over several seeds, ranked by their mean."""
+
+    trials: tuple[int, ...]
+    warm_start: tuple[str, ...]
+    seeds: tuple[int, ...]
+    images: int
+    losses: tuple[tuple[float, ...], ...]  # per trial, per seed (in ``seeds`` order)
+    welch_p: float  # first vs second by mean; NaN when undefined
+
+    def frame(self) -> pd.DataFrame:
+        """One row per trial, best mean first: mean, sample std, standard error, rank."""
+        values = np.array(self.losses)
+        frame = pd.DataFrame({"trial": self.trials, "warm_start": self.warm_start, "mean": values.mean(axis=1),
+                              "std": values.std(axis=1, ddof=1), "n": values.shape[1]})
+        frame["sem"] = frame["std"] / np.sqrt(frame["n"])
+        frame = frame.sort_values(["mean", "trial"]).reset_index(drop=True)
+        frame["rank"] = np.arange(1, len(frame) + 1)
+        return frame
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["welch_p"] = None if math.isnan(self.welch_p) else self.welch_p
+        return data
+
+
+def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, out: str | Path | None = None,
+           device: str | None = None, jobs: int = 1,
+           on_run: Callable[[int, TrainResult], None] | None = None) -> RerankResult:
+    """Retrain the K best feasible trials with ``seeds`` more seeds and rank them by mean val loss."""
+    if seeds < 1:
+        raise FidelityError(f"--seeds must be a positive integer, got {seeds}")
+    if jobs < 1:
+        raise FidelityError(f"--jobs must be a positive integer, got {jobs}")
+    if loaded.study_dir is None and out is None:
+        raise FidelityError("the study has no STUDY_DIR: give --out for the runs")
+    chosen = choose_trials(loaded, k, "top")
+    config = loaded.config.proxy_config(device)
+    if images is not None:
+        if images < config.batch:
+            raise FidelityError(f"--images {images} is smaller than one batch ({config.batch})")
+        config = dataclasses.replace(config, images=images)
+    reuse = config.images == loaded.config.proxy_images and loaded.quality_name == "val_loss"
+    all_seeds = [config.seed + i for i in range(0 if not reuse else 1, seeds + 1)]
+    folder = Path(out) if out is not None else loaded.study_dir / "fidelity" / "noise"
+    work = []
+    for t in chosen:
+        spec = trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
+        for seed in all_seeds:
+            work.append(TrainJob(t.number, spec, dataclasses.replace(config, seed=seed),
+                             folder / f"trial-{t.number:05d}-images-{config.images}-seed-{seed}"))
+    trained = iter(train_jobs(work, jobs, progress=False, on_run=on_run))
+    losses = []
+    for t in chosen:
+        own = [float(t.user_attrs.get("val_loss", t.values[0]))] if reuse else []
+        losses.append(tuple(own + [next(trained) for _ in all_seeds]))
+    seed_list = ([config.seed] if reuse else []) + all_seeds
+    order = np.argsort([np.mean(v) for v in losses], kind="stable")
+    first, second = losses[order[0]], losses[order[1]]
+    welch = stats.ttest_ind(first, second, equal_var=False).pvalue if len(first) > 1 else math.nan
+    return RerankResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
+                        tuple(seed_list), config.images, tuple(losses), float(welch))
+
+
+def rerank_text(result: RerankResult) -> str:
+    """A plain-text table, best first, and the verdict on first vs second."""
+    frame = result.frame()
+    lines = [f"{'rank':>4}  {'trial':>6}  {'warm start':<12}  {'mean val_loss':>13}  {'std':>8}  {'sem':>8}  n"]
+    for r in frame.itertuples(index=False):
+        lines.append(f"{r.rank:>4}  {r.trial:>6}  {r.warm_start:<12}  {r.mean:>13.5f}  {r.std:>8.5f}  {r.sem:>8.5f}  "
+                     f"{r.n}")
+    lines.append(verdict(result))
+    return "\n".join(lines)
+
+
+def verdict(result: RerankResult) -> str:
+    frame = result.frame()
+    a, b = frame.iloc[0], frame.iloc[1]
+    p = result.welch_p
+    if math.isnan(p):
+        return f"trial {a.trial} has the best mean; one value per trial gives no test"
+    how = "distinguishable" if p < 0.05 else "not distinguishable"
+    return (f"trial {a.trial} has the best mean over {len(result.seeds)} seeds ({result.images:,} images); "
+            f"against trial {b.trial}: Welch's t-test p = {p:.3g}, {how} at the 5 % level")
+
+
+def rerank_markdown(result: RerankResult) -> str:
+    begin, end = markers(RECORD)
+    lines = [begin, "## Re-ranked over seeds", "",
+             f"The {len(result.trials)} best feasible trials retrained at {result.images:,} images with seeds "
+             f"{list(result.seeds)}; ranked by mean validation loss.", "",
+             "| rank | trial | warm start | mean val_loss | std | sem | n |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.rank} | {r.trial} | {r.warm_start} | {r.mean:.5g} | {r.std:.2g} | {r.sem:.2g} | {r.n} |"
+              for r in result.frame().itertuples(index=False)]
+    lines += ["", verdict(result) + ".", end, ""]
+    return "\n".join(lines)
+
+
+def save_rerank(loaded: LoadedStudy, result: RerankResult, export_dir: str | Path | None = None) -> list[Path]:
+    """:func:`~memekit.search.fidelity.save_record` under ``rerank``."""
+    return save_record(loaded, RECORD, result.to_dict(), rerank_markdown(result), export_dir)
