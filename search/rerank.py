@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +79,14 @@ def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, o
             raise FidelityError(f"--images {images} is smaller than one batch ({config.batch})")
         config = dataclasses.replace(config, images=images)
     reuse = config.images == loaded.config.proxy_images and loaded.quality_name == "val_loss"
-    all_seeds = [config.seed + i for i in range(0 if not reuse else 1, seeds + 1)]
+    all_seeds = [config.seed + i for i in range(1 if reuse else 0, seeds + 1)]
     folder = Path(out) if out is not None else loaded.study_dir / "fidelity" / "noise"
     work = []
     for t in chosen:
         spec = trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
         for seed in all_seeds:
-            work.append(TrainJob(t.number, spec, dataclasses.replace(config, seed=seed),
-                             folder / f"trial-{t.number:05d}-images-{config.images}-seed-{seed}"))
+            run_dir = folder / f"trial-{t.number:05d}-images-{config.images}-seed-{seed}"
+            work.append(TrainJob(t.number, spec, dataclasses.replace(config, seed=seed), run_dir))
     trained = iter(train_jobs(work, jobs, progress=False, on_run=on_run))
     losses = []
     for t in chosen:
@@ -94,7 +95,9 @@ def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, o
     seed_list = ([config.seed] if reuse else []) + all_seeds
     order = np.argsort([np.mean(v) for v in losses], kind="stable")
     first, second = losses[order[0]], losses[order[1]]
-    welch = stats.ttest_ind(first, second, equal_var=False).pvalue if len(first) > 1 else math.nan
+    with warnings.catch_warnings():  # no spread in either sample: NaN, which the verdict says
+        warnings.simplefilter("ignore", RuntimeWarning)
+        welch = stats.ttest_ind(first, second, equal_var=False).pvalue if len(first) > 1 else math.nan
     return RerankResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
                         tuple(seed_list), config.images, tuple(losses), float(welch))
 
@@ -115,7 +118,8 @@ def verdict(result: RerankResult) -> str:
     a, b = frame.iloc[0], frame.iloc[1]
     p = result.welch_p
     if math.isnan(p):
-        return f"trial {a.trial} has the best mean; one value per trial gives no test"
+        return (f"trial {a.trial} has the best mean; no test against trial {b.trial} (fewer than two values, "
+                "or no spread, per trial)")
     how = "distinguishable" if p < 0.05 else "not distinguishable"
     return (f"trial {a.trial} has the best mean over {len(result.seeds)} seeds ({result.images:,} images); "
             f"against trial {b.trial}: Welch's t-test p = {p:.3g}, {how} at the 5 % level")

@@ -17,7 +17,7 @@ from test_fidelity import POINTS
 
 import memekit.search.fidelity as fidelity_module
 from memekit.search.export import load_study
-from memekit.search.rerank import rerank, save_rerank
+from memekit.search.rerank import rerank, rerank_text, save_rerank
 from memekit.search.train import TrainConfig, TrainResult
 
 PROXY = 16  # fabricate_study's proxy budget; the best three feasible trials are 0, 3, 4 (proxy 1, 2, 3)
@@ -70,6 +70,16 @@ def test_another_budget_trains_the_study_seed_too(study: Path, monkeypatch: pyte
     result = rerank(loaded, k=3, seeds=1, images=64)
     assert sorted(c[1:] for c in fake.calls) == sorted((64, seed0 + i) for _ in range(3) for i in (0, 1))
     assert result.seeds == (seed0, seed0 + 1) and result.losses == ((0.5, 0.6),) * 3
+
+
+def test_no_spread_means_no_test(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_study(study)
+    # the first two trials give 1.5 at every seed: t = 0 / 0, undefined
+    monkeypatch.setattr(fidelity_module, "train", SeededFake({0: [1.5, 1.5], 3: [1.5, 1.5], 4: [3.0, 3.0]},
+                                                             loaded.config.seed))
+    result = rerank(loaded, k=3, seeds=1, images=64)
+    assert np.isnan(result.welch_p) and result.to_dict()["welch_p"] is None
+    assert "trial 0 has the best mean; no test against trial 3" in rerank_text(result)
 
 
 def test_saved_to_study_json_and_report(study: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
