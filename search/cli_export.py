@@ -92,35 +92,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_export)
 
     p = subparsers.add_parser("fidelity", help="retrain K trials longer; Kendall tau / Spearman rho with the proxy")
-    p.add_argument("study_dir", metavar="STUDY_DIR")
+    _retraining_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top", type=int, default=5, help="the K best feasible trials by proxy quality (K >= 3; "
                                                           "default 5)")
     which.add_argument("--spread", type=int, default=None, metavar="K",
                        help="K feasible trials at evenly spaced proxy ranks, best and worst included (K >= 3)")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="long runs trained at once (spawned processes sharing the CPU threads or the device)")
     p.add_argument("--images", type=positive_int, required=True, help="long training budget (images, > proxy)")
     p.add_argument("--noise-seeds", type=nonneg_int, default=0, metavar="S",
                    help="also train the best chosen trial with S more seeds at both budgets: the seed noise of "
                         "each score beside the spread between trials")
     p.add_argument("--out", default=None, help="folder of the runs (default STUDY_DIR/fidelity)")
-    p.add_argument("--export", default=None, help="export whose report.md gets the result "
-                                                  "(default STUDY_DIR/export, if it exists)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the study's device)")
     p.add_argument("--dry-run", action="store_true", help="print the chosen trials and the training config")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_fidelity)
 
     p = subparsers.add_parser("rerank", help="retrain the K best trials with more seeds; rank them by mean quality")
-    p.add_argument("study_dir", metavar="STUDY_DIR")
+    _retraining_args(p)
     p.add_argument("--top", type=int, default=5, help="the K best feasible trials by proxy quality (K >= 3)")
     p.add_argument("--seeds", type=positive_int, default=2, help="seeds beyond the study's own run (default 2)")
     p.add_argument("--images", type=positive_int, default=None, help="training budget (default: the proxy's)")
-    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once (spawned processes)")
     p.add_argument("--out", default=None,
                    help="folder of the runs (default STUDY_DIR/fidelity/noise, shared with fidelity --noise-seeds)")
+    p.set_defaults(run=_rerank)
+
+
+def _retraining_args(p: argparse.ArgumentParser) -> None:
+    """What ``fidelity`` and ``rerank`` share: the study, parallel runs, the report, the device."""
+    p.add_argument("study_dir", metavar="STUDY_DIR")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="runs trained at once (spawned processes sharing the CPU threads or the device)")
     p.add_argument("--export", default=None, help="export whose report.md gets the result "
                                                   "(default STUDY_DIR/export, if it exists)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the study's device)")
-    p.set_defaults(run=_rerank)

@@ -44,7 +44,6 @@ class RerankResult:
     seeds: tuple[int, ...]
     images: int
     losses: tuple[tuple[float, ...], ...]  # per trial, per seed (in ``seeds`` order)
-    welch_p: float  # first vs second by mean; NaN when undefined
 
     def frame(self) -> pd.DataFrame:
         """One row per trial, best mean first: mean, sample std, standard error, rank."""
@@ -55,6 +54,18 @@ class RerankResult:
         frame = frame.sort_values(["mean", "trial"]).reset_index(drop=True)
         frame["rank"] = np.arange(1, len(frame) + 1)
         return frame
+
+    @property
+    def welch_p(self) -> float:
+        """Welch's t-test p-value of the first against the second of :meth:`frame`; NaN when
+        undefined (one value per trial, or no spread in either)."""
+        order = self.frame()["trial"].tolist()
+        first, second = (self.losses[self.trials.index(n)] for n in order[:2])
+        if len(first) < 2:
+            return math.nan
+        with warnings.catch_warnings():  # no spread in either sample: NaN, which the verdict says
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(stats.ttest_ind(first, second, equal_var=False).pvalue)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -93,13 +104,8 @@ def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, o
         own = [float(t.user_attrs.get("val_loss", t.values[0]))] if reuse else []
         losses.append(tuple(own + [next(trained) for _ in all_seeds]))
     seed_list = ([config.seed] if reuse else []) + all_seeds
-    order = np.argsort([np.mean(v) for v in losses], kind="stable")
-    first, second = losses[order[0]], losses[order[1]]
-    with warnings.catch_warnings():  # no spread in either sample: NaN, which the verdict says
-        warnings.simplefilter("ignore", RuntimeWarning)
-        welch = stats.ttest_ind(first, second, equal_var=False).pvalue if len(first) > 1 else math.nan
     return RerankResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
-                        tuple(seed_list), config.images, tuple(losses), float(welch))
+                        tuple(seed_list), config.images, tuple(losses))
 
 
 def rerank_text(result: RerankResult) -> str:

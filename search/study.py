@@ -157,6 +157,10 @@ class SearchConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    def run_device(self) -> str:
+        """``device``, or cuda when this machine has it, else cpu."""
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
     def proxy_config(self, device: str | None = None) -> TrainConfig:
         """The proxy training every trial gets: same data, seed and image budget."""
         return TrainConfig(data=self.data, images=self.proxy_images, batch=self.proxy_batch, lr=self.proxy_lr,
@@ -288,7 +292,7 @@ class Objective:
         self.config, self.space, self.prior, self.study_dir = config, space, prior, study_dir
         self.sampler_seed = sampler_seed
         self.artifact_store = artifact_store
-        self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = config.run_device()
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self._check_surplus(trial)
@@ -607,8 +611,7 @@ def cpu_threads_per_worker(config: SearchConfig) -> int | None:
     """Torch threads for each of several local CPU workers, so that together they use the cores once
     (oversubscribed torch threads slow every worker down several times); ``None`` (leave it to torch)
     for GPU workers or when the user set ``OMP_NUM_THREADS`` themselves."""
-    on_cpu = (config.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
-    if config.workers < 2 or not on_cpu or "OMP_NUM_THREADS" in os.environ:
+    if config.workers < 2 or not config.run_device().startswith("cpu") or "OMP_NUM_THREADS" in os.environ:
         return None
     return max(1, (os.cpu_count() or 1) // config.workers)
 
