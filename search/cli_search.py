@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from memekit.space.precondition import PRECONDITIONINGS
+
 from .cli_args import nonneg_int, positive_int
 from .searchspace import SPACE_PRESETS, load_search_space
 from .storage import redact_url
@@ -43,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(
         study_dir=args.study_dir, study_name=args.study_name, storage=args.storage, space=args.space,
         resolution=args.resolution, data=args.data, n_trials=args.trials, objective=args.objective,
-        quality=args.quality, cost=args.cost, sampler=args.sampler, pruner=args.pruner, max_macs=args.max_macs,
+        quality=args.quality, preconditioning=args.preconditioning, cost=args.cost, sampler=args.sampler, pruner=args.pruner, max_macs=args.max_macs,
         max_params=args.max_params, sampling_steps=args.sampling_steps, proxy_images=args.proxy_images,
         proxy_batch=args.proxy_batch, proxy_lr=args.proxy_lr, val_images=args.val_images, val_every=args.val_every,
         fid_n=args.fid_n, fid_steps=args.fid_steps, seed=args.seed, workers=args.workers, gpus=args.gpus,
@@ -81,7 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=d.data, help="image folder, .npz or builtin:shapes[:N]")
     p.add_argument("--trials", type=positive_int, default=d.n_trials, help="finished trials the study should hold")
     p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
-    p.add_argument("--quality", choices=QUALITIES, default=d.quality, help="val: validation loss; fid: FID")
+    p.add_argument("--quality", choices=QUALITIES, default=d.quality,
+                   help="proxy quality: val (validation loss), val-rel (mean log ratio of the validation loss to "
+                        "the best linear denoiser's at each t), kid or fid (of --fid-n samples)")
+    p.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=d.preconditioning,
+                   help="how every candidate's network output becomes the prediction: none (predict eps/v), "
+                        "edm (EDM scalings) or wiener (residual over the data's Wiener filter); statistics "
+                        "measured from the training split")
     p.add_argument("--cost", choices=COSTS, default=d.cost, help="macs: trajectory MACs; latency: measured")
     p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler)
     p.add_argument("--pruner", choices=PRUNERS, default=d.pruner, help="single-objective studies only")

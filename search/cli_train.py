@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 
 from memekit.analysis.data import check_data_source
+from memekit.space import MemeSpec
 from memekit.space.diffusion import SAMPLERS
+from memekit.space.precondition import PRECONDITIONINGS
 
 from .cli_args import nonneg_int, positive_float, positive_int
 from .cli_space import resolve_spec
@@ -39,9 +42,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device)
 
 
+def with_preconditioning(spec: MemeSpec, mode: str | None, data: str) -> MemeSpec:
+    """``spec`` preconditioned by ``mode`` (statistics measured from the training split of ``data``);
+    unchanged when ``mode`` is None or already the spec's."""
+    if mode is None or mode == spec.diffusion.preconditioning:
+        return spec
+    from memekit.analysis.data import load_images
+    from memekit.analysis.linear import STATS_IMAGES, preconditioned
+
+    images = load_images(data, spec.experts[0].resolution, split="train", limit=STATS_IMAGES, progress=False)
+    return dataclasses.replace(spec, diffusion=preconditioned(spec.diffusion, mode, images))
+
+
 def _train(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.spec, args.resolution)
     config = config_from_args(args)
+    if args.preconditioning is not None:
+        check_data_source(config.data)
+        spec = with_preconditioning(spec, args.preconditioning, config.data)
     if args.dry_run:
         print(json.dumps(dry_run(spec, config), indent=2))
         return 0
@@ -88,6 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=defaults.data, help="image folder, .npz or builtin:shapes[:N]")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (holds checkpoints, log.jsonl, samples)")
     p.add_argument("--resolution", type=positive_int, default=None)
+    p.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
+                   help="replace the spec's preconditioning: none, edm or wiener (statistics measured from the "
+                        "training split; default: the spec's own)")
     p.add_argument("--images", type=positive_int, default=None, help="budget: images seen, all experts together")
     p.add_argument("--steps", type=positive_int, default=None, help="budget as optimiser steps (x --batch)")
     p.add_argument("--batch", type=positive_int, default=defaults.batch, help="images per step, all experts")

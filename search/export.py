@@ -33,9 +33,9 @@ from optuna.trial import FrozenTrial, TrialState
 from memekit.space import MemeSpec, SpecCost, get_preset, load_spec, save_spec, spec_cost
 from memekit.space.errors import MemekitError, SpecError
 
-from .searchspace import SearchSpace, load_search_space, sample
+from .searchspace import SearchSpace, sample
 from .storage import journal_path, open_storage, redact_url, storage_kind
-from .study import SearchConfig
+from .study import SearchConfig, study_space
 
 SPEED_UP_BASELINE = "single-large"
 PLOT_FILES = {"pareto": "pareto_front.png", "history": "optimization_history.png",
@@ -125,7 +125,7 @@ def load_study(study_dir: str | Path | None = None, storage: str | None = None,
     config = SearchConfig.from_dict(stored) if stored is not None else file_config
     folder = folder or (Path(config.study_dir) if config.study_dir else None)
     config = dataclasses.replace(config, study_dir=str(folder or ""))
-    space = load_search_space(config.space, config.resolution)
+    space = study_space(config, folder)
     prior_file = folder / "prior_spec.json" if folder is not None else None
     prior = load_spec(prior_file) if prior_file is not None and prior_file.is_file() else None
     return LoadedStudy(study, config, space, prior, folder, where)

@@ -51,18 +51,21 @@ from memekit.space import (
     uniform_intervals,
 )
 from memekit.space.errors import MemekitError
+from memekit.space.precondition import PRECONDITIONINGS
 
 from .searchspace import SearchSpace, load_search_space, params_for, projection_gap, sample
 from .storage import open_storage, redact_url, storage_kind
 from .train import MIXED_PRECISION, OutOfMemory, TrainConfig, TrainingDiverged, train
 
 OBJECTIVES = ("multi", "single")
-QUALITIES = ("val", "fid")
+QUALITIES = ("val", "val-rel", "kid", "fid")
 COSTS = ("macs", "latency")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNERS = ("none", "median", "hyperband", "wilcoxon")
 WARM_STARTS = ("prior", "meme-paper", "multi-same", "single-large", "single-small")
 HEARTBEAT_KEY = "memekit:heartbeat"
+# validation figures recorded on every trial (proxy objectives that fidelity can compare)
+RECORDED_VALIDATION = ("val_loss", "val_loss_quarters", "val_rel", "val_rel_quarters", "val_rel_per_expert")
 STORAGE_ENV = "MEMEKIT_STORAGE"  # default --storage; also how workers receive the URL with its password
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # group=True, set_metric_names and artifacts are "experimental" in Optuna 5; memekit pins optuna<6
@@ -86,6 +89,7 @@ class SearchConfig:
     n_trials: int = 20
     objective: str = "multi"
     quality: str = "val"
+    preconditioning: str = "none"
     cost: str = "macs"
     sampler: str = "tpe"
     pruner: str = "none"
@@ -117,7 +121,7 @@ class SearchConfig:
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         choices = {"objective": OBJECTIVES, "quality": QUALITIES, "cost": COSTS, "sampler": SAMPLERS,
-                   "pruner": PRUNERS, "mixed_precision": MIXED_PRECISION}
+                   "pruner": PRUNERS, "mixed_precision": MIXED_PRECISION, "preconditioning": PRECONDITIONINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SearchError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
@@ -135,11 +139,14 @@ class SearchConfig:
         storage_kind(self.storage)  # validates the scheme
 
     # keys that must match when a study is resumed or joined
-    IDENTITY = ("space", "resolution", "data", "objective", "quality", "cost", "max_macs", "max_params",
+    IDENTITY = ("space", "resolution", "data", "objective", "quality", "preconditioning", "cost", "max_macs",
+                "max_params",
                 "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images", "val_images",
                 "fid_n", "fid_steps", "seed")
 
     def identity(self) -> dict[str, Any]:
+        """The settings that must match when a study is resumed or joined (studies made before a
+        setting existed stored no value for it: they count as its default)."""
         return {k: getattr(self, k) for k in self.IDENTITY}
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,7 +177,7 @@ class SearchConfig:
                            mixed_precision=self.mixed_precision, device=device or self.device)
 
     def metric_names(self) -> list[str]:
-        quality = "val_loss" if self.quality == "val" else f"fid{self.fid_n}"
+        quality = {"val": "val_loss", "val-rel": "val_rel"}.get(self.quality, f"{self.quality}{self.fid_n}")
         cost = "trajectory_gmacs" if self.cost == "macs" else "trajectory_latency_ms"
         return [quality, cost] if self.objective == "multi" else [quality]
 
@@ -201,6 +208,42 @@ def worker_seed(config: SearchConfig, index: int) -> int:
     """Distinct sampler seed per worker: ``seed + 1000 * machine_rank + index`` (a worker that
     joins or resumes a study with ``k`` ended trials adds ``100003 * k``, see :func:`run_worker`)."""
     return config.seed + 1000 * config.machine_rank + index
+
+
+# ---- the study's space (with the measured preconditioning) -------------------------------------
+DIFFUSION_FILE = "diffusion.json"
+
+
+def study_space(config: SearchConfig, study_dir: Path | None) -> SearchSpace:
+    """The study's search space: ``config.space`` at ``config.resolution``, with the diffusion spec
+    of ``STUDY_DIR/diffusion.json`` (the measured preconditioning) when the study preconditions."""
+    space = load_search_space(config.space, config.resolution)
+    if config.preconditioning == "none":
+        return space
+    path = (study_dir or Path(config.study_dir)) / DIFFUSION_FILE
+    if not path.is_file():
+        raise SearchError(f"{path} is missing: the study's preconditioning statistics are made by "
+                          "'memekit search' when it prepares the study; rerun it")
+    from memekit.space import DiffusionSpec
+
+    return dataclasses.replace(space, diffusion=DiffusionSpec.from_dict(json.loads(path.read_text())))
+
+
+def measure_preconditioning(config: SearchConfig, study_dir: Path) -> None:
+    """Write ``STUDY_DIR/diffusion.json``: the space's diffusion spec with ``config.preconditioning``
+    and its statistics measured from (at most :data:`STATS_IMAGES` of) the training split."""
+    path = study_dir / DIFFUSION_FILE
+    if config.preconditioning == "none" or path.is_file():
+        return
+    from memekit.analysis.linear import STATS_IMAGES, preconditioned
+
+    space = load_search_space(config.space, config.resolution)
+    images = load_images(config.data, space.base_expert.resolution, split="train", limit=STATS_IMAGES,
+                         progress=False)
+    diffusion = preconditioned(space.diffusion, config.preconditioning, images)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(diffusion.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
 
 
 # ---- the prior and the warm start -------------------------------------------------------------
@@ -351,13 +394,14 @@ class Objective:
             except TrainingDiverged as err:
                 trial.set_user_attr("failure_reason", str(err))
                 raise optuna.TrialPruned(str(err)) from None
-            trial.set_user_attr("val_loss", result.val["val_loss"])
-            trial.set_user_attr("val_loss_quarters", result.val["val_loss_quarters"])
+            for key in RECORDED_VALIDATION:
+                if key in result.val:
+                    trial.set_user_attr(key, result.val[key])
             trial.set_user_attr("train_images_per_s", result.train_images_per_s)
             self._upload_grid(trial, run_dir)
-            if self.config.quality == "val":
-                return float(result.val["val_loss"])
-            return self._fid(trial, spec, run_dir)
+            if self.config.quality in ("val", "val-rel"):
+                return float(result.val["val_loss" if self.config.quality == "val" else "val_rel"])
+            return self._sample_quality(trial, run_dir)
         finally:
             if not self.config.keep_proxy_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -388,20 +432,20 @@ class Objective:
                                                        study_or_trial=trial, mimetype="image/png")
         trial.set_user_attr("sample_grid_artifact", artifact_id)
 
-    def _fid(self, trial: optuna.Trial, spec: MemeSpec, run_dir: Path) -> float:
-        from memekit.analysis.fid import data_source, fid
+    def _sample_quality(self, trial: optuna.Trial, run_dir: Path) -> float:
+        """KID or FID of ``fid_n`` DDIM-``fid_steps`` samples of the proxy against the data's reference
+        split (both are recorded; reference features are cached by the metrics module)."""
+        from memekit.analysis.fid import data_source
 
-        from .sampling import load_model, sample_images
+        from .metrics import sample_metrics
 
-        model, _, _ = load_model(run_dir, device=self.device)
-        images = sample_images(model, spec, self.config.fid_n, steps=self.config.fid_steps, seed=self.config.seed,
-                               device=self.device, batch=256, mixed_precision=self.config.mixed_precision,
-                               progress=False)
-        # reference: the data's held-out split, statistics cached by the FID module
-        result = fid(images, data_source(self.config.data), resolution=spec.experts[0].resolution, split="reference",
-                     device=self.device)
+        result = sample_metrics(run_dir, data_source(self.config.data), n=self.config.fid_n,
+                                steps=self.config.fid_steps, seeds=1, device=self.device)
+        trial.set_user_attr("sample_metrics", result.to_dict())
+        trial.set_user_attr(f"fid{self.config.fid_n}", result.fid_mean)
+        trial.set_user_attr(f"kid{self.config.fid_n}", result.kid_mean)
         trial.set_user_attr("fid_weights", result.weights_label)
-        return float(result.value)
+        return float(result.kid_mean if self.config.quality == "kid" else result.fid_mean)
 
     def _latency_ms(self, trial: optuna.Trial, spec: MemeSpec) -> float:
         from memekit.space import Diffusion, MultiExpert, measure_latency, sample_ddim
@@ -529,10 +573,14 @@ def open_study(config: SearchConfig, seed: int, create: bool = True) -> optuna.S
     if stored is None:
         study.set_user_attr("memekit_config", config.public_dict())
         study.set_metric_names(config.metric_names())
-    elif {k: stored.get(k) for k in config.IDENTITY} != json.loads(json.dumps(config.identity())):
-        diff = [k for k in config.IDENTITY if stored.get(k) != json.loads(json.dumps(config.identity()))[k]]
-        raise SearchError(f"study {config.study_name!r} exists with a different {diff[0]} "
-                          f"({stored.get(diff[0])!r}): use another --study-name or the same settings")
+    else:
+        defaults = SearchConfig(study_dir="").identity()  # settings newer than the study: their defaults
+        wanted = json.loads(json.dumps(config.identity()))
+        diff = [k for k in config.IDENTITY if stored.get(k, defaults[k]) != wanted[k]]
+        if diff:
+            raise SearchError(f"study {config.study_name!r} exists with a different {diff[0]} "
+                              f"({stored.get(diff[0], defaults[diff[0]])!r}): use another --study-name or the "
+                              "same settings")
     return study
 
 
@@ -551,7 +599,7 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True) -> N
     sampler_seed = worker_seed(config, index) + 100_003 * done
     if done:  # a resumed worker must not replay the proposals its seed made before the restart
         study.sampler = make_sampler(config.sampler, sampler_seed)
-    space = load_search_space(config.space, config.resolution)
+    space = study_space(config, study_dir)
     prior = load_spec(study_dir / "prior_spec.json") if (study_dir / "prior_spec.json").is_file() else None
     store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(study_dir / "artifacts")))
     objective = Objective(config, space, prior, study_dir, store, sampler_seed)
@@ -599,7 +647,8 @@ def prepare_study(config: SearchConfig) -> optuna.Study:
     tmp.write_text(json.dumps(config.public_dict(), indent=2) + "\n")
     tmp.replace(config_file)
     study = open_study(config, worker_seed(config, 0))
-    space = load_search_space(config.space, config.resolution)
+    measure_preconditioning(config, study_dir)
+    space = study_space(config, study_dir)
     needs_prior = "prior" in config.warm_start or space.boundary_mode == "prior"
     prior = load_or_make_prior(config, space, study_dir) if needs_prior else None
     if not study.trials:

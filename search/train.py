@@ -21,18 +21,20 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from memekit.analysis.data import load_images, resolve_device, to_model_range
+from memekit.analysis.linear import linear_denoiser_loss, ring_power
 from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
 from memekit.space.errors import MemekitError
 
@@ -41,6 +43,7 @@ from .sampling import sample_images, save_image_grid
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 VALIDATION_QUARTERS = 4  # the validation loss is also reported per quarter of [0, T)
+REFERENCE_IMAGES = 4096  # training images whose spectrum defines the linear reference of val_rel
 
 
 class TrainingError(MemekitError):
@@ -67,6 +70,7 @@ class TrainingPaused(TrainingInterrupted):
     """The run's deadline passed: a checkpoint was written, rerun to resume."""
 
 
+LOGGED_VALIDATION = ("val_loss", "val_loss_quarters", "val_rel", "val_rel_quarters", "val_rel_per_expert")
 DEADLINE = 1_000  # a stop request past any signal number: the run's deadline passed
 STOP_SYNC_STEPS = 10  # several processes agree on stopping (signal, deadline) every this many steps
 
@@ -181,11 +185,17 @@ def validation_timesteps(timesteps: int, count: int) -> list[int]:
 
 @torch.no_grad()
 def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.Tensor, count: int,
-                    batch: int = 256, seed: int = 2_147_483_647) -> dict[str, Any]:
+                    batch: int = 256, seed: int = 2_147_483_647, reference: np.ndarray | None = None,
+                    intervals: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Mean loss on held-out ``images`` (uint8 NHWC) at fixed t and fixed noise.
 
     Returns ``val_loss`` (mean over the grid of :func:`validation_timesteps`) and
     ``val_loss_quarters``, the mean per quarter of [0, T). Deterministic: same model, same number.
+    With ``reference`` (the loss of the best linear denoiser at every t, shape (T,), see
+    :func:`memekit.analysis.linear.linear_denoiser_loss`) also ``val_rel``: the mean over the grid of
+    ``log(loss_t / reference_t)`` (negative: better than the Wiener filter; a 10 % gain counts the
+    same at every noise level, and each interval in proportion to its share of the uniform grid, i.e.
+    of the DDIM steps), with its quarters and, given ``intervals``, its mean per interval.
     """
     device = images.device
     ts = validation_timesteps(diffusion.timesteps, count)
@@ -199,12 +209,36 @@ def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.
             t_batch = torch.full((len(x0),), t, device=device, dtype=torch.long)
             total += float(diffusion.loss(model, x0, t_batch, noise).sum())
         per_t.append(total / len(images))
-    quarters = [[] for _ in range(VALIDATION_QUARTERS)]
-    for t, loss in zip(ts, per_t, strict=True):
-        quarters[t * VALIDATION_QUARTERS // diffusion.timesteps].append(loss)
-    return {"val_loss": sum(per_t) / len(per_t),
-            "val_loss_quarters": [sum(q) / len(q) if q else float("nan") for q in quarters],
-            "val_loss_per_t": per_t, "val_timesteps": ts}
+    out = {"val_loss": sum(per_t) / len(per_t), "val_loss_quarters": _quarters(ts, per_t, diffusion.timesteps),
+           "val_loss_per_t": per_t, "val_timesteps": ts}
+    if reference is not None:
+        rel = [math.log(loss / float(reference[t])) for t, loss in zip(ts, per_t, strict=True)]
+        out.update(val_rel=sum(rel) / len(rel), val_rel_quarters=_quarters(ts, rel, diffusion.timesteps),
+                   val_rel_per_t=rel, val_reference_per_t=[float(reference[t]) for t in ts])
+        if intervals is not None:
+            out["val_rel_per_expert"] = [_mean([r for t, r in zip(ts, rel, strict=True) if lo <= t < hi])
+                                         for lo, hi in intervals]
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _quarters(ts: Sequence[int], values: Sequence[float], timesteps: int) -> list[float]:
+    quarters: list[list[float]] = [[] for _ in range(VALIDATION_QUARTERS)]
+    for t, value in zip(ts, values, strict=True):
+        quarters[t * VALIDATION_QUARTERS // timesteps].append(value)
+    return [_mean(q) for q in quarters]
+
+
+def linear_reference(diffusion: Diffusion, train: np.ndarray, val: np.ndarray,
+                     limit: int = REFERENCE_IMAGES) -> np.ndarray:
+    """Per-t loss (T,) of the Wiener filter of the training images' spectrum on the validation images
+    (the reference of ``val_rel``)."""
+    power_train = ring_power(train[:limit])
+    return linear_denoiser_loss(power_train, int(train.shape[1]), diffusion.alpha_bar, diffusion.prediction,
+                                data_power=ring_power(val))
 
 
 def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
@@ -322,6 +356,7 @@ class Trainer:
         val = load_images(self.config.data, res, limit=self.config.val_images, split="reference", progress=show)
         self.train_images = torch.from_numpy(train).to(self.device)
         self.val_images = torch.from_numpy(val).to(self.device)
+        self.reference = linear_reference(self.diffusion, train, val) if self.dist.main else None
 
     def _batch(self, gen: torch.Generator) -> torch.Tensor:
         total = self.sub_batch * self.spec.n_experts
@@ -349,7 +384,7 @@ class Trainer:
         with _autocast(self.device, self.config.mixed_precision):
             for n, expert in enumerate(self.experts):
                 rows = slice(n * self.sub_batch, (n + 1) * self.sub_batch)
-                losses.append(self.diffusion.loss(expert, x0[rows], t[rows], noise[rows]).mean())
+                losses.append(self.diffusion.loss(expert, x0[rows], t[rows], noise[rows], weighted=True).mean())
         loss_vec = torch.stack(losses)
         self.scaler.scale(loss_vec.sum()).backward()
         self.scaler.unscale_(self.optimizer)
@@ -454,10 +489,11 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         self.ema.module.eval()
         with _autocast(self.device, self.config.mixed_precision):
-            val = validation_loss(self.ema.module, self.diffusion, self.val_images, self.config.val_timesteps)
+            val = validation_loss(self.ema.module, self.diffusion, self.val_images, self.config.val_timesteps,
+                                  reference=self.reference, intervals=self.spec.intervals)
         self.last_val = {**val, "step": self.step}
         self.log_event({"event": "validation", "step": self.step, "images_seen": self.step * self.config.batch,
-                        "val_loss": val["val_loss"], "val_loss_quarters": val["val_loss_quarters"]})
+                        **{k: val[k] for k in LOGGED_VALIDATION if k in val}})
         if self.on_validation is not None:
             self.on_validation(self.step, self.last_val)
         return val

@@ -2,7 +2,10 @@
 
 Notation (Ho et al. 2020; Song et al. 2021): ``alpha_bar_t = prod_{s<=t} (1 - beta_s)``,
 ``x_t = a_t x_0 + s_t eps`` with ``a_t = sqrt(alpha_bar_t)``, ``s_t = sqrt(1 - alpha_bar_t)``,
-t in {0, ..., T-1}. The network predicts ``eps`` or ``v = a_t eps - s_t x_0`` (Salimans & Ho 2022).
+t in {0, ..., T-1}. The model predicts ``eps`` or ``v = a_t eps - s_t x_0`` (Salimans & Ho 2022),
+either directly (preconditioning ``none``) or as a linear denoiser's prediction plus a scaled
+network residual (``edm``, ``wiener``: :mod:`memekit.space.precondition`);
+:meth:`Diffusion.predict` is the one place where a network's output becomes the prediction.
 
 Samplers are plain functions over a ``denoiser(x_t, t) -> prediction``; a
 :class:`~memekit.space.multi_expert.MultiExpert` is such a denoiser, so the step's t picks the
@@ -19,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import SpecError
+from .precondition import Preconditioner, ring_count
 from .spec import DiffusionSpec
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -66,6 +70,32 @@ class Diffusion:
         self.betas = beta_schedule(spec.schedule, spec.timesteps)
         self.alpha_bar = np.cumprod(1.0 - self.betas)  # (T,) float64
         self._tensors: dict[torch.device, torch.Tensor] = {}
+        self._preconditioners: dict[tuple[int, int], Preconditioner] = {}
+
+    def preconditioner(self, x: torch.Tensor) -> Preconditioner | None:
+        """The :class:`Preconditioner` for images shaped like ``x`` (None for ``none``)."""
+        spec = self.spec
+        if spec.preconditioning == "none":
+            return None
+        channels, size = int(x.shape[1]), int(x.shape[-1])
+        if (channels, size) not in self._preconditioners:
+            spectrum = None if spec.data_spectrum is None else np.asarray(spec.data_spectrum)
+            if spectrum is not None and spectrum.shape != (channels, ring_count(size)):
+                raise SpecError(f"the diffusion data_spectrum holds {spectrum.shape[0]} channel(s) x "
+                                f"{spectrum.shape[1]} rings, but the images are {channels} x {size} px "
+                                f"({ring_count(size)} rings): measure it at this resolution")
+            self._preconditioners[channels, size] = Preconditioner(
+                spec.preconditioning, spec.prediction, self.alpha_bar, size, channels, spec.data_std, spectrum)
+        return self._preconditioners[channels, size]
+
+    def predict(self, denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model's prediction (eps or v) at ``x_t``: the network's output as is (``none``) or
+        ``skip + c_out F(c_in x_t)`` (preconditioned)."""
+        pre = self.preconditioner(x_t)
+        if pre is None:
+            return denoiser(x_t, t)
+        a, s = self.coefficients(t)
+        return pre.apply(denoiser, x_t, t, a, s)
 
     def _alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
         key = t.device
@@ -92,18 +122,22 @@ class Diffusion:
         return a * noise - s * x0
 
     def split_prediction(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network output -> ``(x0_hat, eps_hat)``."""
+        """A prediction (eps or v, see :meth:`predict`) -> ``(x0_hat, eps_hat)``."""
         a, s = self.coefficients(t)
         out = out.float()
         if self.prediction == "eps":
             return (x_t - s * out) / a, out
         return a * x_t - s * out, s * x_t + a * out
 
-    def loss(self, denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Per-sample MSE between prediction and target, shape (B,)."""
+    def loss(self, denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             weighted: bool = False) -> torch.Tensor:
+        """Per-sample MSE between prediction and target, shape (B,). ``weighted``: times the
+        training weight of a preconditioned model (EDM's ``1 / c_out^2``; 1 for ``none``)."""
         x_t = self.q_sample(x0, t, noise)
-        err = denoiser(x_t, t).float() - self.target(x0, t, noise)
-        return err.square().flatten(1).mean(1)
+        err = self.predict(denoiser, x_t, t).float() - self.target(x0, t, noise)
+        loss = err.square().flatten(1).mean(1)
+        pre = self.preconditioner(x_t) if weighted else None
+        return loss if pre is None else loss * pre.loss_weight(t)
 
 
 def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
@@ -127,7 +161,7 @@ def sample_ddim(denoiser: Denoiser, diffusion: Diffusion, shape: tuple[int, ...]
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
         ab = float(diffusion.alpha_bar[t])
         ab_prev = float(diffusion.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        x0, eps = diffusion.split_prediction(denoiser(x, t_batch), x, t_batch)
+        x0, eps = diffusion.split_prediction(diffusion.predict(denoiser, x, t_batch), x, t_batch)
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = _eps_from_x0(x, x0, math.sqrt(ab), math.sqrt(1.0 - ab))
@@ -150,7 +184,7 @@ def sample_ddpm(denoiser: Denoiser, diffusion: Diffusion, shape: tuple[int, ...]
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
         ab, ab_prev = float(ab_all[t]), (float(ab_all[t - 1]) if t > 0 else 1.0)
         beta = float(betas[t])
-        x0, _ = diffusion.split_prediction(denoiser(x, t_batch), x, t_batch)
+        x0, _ = diffusion.split_prediction(diffusion.predict(denoiser, x, t_batch), x, t_batch)
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         c0 = beta * math.sqrt(ab_prev) / (1.0 - ab)

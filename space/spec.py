@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .precondition import PRECONDITIONINGS, ring_count
 
 SPEC_FORMAT_VERSION = 1
 SCHEDULES = ("linear-ldm", "linear-ddpm", "cosine")
@@ -148,22 +149,67 @@ class ExpertSpec:
 
 @dataclass(frozen=True)
 class DiffusionSpec:
-    """The forward process: ``timesteps`` T, the beta schedule and what the network predicts."""
+    """The forward process: ``timesteps`` T, the beta schedule, what the network predicts and how its
+    output becomes the prediction (``preconditioning``, see :mod:`memekit.space.precondition`).
+
+    ``data_std`` (``sqrt(E[x_0^2])`` per pixel, images in [-1, 1]) is needed by ``edm`` and
+    ``wiener``; ``data_spectrum`` (per channel, the data's power ``E|X_0(k)|^2`` per integer-radius
+    ring of the orthonormal FFT, rings ``0..ring_count(R) - 1``) by ``wiener``. Both are measured from
+    the training data (``memekit.analysis.linear.preconditioned``) and stored so a spec is
+    self-contained. Specs without these fields (``none``) serialise exactly as before.
+    """
 
     timesteps: int = 1000
     schedule: str = "linear-ldm"
     prediction: str = "eps"
+    preconditioning: str = "none"
+    data_std: float | None = None
+    data_spectrum: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.data_spectrum, list | tuple):
+            try:
+                object.__setattr__(self, "data_spectrum", tuple(tuple(row) for row in self.data_spectrum))
+            except TypeError:
+                raise SpecError("diffusion data_spectrum must be a list of per-channel lists of numbers") from None
         if not _is_int(self.timesteps) or self.timesteps < 2:
             raise SpecError(f"diffusion timesteps must be an integer >= 2, got {self.timesteps!r}")
         if self.schedule not in SCHEDULES:
             raise SpecError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.prediction not in PREDICTIONS:
             raise SpecError(f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}")
+        self._validate_preconditioning()
+
+    def _validate_preconditioning(self) -> None:
+        mode = self.preconditioning
+        if mode not in PRECONDITIONINGS:
+            raise SpecError(f"unknown preconditioning {mode!r}: choose one of {', '.join(PRECONDITIONINGS)}")
+        if mode == "none":
+            if self.data_std is not None or self.data_spectrum is not None:
+                raise SpecError("data_std and data_spectrum are used only by preconditioning edm or wiener: "
+                                "drop them or set the preconditioning")
+            return
+        if not (_is_number(self.data_std) and self.data_std > 0):
+            raise SpecError(f"preconditioning {mode!r} needs data_std > 0 (measured from the training data), "
+                            f"got {self.data_std!r}")
+        if mode == "edm":
+            if self.data_spectrum is not None:
+                raise SpecError("data_spectrum is used only by preconditioning 'wiener': drop it for 'edm'")
+            return
+        rows = self.data_spectrum
+        if (not rows or len({len(r) for r in rows}) != 1 or len(rows[0]) < 2
+                or not all(_is_number(v) and v > 0 for r in rows for v in r)):
+            raise SpecError("preconditioning 'wiener' needs data_spectrum: one list of positive ring powers "
+                            "per channel, all of the same length (measured from the training data)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = {"timesteps": self.timesteps, "schedule": self.schedule, "prediction": self.prediction}
+        if self.preconditioning != "none":
+            data["preconditioning"] = self.preconditioning
+            data["data_std"] = self.data_std
+            if self.data_spectrum is not None:
+                data["data_spectrum"] = [list(row) for row in self.data_spectrum]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionSpec:
@@ -241,6 +287,14 @@ class MemeSpec:
         if n == 1 and self.out_of_interval == "uniform-complement" and self.soft_assignment[0] < 1.0:
             raise SpecError("a single expert has no complement interval: set p_0 = 1 or use uniform-all")
         first = self.experts[0]
+        spectrum = self.diffusion.data_spectrum
+        if spectrum is not None and (len(spectrum) != first.image_channels
+                                     or len(spectrum[0]) != ring_count(first.resolution)):
+            raise SpecError(
+                f"the diffusion data_spectrum has {len(spectrum)} channel(s) x {len(spectrum[0])} rings but the "
+                f"experts see {first.image_channels} channel(s) at {first.resolution} px "
+                f"({ring_count(first.resolution)} rings): measure the spectrum at the experts' resolution"
+            )
         for i, e in enumerate(self.experts):
             if (e.image_channels, e.resolution) != (first.image_channels, first.resolution):
                 raise SpecError(

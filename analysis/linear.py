@@ -1,0 +1,89 @@
+"""The optimal linear (Wiener) denoiser of the data, in closed form from its power spectrum.
+
+Model: every channel is a stationary, isotropic random field whose power at FFT coefficient k
+(orthonormal 2-D FFT, mean NOT removed, DC and corners beyond Nyquist included) is the data's
+ring power ``P(k) = E|X_0(k)|^2`` at the integer radius of k (:func:`ring_power`). For
+``x_t = a x_0 + s eps`` the best linear estimate of x_0 is the Wiener filter
+``h(k) = a P(k) / (a^2 P(k) + s^2)``; applied to data whose ring power is ``Q(k)`` its expected
+squared x_0 error per coefficient is
+
+    e(k) = (1 - a h(k))^2 Q(k) + h(k)^2 s^2      (= P s^2 / (a^2 P + s^2) when Q = P),
+
+and in target units the error is ``(a / s)^2 e`` for eps and ``e / s^2`` for v (``eps_hat - eps =
+a (x_0 - x0_hat) / s``; ``v_hat - v = (x_0 - x0_hat) / s``). :func:`linear_denoiser_loss` is the
+mean over coefficients and channels at every t: the loss of the ``wiener`` preconditioner with a
+zero network, and the reference of the ``val-rel`` objective (the validation loss relative to the
+best stationary linear denoiser at each t). :func:`preconditioned` measures ``data_std`` and
+``data_spectrum`` for a :class:`~memekit.space.DiffusionSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from memekit.space import DiffusionSpec
+from memekit.space.errors import MemekitError
+from memekit.space.precondition import PRECONDITIONINGS, ring_counts, ring_index
+
+from .spectra import SpectrumError, _model_range_batches, _square_size
+
+STATS_IMAGES = 4096  # training images from which preconditioning statistics are measured
+
+
+def ring_power(images: np.ndarray | torch.Tensor, batch_size: int = 256,
+               device: torch.device | str = "cpu") -> np.ndarray:
+    """``E|X_0(k)|^2`` averaged over images and over each integer-radius ring, per channel: float64
+    ``(C, ring_count(R))``; images uint8 NHWC or float NCHW in [-1, 1]. The mean is not removed
+    (ring 0 is the DC power, ``R^2 E[mean^2]``), corners beyond Nyquist are kept, so by Parseval the
+    count-weighted mean over rings is ``E[x^2]`` per pixel."""
+    total, count, index = None, 0, None
+    for x0 in _model_range_batches(images, batch_size, device):
+        if index is None:
+            size = _square_size(tuple(x0.shape))
+            index = torch.as_tensor(ring_index(size).ravel(), device=x0.device)
+            counts = torch.as_tensor(ring_counts(size), device=x0.device, dtype=torch.float64)
+        power = torch.fft.fft2(x0.double(), norm="ortho").abs().square().sum(0).flatten(1)  # (C, R*R)
+        sums = power.new_zeros((power.shape[0], len(counts))).index_add_(1, index, power)
+        total = sums if total is None else total + sums
+        count += x0.shape[0]
+    if total is None:
+        raise SpectrumError("no images to measure a spectrum from")
+    return (total / (count * counts)).cpu().numpy()
+
+
+def linear_denoiser_loss(gain_power: np.ndarray, resolution: int, alpha_bar: np.ndarray,
+                         prediction: str = "eps", data_power: np.ndarray | None = None) -> np.ndarray:
+    """Expected target-space MSE (per pixel) of the Wiener filter built from ``gain_power`` (C, K)
+    on ``resolution``-px data whose ring power is ``data_power`` (default: the same), at every t:
+    shape (T,)."""
+    gain_power = np.asarray(gain_power, dtype=np.float64)
+    q = gain_power if data_power is None else np.asarray(data_power, dtype=np.float64)
+    weights = ring_counts(resolution) / resolution**2  # share of the coefficients in each ring
+    if q.shape != gain_power.shape or gain_power.shape[1] != len(weights):
+        raise MemekitError(f"spectra of shapes {gain_power.shape} and {q.shape} do not both have the "
+                           f"{len(weights)} rings of {resolution}-px images")
+    ab = np.asarray(alpha_bar, dtype=np.float64)[:, None, None]
+    a, s2 = np.sqrt(ab), 1.0 - ab
+    h = a * gain_power[None] / (ab * gain_power[None] + s2)
+    err_x0 = ((1.0 - a * h) ** 2 * q[None] + h**2 * s2) @ weights  # (T, C)
+    scale = ab[:, :, 0] / s2[:, :, 0] if prediction == "eps" else 1.0 / s2[:, :, 0]
+    return (err_x0 * scale).mean(axis=1)
+
+
+def preconditioned(spec: DiffusionSpec, mode: str, images: np.ndarray | torch.Tensor) -> DiffusionSpec:
+    """``spec`` with ``preconditioning = mode`` and the data statistics it needs measured from
+    ``images`` (uint8 NHWC or float NCHW in [-1, 1]): ``data_std = sqrt(E[x^2])`` per pixel and,
+    for ``wiener``, the per-channel ring power (:func:`ring_power`)."""
+    if mode not in PRECONDITIONINGS:
+        raise MemekitError(f"unknown preconditioning {mode!r}: choose one of {', '.join(PRECONDITIONINGS)}")
+    if mode == "none":
+        return dataclasses.replace(spec, preconditioning="none", data_std=None, data_spectrum=None)
+    power = ring_power(images)
+    size = int(images.shape[1] if images.dtype in (np.uint8, torch.uint8) else images.shape[-1])
+    mean_square = float((power @ (ring_counts(size) / size**2)).mean())
+    spectrum = tuple(tuple(float(f"{v:.6g}") for v in row) for row in power) if mode == "wiener" else None
+    return dataclasses.replace(spec, preconditioning=mode, data_std=round(mean_square**0.5, 6),
+                               data_spectrum=spectrum)
