@@ -4,10 +4,12 @@ rank agreement with longer runs) and ``memekit rerank`` (the front-runners over 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from .cli_args import nonneg_int, positive_int
+from .retrain import TARGETS
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -37,14 +39,25 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _fidelity(args: argparse.Namespace) -> int:
+    from memekit.analysis.fid import data_source
+
     from .export import load_study
-    from .fidelity import fidelity_runs, fidelity_text, plan_fidelity, record_name, save_fidelity
+    from .fidelity import (
+        fidelity_runs,
+        fidelity_text,
+        plan_fidelity,
+        result_record_name,
+        save_fidelity,
+    )
+    from .retrain import Target
 
     loaded = load_study(args.study_dir)
     select, k = ("spread", args.spread) if args.spread is not None else ("top", args.top)
+    target = Target(args.target, args.target_n, args.target_steps, data_source(loaded.config.data))
     if args.dry_run:
         plan = plan_fidelity(loaded, k, args.images, args.out, args.device, select)
-        print(json.dumps({"study_name": loaded.study.study_name, **plan.to_dict()}, indent=2))
+        print(json.dumps({"study_name": loaded.study.study_name, **plan.to_dict(),
+                          "target": dataclasses.asdict(target)}, indent=2))
         return 0
 
     def on_run(number: int, result) -> None:
@@ -53,10 +66,10 @@ def _fidelity(args: argparse.Namespace) -> int:
 
     result = fidelity_runs(loaded, k, args.images, args.out, device=args.device,
                            progress=not args.quiet and args.jobs == 1, on_run=on_run, select=select, jobs=args.jobs,
-                           noise_seeds=args.noise_seeds)
+                           noise_seeds=args.noise_seeds, target=target)
     written = save_fidelity(loaded, result, args.export)
     print(fidelity_text(result))
-    print(f"saved to the study (user attr {record_name(select)!r}) and {', '.join(str(p) for p in written)}")
+    print(f"saved to the study (user attr {result_record_name(result)!r}) and {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -102,6 +115,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-seeds", type=nonneg_int, default=0, metavar="S",
                    help="also train the best chosen trial with S more seeds at both budgets: the seed noise of "
                         "each score beside the spread between trials")
+    p.add_argument("--target", choices=TARGETS, default="val",
+                   help="what scores the long runs: val (validation loss), kid or fid (of --target-n samples "
+                        "against the data's reference split); every proxy objective the study recorded is "
+                        "compared with it (default: val)")
+    p.add_argument("--target-n", type=positive_int, default=1000, help="samples per long run for kid/fid "
+                                                                       "(default 1000)")
+    p.add_argument("--target-steps", type=positive_int, default=25, help="DDIM steps of those samples (default 25)")
     p.add_argument("--out", default=None, help="folder of the runs (default STUDY_DIR/fidelity)")
     p.add_argument("--dry-run", action="store_true", help="print the chosen trials and the training config")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -6,15 +6,20 @@ ranks from the best to the worst (``select="spread"``: does the proxy order the 
 with a longer image budget and otherwise the study's proxy settings (same data, seed, batch,
 learning rate, warm-up, validation set), each into ``STUDY_DIR/fidelity/trial-NNNNN`` (resumable:
 :func:`memekit.search.train.train` resumes from the run's last checkpoint and returns at once when
-the run is finished), then measures the rank agreement between proxy quality and long-run
-validation loss with Kendall's tau-b and Spearman's rho (:mod:`scipy.stats`). ``jobs > 1`` trains
-that many long runs at once in spawned processes (the CPU threads split between them); each run
-is the same as a serial one. ``noise_seeds = S`` retrains the best chosen trial with S more seeds
-at both budgets, so that the seed noise of each score can be set beside the spread between the
-trials: ranks cannot agree on differences smaller than that noise.
+the run is finished), then scores every long run by a **target** (``val``: its validation loss; ``kid`` / ``fid``: of
+``n`` DDIM samples against the data's reference split, :func:`~memekit.search.retrain.score_run`)
+and measures the rank agreement of the long-run target with **every proxy objective the study
+recorded** on its trials (``val_loss``, ``val_rel``, and ``kid``/``fid`` when the study sampled):
+Kendall's tau-b and Spearman's rho (:mod:`scipy.stats`). One set of long runs so answers "which
+proxy ranks configurations by sample quality?". ``jobs > 1`` trains that many long runs at once
+in spawned processes (the CPU threads split between them); each run is the same as a serial one.
+``noise_seeds = S`` retrains the best chosen trial with S more seeds at both budgets (the long
+runs scored by the target), so that the seed noise of each score can be set beside the spread
+between the trials: ranks cannot agree on differences smaller than that noise.
 
-The result goes into the study (user attr ``fidelity``, or ``fidelity-spread``), the JSON file
-of the same name in ``STUDY_DIR`` and, when an export exists, a section of its ``report.md``.
+The result goes into the study (user attr ``fidelity``, ``fidelity-spread``, with ``-kid`` /
+``-fid`` for those targets), the JSON file of the same name in ``STUDY_DIR`` and, when an export
+exists, a section of its ``report.md``.
 """
 
 from __future__ import annotations
@@ -22,43 +27,47 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
-import os
-import re
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from optuna.trial import FrozenTrial
 from scipy import stats
 
-from memekit.space.errors import MemekitError
-
-from .export import REPORT_FILE, LoadedStudy, load_study, select_trials, trial_spec
-from .train import TrainConfig, TrainResult, train
+from .export import LoadedStudy, load_study, select_trials, trial_spec
+from .retrain import (
+    RetrainError,
+    Target,
+    TrainJob,
+    markers,
+    save_record,
+    score_run,
+    std,
+    train_jobs,
+)
+from .train import TrainConfig, TrainResult
 
 MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
 SELECTIONS = ("top", "spread")
 
 
-def record_name(selection: str) -> str:
-    """Where a selection's result is kept: ``fidelity`` (top K) or ``fidelity-spread`` (user attr,
-    ``STUDY_DIR/NAME.json`` and the report section's markers), so both checks of a study coexist."""
-    return "fidelity" if selection == "top" else f"fidelity-{selection}"
+# proxy objectives a trial may record (user attrs), besides kid{n} / fid{n} of sampling studies
+PROXY_ATTRS = ("val_loss", "val_rel")
 
 
-def markers(name: str) -> tuple[str, str]:
-    """The HTML comments around a memekit section of ``report.md`` (a rerun replaces the section)."""
-    return f"<!-- memekit:{name} -->", f"<!-- /memekit:{name} -->"
+def record_name(selection: str, target: str = "val") -> str:
+    """Where a check's result is kept: ``fidelity`` (top K) or ``fidelity-spread``, with ``-kid`` or
+    ``-fid`` for a sample target (user attr, ``STUDY_DIR/NAME.json`` and the report section's
+    markers), so the checks of a study coexist."""
+    name = "fidelity" if selection == "top" else f"fidelity-{selection}"
+    return name if target == "val" else f"{name}-{target}"
 
 
-class FidelityError(MemekitError, ValueError):
+class FidelityError(RetrainError):
     """A fidelity check cannot run (too few trials, a budget that is not longer, ...)."""
 
 
@@ -86,26 +95,35 @@ def rank_agreement(proxy: Sequence[float], long: Sequence[float]) -> RankAgreeme
 
 @dataclass(frozen=True)
 class FidelityResult:
-    """Proxy and long-run quality of K trials, and their rank agreement."""
+    """Proxy objectives and the long-run target of K trials, and their rank agreements."""
 
     trials: tuple[int, ...]
     warm_start: tuple[str, ...]
     proxy: tuple[float, ...]  # the study's first objective (proxy quality)
-    long: tuple[float, ...]  # validation loss after the long run
-    agreement: RankAgreement
+    long: tuple[float, ...]  # the target of the long runs (validation loss, KID or FID)
+    agreement: RankAgreement  # of ``proxy`` with ``long``
     quality_name: str
     proxy_images: int
     long_images: int
     run_dirs: tuple[str, ...]
     selection: str = "top"
     noise: dict[str, Any] | None = None  # seed-to-seed spread of the best trial's scores (noise_seeds > 0)
+    target: str = "val_loss"  # the name of the long-run score
+    proxies: dict[str, tuple[float, ...]] = field(default_factory=dict)  # every recorded proxy objective
+    agreements: dict[str, RankAgreement] = field(default_factory=dict)  # of each proxy with ``long``
+    long_val_loss: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["agreement"] = {k: (None if math.isnan(v) else v) for k, v in data["agreement"].items()}
+        data["agreement"] = _finite(data["agreement"])
+        data["agreements"] = {k: _finite(v) for k, v in data["agreements"].items()}
         if self.noise is not None:
-            data["noise"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.noise.items()}
+            data["noise"] = _finite(self.noise)
         return data
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
 
 
 def long_config(proxy: TrainConfig, images: int) -> TrainConfig:
@@ -175,94 +193,68 @@ def plan_fidelity(loaded: LoadedStudy, k: int, images: int, out: str | Path | No
     return FidelityPlan(tuple(chosen), config, out, select)
 
 
-def _init_job(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _train_job(spec: Any, config: TrainConfig, run_dir: Path) -> TrainResult:
-    return train(spec, config, run_dir, progress=False)
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """One training run of a trial's spec (for :func:`train_jobs`)."""
-
-    trial: int
-    spec: Any
-    config: TrainConfig
-    run_dir: Path
-
-
-def train_jobs(work: Sequence[TrainJob], jobs: int, progress: bool,
-              on_run: Callable[[int, TrainResult], None] | None) -> list[float]:
-    """Train every job (in this process, or ``jobs`` spawned processes sharing the CPU threads);
-    the final validation losses in job order."""
-    results: list[TrainResult] = []
-    if jobs == 1:
-        for job in work:
-            results.append(train(job.spec, job.config, job.run_dir, progress=progress))
-            if on_run is not None:
-                on_run(job.trial, results[-1])
-    else:
-        threads = max(1, torch.get_num_threads() // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_job,
-                                 initargs=(threads,)) as pool:
-            futures = [pool.submit(_train_job, job.spec, job.config, job.run_dir) for job in work]
-            for job, future in zip(work, futures, strict=True):  # in order; the pool keeps every process busy
-                results.append(future.result())
-                if on_run is not None:
-                    on_run(job.trial, results[-1])
-    return [float(r.val["val_loss"]) for r in results]
-
-
-def _std(values: Sequence[float]) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+def recorded_proxies(loaded: LoadedStudy, trials: Sequence[FrozenTrial]) -> dict[str, tuple[float, ...]]:
+    """Every proxy objective recorded on all of ``trials``: the study's own (its first value),
+    ``val_loss``, ``val_rel`` and ``kid{n}`` / ``fid{n}`` user attrs, in that order."""
+    n = loaded.config.fid_n
+    out = {loaded.quality_name: tuple(float(t.values[0]) for t in trials)}
+    for name in (*PROXY_ATTRS, f"kid{n}", f"fid{n}"):
+        values = [t.user_attrs.get(name) for t in trials]
+        if name not in out and all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            out[name] = tuple(float(v) for v in values)
+    return out
 
 
 def fidelity_runs(loaded: LoadedStudy, k: int, images: int, out: str | Path | None = None,
                   device: str | None = None, progress: bool = False,
                   on_run: Callable[[int, TrainResult], None] | None = None, select: str = "top",
-                  jobs: int = 1, noise_seeds: int = 0) -> FidelityResult:
-    """Retrain K trials (:func:`choose_trials`) for ``images`` images, ``jobs`` at a time, and compare
-    ranks. ``noise_seeds = S > 0`` also trains the best chosen trial with S more seeds at both the
-    proxy and the long budget (``OUT/noise/``): the seed-to-seed spread of each score, to set
+                  jobs: int = 1, noise_seeds: int = 0, target: Target | None = None) -> FidelityResult:
+    """Retrain K trials (:func:`choose_trials`) for ``images`` images, ``jobs`` at a time, score the
+    long runs by ``target`` (default: validation loss) and compare ranks with every recorded proxy
+    objective. ``noise_seeds = S > 0`` also trains the best chosen trial with S more seeds at both
+    the proxy and the long budget (``OUT/noise/``): the seed-to-seed spread of each score, to set
     beside the spread between trials (ranks cannot agree on differences smaller than the noise)."""
     if jobs < 1:
         raise FidelityError(f"--jobs must be a positive integer, got {jobs}")
     if noise_seeds < 0:
         raise FidelityError(f"--noise-seeds must be an integer >= 0, got {noise_seeds}")
+    target = target or Target()
     plan = plan_fidelity(loaded, k, images, out, device, select)
     chosen, config = plan.trials, plan.config
     specs = [trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
              for t in chosen]
-    work = [TrainJob(t.number, spec, config, plan.out / f"trial-{t.number:05d}") for t, spec in zip(chosen, specs,
-                                                                                                strict=True)]
+    work = [TrainJob(t.number, spec, config, plan.out / f"trial-{t.number:05d}")
+            for t, spec in zip(chosen, specs, strict=True)]
     best, proxy_config = chosen[0], loaded.config.proxy_config(device)
     seeds = [config.seed + i for i in range(1, noise_seeds + 1)]
     for budget in (proxy_config, config):
         for seed in seeds:
             work.append(TrainJob(best.number, specs[0], dataclasses.replace(budget, seed=seed),
-                             plan.out / "noise" / f"trial-{best.number:05d}-images-{budget.images}-seed-{seed}"))
-    losses = train_jobs(work, jobs, progress, on_run)
-    proxy = [float(t.values[0]) for t in chosen]
-    long = losses[:len(chosen)]
+                                 plan.out / "noise" / f"trial-{best.number:05d}-images-{budget.images}-seed-{seed}"))
+    results = train_jobs(work, jobs, progress, on_run)
+    k = len(chosen)
+    long_results = results[:k] + results[k + len(seeds):]  # the K long runs, then the noise runs at the long budget
+    scores = [score_run(r, target, device) for r in long_results]
+    long = scores[:k]
+    proxies = recorded_proxies(loaded, chosen)
     noise = None
     if seeds:
         def proxy_val_loss(t: FrozenTrial) -> float:  # the study's own run, seed config.seed
             fallback = t.values[0] if loaded.quality_name == "val_loss" else math.nan
             return float(t.user_attrs.get("val_loss", fallback))
 
-        noisy_proxy = [proxy_val_loss(best), *losses[len(chosen):len(chosen) + len(seeds)]]
-        noisy_long = [long[0], *losses[len(chosen) + len(seeds):]]
-        proxy_vals = [proxy_val_loss(t) for t in chosen]
+        noisy_proxy = [proxy_val_loss(best), *(float(r.val["val_loss"]) for r in results[k:k + len(seeds)])]
+        noisy_long = [long[0], *scores[k:]]
         noise = {"trial": best.number, "seeds": [config.seed, *seeds], "proxy_val_loss": noisy_proxy,
-                 "long_val_loss": noisy_long, "proxy_noise_std": _std(noisy_proxy),
-                 "long_noise_std": _std(noisy_long), "proxy_spread_std": _std(proxy_vals),
-                 "long_spread_std": _std(long)}
+                 f"long_{target.name}": noisy_long, "proxy_noise_std": std(noisy_proxy),
+                 "long_noise_std": std(noisy_long), "proxy_spread_std": std([proxy_val_loss(t) for t in chosen]),
+                 "long_spread_std": std(long)}
     return FidelityResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
-                          tuple(proxy), tuple(long), rank_agreement(proxy, long), loaded.quality_name,
-                          loaded.config.proxy_images, images, tuple(str(j.run_dir) for j in work[:len(chosen)]),
-                          select, noise)
+                          proxies[loaded.quality_name], tuple(long), rank_agreement(proxies[loaded.quality_name], long),
+                          loaded.quality_name, loaded.config.proxy_images, images,
+                          tuple(str(j.run_dir) for j in work[:k]), select, noise, target.name, proxies,
+                          {name: rank_agreement(values, long) for name, values in proxies.items()},
+                          tuple(float(r.val["val_loss"]) for r in results[:k]))
 
 
 def fidelity_frame(result: FidelityResult) -> pd.DataFrame:
@@ -279,7 +271,7 @@ def _number(value: float) -> str:
 
 
 def noise_text(result: FidelityResult) -> str:
-    """One sentence: the seed-to-seed spread of the best trial's val loss beside the spread between
+    """One sentence: the seed-to-seed spread of the best trial's scores beside the spread between
     the trials, at both budgets (empty without ``noise_seeds``)."""
     n = result.noise
     if not n:
@@ -289,24 +281,31 @@ def noise_text(result: FidelityResult) -> str:
         return f"{spread / noise:.1f}x" if noise > 0 else "undefined"
 
     return (f"Seed noise: trial {n['trial']} over seeds {n['seeds']} has val_loss std {n['proxy_noise_std']:.5f} "
-            f"at the proxy budget and {n['long_noise_std']:.5f} at the long one; between the {len(result.trials)} "
-            f"trials the std is {n['proxy_spread_std']:.5f} and {n['long_spread_std']:.5f} "
+            f"at the proxy budget and {result.target} std {n['long_noise_std']:.5g} at the long one; between the "
+            f"{len(result.trials)} trials the std is {n['proxy_spread_std']:.5f} and {n['long_spread_std']:.5g} "
             f"(spread / noise {ratio(n['proxy_spread_std'], n['proxy_noise_std'])} and "
             f"{ratio(n['long_spread_std'], n['long_noise_std'])}).")
 
 
+def _agreement_line(name: str, target: str, a: RankAgreement) -> str:
+    return (f"proxy {name} vs long {target}: Kendall tau = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}), "
+            f"Spearman rho = {_number(a.spearman_rho)} (p = {a.spearman_p:.3g})")
+
+
 def fidelity_text(result: FidelityResult) -> str:
-    """A small plain-text table and the two coefficients (what ``memekit fidelity`` prints)."""
+    """A small plain-text table and the coefficients of every proxy (what ``memekit fidelity`` prints)."""
     frame = fidelity_frame(result)
     proxy_head = f"proxy {result.quality_name} ({result.proxy_images:,} img)"
-    long_head = f"val_loss ({result.long_images:,} img)"
+    long_head = f"{result.target} ({result.long_images:,} img)"
     lines = [f"{'trial':>6}  {'warm start':<12}  {proxy_head:>28}  {long_head:>22}  {'rank':>4} -> {'rank':<4}"]
     for row in frame.itertuples(index=False):
-        lines.append(f"{row.trial:>6}  {row.warm_start:<12}  {row.proxy:>28.5f}  {row.long:>22.5f}  "
+        lines.append(f"{row.trial:>6}  {row.warm_start:<12}  {row.proxy:>28.5f}  {row.long:>22.5g}  "
                      f"{row.proxy_rank:>4} -> {row.long_rank:<4}")
     a = result.agreement
     lines.append(f"Kendall tau = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}), Spearman rho = "
                  f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) over {len(frame)} trials")
+    lines += [_agreement_line(name, result.target, agr) for name, agr in result.agreements.items()
+              if name != result.quality_name]
     if result.noise:
         lines.append(noise_text(result))
     return "\n".join(lines)
@@ -315,69 +314,49 @@ def fidelity_text(result: FidelityResult) -> str:
 def fidelity_markdown(result: FidelityResult) -> str:
     """The ``report.md`` section (between markers, so a rerun replaces it)."""
     frame = fidelity_frame(result)
-    a = result.agreement
     chosen = (f"The {len(frame)} best feasible trials" if result.selection == "top" else
               f"{len(frame)} feasible trials at evenly spaced ranks (best to worst)")
-    begin, end = markers(record_name(result.selection))
+    begin, end = markers(result_record_name(result))
     title = "## Proxy fidelity" + ("" if result.selection == "top" else f" ({result.selection} selection)")
+    title += "" if result.target == "val_loss" else f", long runs scored by {result.target}"
+    names = list(result.proxies)
     lines = [begin, title, "",
-             f"{chosen} by proxy {result.quality_name} ({result.proxy_images:,} images) retrained for {result.long_images:,} images with the same data, "
-             "seed and settings; long-run quality is the validation loss.", "",
-             f"| trial | warm start | proxy {result.quality_name} | long-run val_loss | proxy rank | long rank |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r.trial} | {r.warm_start} | {r.proxy:.5g} | {r.long:.5g} | {r.proxy_rank} | {r.long_rank} |"
-              for r in frame.itertuples(index=False)]
-    lines += ["", f"Kendall tau-b = {_number(a.kendall_tau)} (p = {a.kendall_p:.3g}); Spearman rho = "
-              f"{_number(a.spearman_rho)} (p = {a.spearman_p:.3g}) (scipy.stats)."]
+             f"{chosen} by proxy {result.quality_name} ({result.proxy_images:,} images) retrained for "
+             f"{result.long_images:,} images with the same data, seed and settings; long-run quality is "
+             f"{result.target}.", "",
+             "| trial | warm start | " + " | ".join(f"proxy {n}" for n in names) + f" | long {result.target} | "
+             "proxy rank | long rank |", "|---|---|" + "---|" * (len(names) + 3)]
+    for i, r in enumerate(frame.itertuples(index=False)):
+        values = " | ".join(f"{result.proxies[n][i]:.5g}" for n in names)
+        lines.append(f"| {r.trial} | {r.warm_start} | {values} | {r.long:.5g} | {r.proxy_rank} | {r.long_rank} |")
+    lines += ["", "| proxy | Kendall tau-b | p | Spearman rho | p |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {_number(a.kendall_tau)} | {a.kendall_p:.3g} | {_number(a.spearman_rho)} | {a.spearman_p:.3g} |"
+              for n, a in result.agreements.items()]
+    lines += ["", "(scipy.stats)"]
     if result.noise:
         lines += ["", noise_text(result)]
     lines += [end, ""]
     return "\n".join(lines)
 
 
-def replace_report_section(report: Path, name: str, markdown: str) -> None:
-    """Add (or replace) the section between ``name``'s markers (see :func:`markers`) at the end of
-    ``report`` (written atomically)."""
-    begin, end = markers(name)
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
-    text = pattern.sub("", report.read_text()).rstrip("\n") + "\n\n"
-    tmp = report.with_name(f".{report.name}.tmp{os.getpid()}")
-    tmp.write_text(text + markdown)
-    tmp.replace(report)
-
-
-def save_record(loaded: LoadedStudy, name: str, data: dict[str, Any], markdown: str,
-                export_dir: str | Path | None = None) -> list[Path]:
-    """Record a check's result in the study (user attr ``name``), ``STUDY_DIR/NAME.json`` (atomic)
-    and, when the export (``export_dir``, default ``STUDY_DIR/export``) has a ``report.md``, its
-    section between ``name``'s markers."""
-    loaded.study.set_user_attr(name, data)
-    written = []
-    if loaded.study_dir is not None:
-        path = loaded.study_dir / f"{name}.json"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
-        written.append(path)
-    export = Path(export_dir) if export_dir is not None else (loaded.study_dir / "export" if loaded.study_dir else None)
-    if export is not None and (export / REPORT_FILE).is_file():
-        replace_report_section(export / REPORT_FILE, name, markdown)
-        written.append(export / REPORT_FILE)
-    return written
-
-
 def save_fidelity(loaded: LoadedStudy, result: FidelityResult, export_dir: str | Path | None = None) -> list[Path]:
-    """:func:`save_record` under :func:`record_name` (``fidelity`` or ``fidelity-spread``)."""
-    return save_record(loaded, record_name(result.selection), result.to_dict(), fidelity_markdown(result), export_dir)
+    """:func:`~memekit.search.retrain.save_record` under :func:`record_name`."""
+    return save_record(loaded, result_record_name(result), result.to_dict(), fidelity_markdown(result), export_dir)
+
+
+def result_record_name(result: FidelityResult) -> str:
+    """The record a result is saved under (selection and target kind)."""
+    kind = "val" if result.target == "val_loss" else result.target.rstrip("0123456789")
+    return record_name(result.selection, kind)
 
 
 def proxy_fidelity(study_dir: str | Path, k: int, images: int, out: str | Path | None = None,
                    export_dir: str | Path | None = None, device: str | None = None, progress: bool = False,
                    on_run: Callable[[int, TrainResult], None] | None = None, select: str = "top",
-                   jobs: int = 1, noise_seeds: int = 0) -> FidelityResult:
+                   jobs: int = 1, noise_seeds: int = 0, target: Target | None = None) -> FidelityResult:
     """Open the study in ``study_dir``, run :func:`fidelity_runs`, save with :func:`save_fidelity`."""
     loaded = load_study(study_dir)
     result = fidelity_runs(loaded, k, images, out, device=device, progress=progress, on_run=on_run,
-                           select=select, jobs=jobs, noise_seeds=noise_seeds)
+                           select=select, jobs=jobs, noise_seeds=noise_seeds, target=target)
     save_fidelity(loaded, result, export_dir)
     return result

@@ -29,7 +29,8 @@ import pandas as pd
 from scipy import stats
 
 from .export import LoadedStudy, trial_spec
-from .fidelity import FidelityError, TrainJob, choose_trials, markers, save_record, train_jobs
+from .fidelity import choose_trials
+from .retrain import RetrainError, TrainJob, markers, save_record, train_jobs
 from .train import TrainResult
 
 RECORD = "rerank"
@@ -78,16 +79,16 @@ def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, o
            on_run: Callable[[int, TrainResult], None] | None = None) -> RerankResult:
     """Retrain the K best feasible trials with ``seeds`` more seeds and rank them by mean val loss."""
     if seeds < 1:
-        raise FidelityError(f"--seeds must be a positive integer, got {seeds}")
+        raise RetrainError(f"--seeds must be a positive integer, got {seeds}")
     if jobs < 1:
-        raise FidelityError(f"--jobs must be a positive integer, got {jobs}")
+        raise RetrainError(f"--jobs must be a positive integer, got {jobs}")
     if loaded.study_dir is None and out is None:
-        raise FidelityError("the study has no STUDY_DIR: give --out for the runs")
+        raise RetrainError("the study has no STUDY_DIR: give --out for the runs")
     chosen = choose_trials(loaded, k, "top")
     config = loaded.config.proxy_config(device)
     if images is not None:
         if images < config.batch:
-            raise FidelityError(f"--images {images} is smaller than one batch ({config.batch})")
+            raise RetrainError(f"--images {images} is smaller than one batch ({config.batch})")
         config = dataclasses.replace(config, images=images)
     reuse = config.images == loaded.config.proxy_images and loaded.quality_name == "val_loss"
     all_seeds = [config.seed + i for i in range(1 if reuse else 0, seeds + 1)]
@@ -102,7 +103,7 @@ def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, o
     losses = []
     for t in chosen:
         own = [float(t.user_attrs.get("val_loss", t.values[0]))] if reuse else []
-        losses.append(tuple(own + [next(trained) for _ in all_seeds]))
+        losses.append(tuple(own + [float(next(trained).val["val_loss"]) for _ in all_seeds]))
     seed_list = ([config.seed] if reuse else []) + all_seeds
     return RerankResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
                         tuple(seed_list), config.images, tuple(losses))
@@ -144,5 +145,5 @@ def rerank_markdown(result: RerankResult) -> str:
 
 
 def save_rerank(loaded: LoadedStudy, result: RerankResult, export_dir: str | Path | None = None) -> list[Path]:
-    """:func:`~memekit.search.fidelity.save_record` under ``rerank``."""
+    """:func:`~memekit.search.retrain.save_record` under ``rerank``."""
     return save_record(loaded, RECORD, result.to_dict(), rerank_markdown(result), export_dir)

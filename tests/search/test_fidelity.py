@@ -14,7 +14,7 @@ from conftest import assert_one_line_error, read_log
 from scipy import stats
 from test_export import fabricate_study
 
-import memekit.search.fidelity as fidelity_module
+import memekit.search.retrain as retrain_module
 from memekit.search.export import load_study
 from memekit.search.fidelity import FidelityError, proxy_fidelity, rank_agreement, spread_ranks
 from memekit.search.train import TrainConfig, TrainResult
@@ -75,7 +75,7 @@ def test_pairs_top_k_proxy_with_long_losses(tmp_path: Path, monkeypatch: pytest.
     fabricate_study(study_dir, POINTS)
     long_loss = {0: 0.9, 3: 0.5, 4: 0.7, 1: 0.6}  # trial -> long-run val loss
     fake = FakeTrain(long_loss)
-    monkeypatch.setattr(fidelity_module, "train", fake)
+    monkeypatch.setattr(retrain_module, "train", fake)
     result = proxy_fidelity(study_dir, k=4, images=LONG)
     assert result.trials == (0, 3, 4, 1)  # by proxy quality; 2 infeasible, 5 pruned, 6 is 5th
     assert result.proxy == (1.0, 2.0, 3.0, 4.0)
@@ -91,7 +91,7 @@ def test_long_runs_keep_the_proxy_settings_but_the_budget(tmp_path: Path, monkey
     study_dir = tmp_path / "study"
     fabricate_study(study_dir, POINTS)
     fake = FakeTrain({0: 1.0, 3: 2.0, 4: 3.0})
-    monkeypatch.setattr(fidelity_module, "train", fake)
+    monkeypatch.setattr(retrain_module, "train", fake)
     proxy_fidelity(study_dir, k=3, images=LONG)
     proxy = load_study(study_dir).config.proxy_config()
     assert [n for n, _ in fake.calls] == [0, 3, 4]
@@ -108,7 +108,7 @@ def test_perfect_ranking_gives_one_and_is_saved(tmp_path: Path, monkeypatch: pyt
     export = study_dir / "export"
     export.mkdir()
     (export / "report.md").write_text("# Study\n\ntable\n")
-    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.2, 3: 0.3, 4: 0.35}))
+    monkeypatch.setattr(retrain_module, "train", FakeTrain({0: 0.2, 3: 0.3, 4: 0.35}))
     result = proxy_fidelity(study_dir, k=3, images=LONG)
     assert result.agreement.kendall_tau == pytest.approx(1.0)
     assert result.agreement.spearman_rho == pytest.approx(1.0)
@@ -121,7 +121,7 @@ def test_perfect_ranking_gives_one_and_is_saved(tmp_path: Path, monkeypatch: pyt
     report = (export / "report.md").read_text()
     assert report.startswith("# Study\n\ntable\n") and report.count("## Proxy fidelity") == 1
     assert "| 3 | meme-paper | 2 | 0.3 | 2 | 2 |" in report
-    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.2, 4: 0.35, 6: 0.5}))
+    monkeypatch.setattr(retrain_module, "train", FakeTrain({0: 0.2, 4: 0.35, 6: 0.5}))
     proxy_fidelity(study_dir, k=3, images=LONG, select="spread")  # a second section beside the first
     report = (export / "report.md").read_text()
     assert report.count("## Proxy fidelity") == 2 and "## Proxy fidelity (spread selection)" in report
@@ -130,7 +130,7 @@ def test_perfect_ranking_gives_one_and_is_saved(tmp_path: Path, monkeypatch: pyt
 
 def test_cli_prints_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli) -> None:
     fabricate_study(tmp_path / "study", POINTS)
-    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.4, 3: 0.3, 4: 0.5}))
+    monkeypatch.setattr(retrain_module, "train", FakeTrain({0: 0.4, 3: 0.3, 4: 0.5}))
     code, out, err = cli("fidelity", tmp_path / "study", "--top", "3", "--images", str(LONG), "--quiet")
     assert code == 0, err
     # pairs (1, .4) (2, .3) (3, .5): one discordant pair of 3 -> tau = 1/3; rho = 1 - 6*2/24 = 0.5
@@ -153,7 +153,7 @@ def test_spread_ranks_are_distinct_and_span_best_to_worst() -> None:
 def test_spread_selection_spans_the_feasible_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      cli: Cli) -> None:
     fabricate_study(tmp_path / "study", POINTS)  # feasible complete by proxy quality: 0, 3, 4, 1, 6
-    monkeypatch.setattr(fidelity_module, "train", FakeTrain({0: 0.1, 4: 0.3, 6: 0.2}))
+    monkeypatch.setattr(retrain_module, "train", FakeTrain({0: 0.1, 4: 0.3, 6: 0.2}))
     code, out, err = cli("fidelity", tmp_path / "study", "--spread", "3", "--images", str(LONG), "--quiet")
     assert code == 0, err
     assert [line.split()[0] for line in out.splitlines()[1:4]] == ["0", "4", "6"]  # ranks 0, 2, 4 of 5
@@ -179,7 +179,7 @@ def test_noise_seeds_give_the_seed_spread_at_both_budgets(tmp_path: Path, monkey
             loss = {"trial-00000": 0.4, "trial-00003": 0.5, "trial-00004": 0.9}[Path(run_dir).name]
         return TrainResult(Path(run_dir), 0, config.images, [], {"val_loss": loss}, None, 0.0, 0.0)
 
-    monkeypatch.setattr(fidelity_module, "train", fake)
+    monkeypatch.setattr(retrain_module, "train", fake)
     result = proxy_fidelity(study_dir, k=3, images=LONG, noise_seeds=2)
     assert result.long == (0.4, 0.5, 0.9)  # the noise runs do not enter the rank agreement
     noise_runs = sorted(c for c in calls if c[0].startswith("trial-00000-images"))

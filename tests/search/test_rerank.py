@@ -15,7 +15,7 @@ from scipy import stats
 from test_export import fabricate_study
 from test_fidelity import POINTS
 
-import memekit.search.fidelity as fidelity_module
+import memekit.search.retrain as retrain_module
 from memekit.search.export import load_study
 from memekit.search.rerank import rerank, rerank_text, save_rerank
 from memekit.search.train import TrainConfig, TrainResult
@@ -48,7 +48,7 @@ def test_proxy_budget_reuses_the_study_run_and_ranks_by_mean(study: Path, monkey
     seed0 = loaded.config.seed
     # index 0 (the study's own seed) is never trained at the proxy budget: the study's value is used
     fake = SeededFake({0: [np.nan, 5.0, 5.0], 3: [np.nan, 2.1, 1.9], 4: [np.nan, 3.0, 3.2]}, seed0)
-    monkeypatch.setattr(fidelity_module, "train", fake)
+    monkeypatch.setattr(retrain_module, "train", fake)
     result = rerank(loaded, k=3, seeds=2)
     assert sorted(fake.calls) == sorted((f"trial-{n:05d}-images-{PROXY}-seed-{seed0 + i}", PROXY, seed0 + i)
                                         for n in (0, 3, 4) for i in (1, 2))
@@ -66,7 +66,7 @@ def test_another_budget_trains_the_study_seed_too(study: Path, monkeypatch: pyte
     loaded = load_study(study)
     seed0 = loaded.config.seed
     fake = SeededFake({n: [0.5, 0.6] for n in (0, 3, 4)}, seed0)
-    monkeypatch.setattr(fidelity_module, "train", fake)
+    monkeypatch.setattr(retrain_module, "train", fake)
     result = rerank(loaded, k=3, seeds=1, images=64)
     assert sorted(c[1:] for c in fake.calls) == sorted((64, seed0 + i) for _ in range(3) for i in (0, 1))
     assert result.seeds == (seed0, seed0 + 1) and result.losses == ((0.5, 0.6),) * 3
@@ -75,7 +75,7 @@ def test_another_budget_trains_the_study_seed_too(study: Path, monkeypatch: pyte
 def test_no_spread_means_no_test(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = load_study(study)
     # the first two trials give 1.5 at every seed: t = 0 / 0, undefined
-    monkeypatch.setattr(fidelity_module, "train", SeededFake({0: [1.5, 1.5], 3: [1.5, 1.5], 4: [3.0, 3.0]},
+    monkeypatch.setattr(retrain_module, "train", SeededFake({0: [1.5, 1.5], 3: [1.5, 1.5], 4: [3.0, 3.0]},
                                                              loaded.config.seed))
     result = rerank(loaded, k=3, seeds=1, images=64)
     assert np.isnan(result.welch_p) and result.to_dict()["welch_p"] is None
@@ -86,7 +86,7 @@ def test_saved_to_study_json_and_report(study: Path, monkeypatch: pytest.MonkeyP
     export = study / "export"
     export.mkdir()
     (export / "report.md").write_text("# Study\n")
-    monkeypatch.setattr(fidelity_module, "train", SeededFake({0: [0, 1.1], 3: [0, 2.2], 4: [0, 3.3]},
+    monkeypatch.setattr(retrain_module, "train", SeededFake({0: [0, 1.1], 3: [0, 2.2], 4: [0, 3.3]},
                                                              load_study(study).config.seed))
     code, out, err = cli("rerank", study, "--top", "3", "--seeds", "1")
     assert code == 0, err

@@ -257,6 +257,36 @@ def test_one_trial_with_the_real_proxy_training(tmp_path: Path) -> None:
     assert run_dir.is_dir() and not (run_dir / "checkpoints").exists()  # proxy checkpoints dropped
 
 
+@pytest.mark.parametrize("preconditioning", ["edm", "wiener"])
+def test_val_rel_study_with_preconditioning(tmp_path: Path, preconditioning: str) -> None:
+    """The study measures its preconditioning once (diffusion.json), every candidate carries it, and
+    the objective is val_rel = mean over the grid of log(val loss / Wiener filter's loss)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = tiny_search(tmp_path, n_trials=1, quality="val-rel", preconditioning=preconditioning)
+    study = run_search(config, progress=False)
+    (trial,) = study.trials
+    diffusion = json.loads((tmp_path / "diffusion.json").read_text())
+    assert diffusion["preconditioning"] == preconditioning and diffusion["data_std"] > 0
+    assert MemeSpec.from_json(trial.user_attrs["spec"]).diffusion.to_dict() == diffusion
+    assert study.metric_names == ["val_rel", "trajectory_gmacs"]
+    assert trial.values[0] == trial.user_attrs["val_rel"]
+    per_expert = trial.user_attrs["val_rel_per_expert"]
+    assert len(per_expert) == 2 and all(math.isfinite(v) for v in per_expert)
+    assert trial.user_attrs["val_loss"] > 0
+    with pytest.raises(SearchError, match="different preconditioning"):
+        open_study(tiny_search(tmp_path, quality="val-rel"), seed=0)
+
+
+def test_studies_made_before_a_setting_existed_resume(tmp_path: Path) -> None:
+    prepare_study(tiny_search(tmp_path))
+    study = open_study(tiny_search(tmp_path), seed=0)
+    old = {k: v for k, v in study.user_attrs["memekit_config"].items() if k != "preconditioning"}
+    study.set_user_attr("memekit_config", old)  # as written by memekit before preconditioning existed
+    open_study(tiny_search(tmp_path), seed=0)  # no error: a missing setting is its default
+    with pytest.raises(SearchError, match="different preconditioning"):
+        open_study(tiny_search(tmp_path, preconditioning="edm"), seed=0)
+
+
 # ---- opening a study ---------------------------------------------------------------------------
 def test_opening_a_missing_study_is_a_one_line_error(tmp_path: Path) -> None:
     prepare_study(tiny_search(tmp_path, study_name="present"))
