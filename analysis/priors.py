@@ -20,17 +20,34 @@ log(alpha_bar_t / (1 - alpha_bar_t)) + log P_0(f)``, so its spread over an inter
 on the data at all; g saturates at 0 and 1 and so depends on where the data's spectrum crosses
 the noise floor.
 
-**Attention shares.** The low-pass level of step t is ``rho(t) = 1 - f_c(t) / f_max`` (0: every
-resolved frequency is still above the noise; 1: even the lowest frequency is buried), with f_c the
-crossover frequency. Expert n gets ``rho_n = mean_{t in interval n} rho(t)`` and, at stage s of
-S (depth ``d_s = s / (S - 1)``, 0 for S = 1),
+**Attention shares.** Self-attention acts as a low-pass filter, convolution as a high-pass one
+(MEME; Park & Kim 2022), and a U-Net stage s (of S, at ``R / 2^s`` px) works on the octave of
+frequencies its resolution adds, ``[f_s / 2, f_s]`` with ``f_s = 0.5 / 2^s`` cycles per image pixel;
+the deepest stage also holds every lower octave, down to one cycle per image (``[1 / R, f_{S-1}]``).
+At step t the detail above the crossover ``f_c(t)`` is buried in noise (not recoverable), so a
+stage whose band is buried has no high-frequency detail to restore and should mix globally,
+while a stage whose band is still signal needs its convolutions. The **buried fraction** of
+stage s at step t is the position of f_c in that stage's band ``[lo_s, hi_s]``, in octaves,
 
-    share(n, s) = share_min + (share_max - share_min) * ((1 - w) rho_n + w d_s),
+    beta(t, s) = clip(log2(hi_s / f_c(t)) / log2(hi_s / lo_s), 0, 1)   (1 when f_c = 0, 0 when f_c >= hi_s),
 
-MEME's two rules (more attention for noisier intervals and for deeper stages; w weighs depth
-against noise), rounded to whole heads of the base expert as in ``ExpertSpec.attention_channels``
-(and raised where rounding would give a deeper stage less attention than the stage above it).
-Since f_c(t) is non-increasing in t, rho_n and every share are non-decreasing in the noise level.
+and expert n gets ``beta_ns = mean_{t in interval n} beta(t, s)``. Because each stage has its own
+band, the four experts of a 32 or 64 px prior differ stage by stage (the older single level
+``1 - f_c / f_max`` saturated near 1 for every interval but the first). Then
+
+    share(n, s) = share_min + (share_max - share_min) * ((1 - w) beta_ns + w d_s),
+
+with depth ``d_s = s / (S - 1)`` (0 for S = 1): MEME's two rules (more attention for noisier
+intervals and, as in iFormer, for deeper stages), w weighing iFormer's depth rule against the
+spectrum. Shares are rounded to whole heads of the base expert as in
+``ExpertSpec.attention_channels`` (and raised where rounding would give a deeper stage less
+attention than the stage above it). Since f_c(t) is non-increasing in t and f_s halves with
+depth, beta and every share are non-decreasing in the noise level and in depth.
+
+**Soft assignment.** The prior's p_n keep the paper's in-interval *density* rather than its
+probabilities (:func:`memekit.space.assignment.soft_assignment_for` with
+:func:`~memekit.space.assignment.paper_density`): the paper's p = (0.8, 0.4, 0.2, 0.1) on the
+prior's non-uniform intervals would starve the long, noisy intervals.
 """
 
 from __future__ import annotations
@@ -44,6 +61,7 @@ import pandas as pd
 import torch
 
 from memekit.space import Diffusion, DiffusionSpec, ExpertSpec, MemeSpec, uniform_intervals
+from memekit.space.assignment import paper_density, paper_soft_assignment, soft_assignment_for
 from memekit.space.errors import MemekitError
 from memekit.space.spec import intervals_from_boundaries
 
@@ -52,8 +70,6 @@ from .spectra import SpectralProfile, spectral_profile, spectrum_frame, summary_
 PRIOR_NAME = "spectral-prior"
 SHARE_RANGE = (0.25, 1.0)
 DEPTH_WEIGHT = 0.5
-# the paper's soft assignment p = (0.8, 0.4, 0.2, 0.1), generalised to N experts (see soft_assignment_prior)
-P_CLEANEST, P_NOISIEST = 0.8, 0.1
 
 
 class PriorError(MemekitError, ValueError):
@@ -130,7 +146,8 @@ def propose_intervals(profile: SpectralProfile, n_intervals: int,
 
 
 def low_pass_level(profile: SpectralProfile) -> np.ndarray:
-    """``rho(t) = 1 - f_c(t) / f_max`` in [0, 1], non-decreasing in t, shape (T,)."""
+    """``rho(t) = 1 - f_c(t) / f_max`` in [0, 1], non-decreasing in t, shape (T,) (a one-number
+    summary, reported beside the per-stage :func:`buried_fraction`)."""
     f_c, _ = profile.crossover()
     return 1.0 - f_c / profile.frequency[-1]
 
@@ -139,6 +156,32 @@ def interval_low_pass_level(profile: SpectralProfile, intervals: tuple[tuple[int
     """``rho_n``: :func:`low_pass_level` averaged over each interval, shape (N,)."""
     rho = low_pass_level(profile)
     return np.array([rho[lo:hi].mean() for lo, hi in intervals])
+
+
+def stage_bands(resolution: int, n_stages: int) -> np.ndarray:
+    """``(lo_s, hi_s)`` per stage, cycles per image pixel: ``[f_s / 2, f_s]``, ``f_s = 0.5 / 2^s``, and
+    ``[1 / R, f_{S-1}]`` for the deepest stage, shape (S, 2)."""
+    hi = 0.5 / 2.0 ** np.arange(n_stages)
+    lo = hi / 2
+    lo[-1] = min(1.0 / resolution, lo[-1])
+    return np.stack([lo, hi], axis=1)
+
+
+def buried_fraction(profile: SpectralProfile, n_stages: int) -> np.ndarray:
+    """``beta(t, s) = clip(log2(hi_s / f_c(t)) / log2(hi_s / lo_s), 0, 1)`` over :func:`stage_bands`
+    (module docstring): how much of stage s's band is buried in noise at step t, shape (T, S)."""
+    f_c, _ = profile.crossover()
+    bands = stage_bands(profile.resolution, n_stages)
+    with np.errstate(divide="ignore"):
+        octaves = np.log2(bands[None, :, 1] / f_c[:, None])  # +inf where f_c = 0
+    return np.clip(octaves / np.log2(bands[:, 1] / bands[:, 0])[None, :], 0.0, 1.0)
+
+
+def interval_buried_fraction(profile: SpectralProfile, intervals: tuple[tuple[int, int], ...],
+                             n_stages: int) -> np.ndarray:
+    """``beta_ns``: :func:`buried_fraction` averaged over each interval, shape (N, S)."""
+    beta = buried_fraction(profile, n_stages)
+    return np.stack([beta[lo:hi].mean(axis=0) for lo, hi in intervals])
 
 
 def _round_to_heads(shares: np.ndarray, base: ExpertSpec) -> tuple[float, ...]:
@@ -154,27 +197,28 @@ def _round_to_heads(shares: np.ndarray, base: ExpertSpec) -> tuple[float, ...]:
     return tuple(built)
 
 
-def attention_share_proposal(rho: np.ndarray, base: ExpertSpec, share_range: tuple[float, float] = SHARE_RANGE,
+def attention_share_proposal(level: np.ndarray, base: ExpertSpec, share_range: tuple[float, float] = SHARE_RANGE,
                              depth_weight: float = DEPTH_WEIGHT) -> tuple[tuple[float, ...], ...]:
     """Per expert (rows, lowest noise first) and stage: ``share_min + (share_max - share_min) *
-    ((1 - w) rho_n + w d_s)``, rounded to ``base``'s head grid (module docstring)."""
+    ((1 - w) level_ns + w d_s)``, rounded to ``base``'s head grid (module docstring). ``level``:
+    (N, S) buried fractions (:func:`interval_buried_fraction`), or (N,) one level per expert for
+    every stage."""
     lo, hi = share_range
     if not 0.0 <= lo <= hi <= 1.0 or not 0.0 <= depth_weight <= 1.0:
         raise PriorError(f"need 0 <= share_min <= share_max <= 1 and 0 <= depth weight <= 1, got "
                          f"{share_range} and {depth_weight}")
     S = base.n_stages
     depth = np.arange(S) / (S - 1) if S > 1 else np.zeros(1)
-    raw = lo + (hi - lo) * ((1 - depth_weight) * np.asarray(rho)[:, None] + depth_weight * depth[None, :])
+    level = np.asarray(level, dtype=np.float64)
+    level = level[:, None] if level.ndim == 1 else level
+    raw = lo + (hi - lo) * ((1 - depth_weight) * level + depth_weight * depth[None, :])
     return tuple(_round_to_heads(row, base) for row in raw)
 
 
 def soft_assignment_prior(n_experts: int) -> tuple[float, ...]:
-    """The paper's ``p = (0.8, 0.4, 0.2, 0.1)`` for N = 4, generalised geometrically:
-    ``p_n = 0.8 * (0.1 / 0.8)^(n / (N - 1))`` (lowest for the noisiest expert); ``(1.0,)`` for N = 1."""
-    if n_experts == 1:
-        return (1.0,)
-    ratio = P_NOISIEST / P_CLEANEST
-    return tuple(round(P_CLEANEST * ratio ** (n / (n_experts - 1)), 6) for n in range(n_experts))
+    """The paper's ``p = (0.8, 0.4, 0.2, 0.1)`` for N = 4, generalised geometrically (see
+    :func:`memekit.space.assignment.paper_soft_assignment`)."""
+    return paper_soft_assignment(n_experts)
 
 
 def _base_parts(base: MemeSpec | ExpertSpec) -> tuple[ExpertSpec, MemeSpec | None]:
@@ -192,10 +236,10 @@ def prior_spec(data: SpectralProfile | np.ndarray | torch.Tensor, n_experts: int
 
     ``data``: a :class:`SpectralProfile` or images (uint8 NHWC or float NCHW in [-1, 1]). The
     profile is re-evaluated under ``base``'s diffusion schedule. ``base`` supplies the expert
-    architecture (widths, stages, head grid, pools; a MemeSpec's first expert), the diffusion spec,
-    ``out_of_interval`` and, when it has ``n_experts`` experts, ``soft_assignment`` (otherwise
-    :func:`soft_assignment_prior`). Intervals: :func:`propose_intervals`; shares:
-    :func:`attention_share_proposal`.
+    architecture (widths, stages, head grid, pools; a MemeSpec's first expert), the diffusion spec
+    and ``out_of_interval``. Intervals: :func:`propose_intervals`; shares:
+    :func:`attention_share_proposal` of :func:`interval_buried_fraction`; p_n: the paper's
+    in-interval density kept on these intervals (module docstring).
     """
     expert, meme = _base_parts(base)
     diffusion_spec = meme.diffusion if meme is not None else DiffusionSpec()
@@ -206,13 +250,10 @@ def prior_spec(data: SpectralProfile | np.ndarray | torch.Tensor, n_experts: int
         raise PriorError(f"the base expert is at {expert.resolution} px but the data spectrum at "
                          f"{profile.resolution} px: build the base spec at {profile.resolution} px")
     intervals = propose_intervals(profile, n_experts, min_length)
-    shares = attention_share_proposal(interval_low_pass_level(profile, intervals), expert, share_range,
-                                      depth_weight)
-    if meme is not None and meme.n_experts == n_experts:
-        p, out_of_interval = meme.soft_assignment, meme.out_of_interval
-    else:
-        p = soft_assignment_prior(n_experts)
-        out_of_interval = meme.out_of_interval if meme is not None else "uniform-complement"
+    level = interval_buried_fraction(profile, intervals, expert.n_stages)
+    shares = attention_share_proposal(level, expert, share_range, depth_weight)
+    p = soft_assignment_for(intervals, paper_density(profile.timesteps, n_experts))
+    out_of_interval = meme.out_of_interval if meme is not None else "uniform-complement"
     if n_experts == 1:
         out_of_interval = "uniform-all"
     experts = tuple(dataclasses.replace(expert, attention_share=s) for s in shares)
@@ -221,13 +262,21 @@ def prior_spec(data: SpectralProfile | np.ndarray | torch.Tensor, n_experts: int
 
 
 def prior_frame(spec: MemeSpec, profile: SpectralProfile) -> pd.DataFrame:
-    """One row per expert: proposed and uniform interval, ``rho_n`` and built per-stage shares."""
+    """One row per expert: proposed and uniform interval, ``rho_n``, p_n and its in-interval density
+    (draws of one step per 1,000 images of the expert, beside ``meme-paper``'s over the same steps),
+    the per-stage buried fractions and the built per-stage shares."""
     uniform = uniform_intervals(profile.timesteps, spec.n_experts)
-    rho = interval_low_pass_level(profile.with_alpha_bar(Diffusion(spec.diffusion).alpha_bar), spec.intervals)
+    profile = profile.with_alpha_bar(Diffusion(spec.diffusion).alpha_bar)
+    rho = interval_low_pass_level(profile, spec.intervals)
+    beta = interval_buried_fraction(profile, spec.intervals, spec.experts[0].n_stages)
+    paper = paper_density(profile.timesteps, spec.n_experts)
     rows = []
     for n, (expert, iv, uv) in enumerate(zip(spec.experts, spec.intervals, uniform, strict=True)):
         row = {"expert": n, "start": iv[0], "end": iv[1], "uniform_start": uv[0], "uniform_end": uv[1],
-               "low_pass_level": rho[n], "p": spec.soft_assignment[n]}
+               "low_pass_level": rho[n], "p": spec.soft_assignment[n],
+               "density_per_1k": 1000 * spec.soft_assignment[n] / (iv[1] - iv[0]),
+               "paper_density_per_1k": 1000 * float(paper[iv[0]:iv[1]].mean())}
+        row.update({f"buried_stage{s}": v for s, v in enumerate(beta[n])})
         row.update({f"share_stage{s}": v for s, v in enumerate(expert.effective_attention_share())})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -121,11 +121,15 @@ def format_spectrum_summary(report: SpectralReport, source: str) -> str:
     lines += [_crossover_line(t, f_c[t], state[t]) for t in _sample_t(profile.timesteps)]
     lines.append(f"proposed boundaries: {list(spec.boundaries)}")
     lines.append(f"uniform boundaries:  {list(report.uniform_boundaries)}")
-    rho = report.priors["low_pass_level"].to_numpy()
-    for n, (expert, (lo, hi)) in enumerate(zip(spec.experts, spec.intervals, strict=True)):
+    lines.append("spectral prior per expert (buried: share of each stage's frequency band below the noise, "
+                 "averaged over the interval; density: draws of one step per 1,000 images of the expert, "
+                 "meme-paper's in brackets):")
+    for row, expert in zip(report.priors.itertuples(index=False), spec.experts, strict=True):
+        n_stages = expert.n_stages
+        buried = "/".join(f"{getattr(row, f'buried_stage{s}'):.2f}" for s in range(n_stages))
         shares = "/".join(f"{v:.3f}" for v in expert.effective_attention_share())
-        lines.append(f"  expert {n}: [{lo}, {hi})  low-pass level {rho[n]:.3f}  attention share by stage "
-                     f"{shares}  p = {spec.soft_assignment[n]:g}")
+        lines.append(f"  expert {row.expert}: [{row.start}, {row.end})  buried {buried}  attention share {shares}  "
+                     f"p = {row.p:g}  density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
     return "\n".join(lines)
 
 

@@ -19,11 +19,11 @@ rounded to the head grid. Experts are listed from the lowest noise (small t) to 
 
 from __future__ import annotations
 
+from .assignment import PAPER_SOFT_ASSIGNMENT
 from .errors import SpecError
 from .spec import DiffusionSpec, ExpertSpec, MemeSpec, uniform_intervals
 
 RESOLUTIONS = (32, 64)
-PAPER_SOFT_ASSIGNMENT = (0.8, 0.4, 0.2, 0.1)
 LDM_LIKE_SHARE = (0.0, 1.0, 1.0, 1.0)
 # per expert, lowest noise first; per stage, shallow to deep
 MEME_PAPER_SHARES = (

@@ -13,6 +13,7 @@ from memekit.analysis.priors import (
     PRIOR_NAME,
     PriorError,
     attention_share_proposal,
+    buried_fraction,
     interval_costs,
     interval_low_pass_level,
     low_pass_level,
@@ -147,13 +148,46 @@ def test_soft_assignment_prior_generalises_the_papers():
     assert soft_assignment_prior(1) == (1.0,)
 
 
+class FixedCrossover:
+    """A stand-in profile whose crossover frequency f_c(t) we choose."""
+
+    def __init__(self, f_c: list[float], resolution: int = 32) -> None:
+        self.f_c, self.resolution = np.array(f_c), resolution
+
+    def crossover(self):
+        return self.f_c, np.full(len(self.f_c), "crossed", dtype=object)
+
+
+def test_buried_fraction_closed_form():
+    # 32 px, 3 stages: bands [1/4, 1/2], [1/8, 1/4] and the deepest [1/32, 1/8] (two octaves)
+    f_c = [0.5, 0.5 / 2**0.5, 0.25, 0.125 / 2, 1 / 32, 0.0]
+    beta = buried_fraction(FixedCrossover(f_c), 3)
+    expected = [[0, 0, 0], [0.5, 0, 0], [1, 0, 0], [1, 1, 0.5], [1, 1, 1], [1, 1, 1]]
+    np.testing.assert_allclose(beta, expected, atol=1e-12)
+
+
+def test_four_experts_get_different_shares_on_natural_image_spectra():
+    for res in (32, 64):
+        spec = prior_spec(dead_leaves(64, res, seed=3), 4, get_preset("meme-paper", res))
+        shares = [e.attention_share for e in spec.experts]
+        assert len(set(shares)) == 4, shares
+        assert np.all(np.diff(np.array(shares), axis=0) >= 0)  # noisier: never less attention
+
+
+def paper_mass(lo: int, hi: int, T: int = 1000) -> float:
+    """Mass of the paper's in-interval density over [lo, hi): p_q per uniform quarter, spread evenly."""
+    p = (0.8, 0.4, 0.2, 0.1)
+    return sum(p[q] * max(0, min(hi, (q + 1) * T // 4) - max(lo, q * T // 4)) / (T // 4) for q in range(4))
+
+
 # ---- the prior spec ---------------------------------------------------------------------------------------
 def test_prior_spec_is_a_valid_meme_spec_on_the_base_architecture(profile, tmp_path):
     base = get_preset("meme-paper", 32)
     spec = prior_spec(profile, 4, base)
     assert isinstance(spec, MemeSpec) and spec.name == PRIOR_NAME == "spectral-prior"
     assert spec.n_experts == 4 and spec.diffusion == base.diffusion
-    assert spec.soft_assignment == base.soft_assignment and spec.out_of_interval == base.out_of_interval
+    assert spec.soft_assignment == pytest.approx([paper_mass(lo, hi) for lo, hi in spec.intervals])
+    assert spec.soft_assignment != base.soft_assignment and spec.out_of_interval == base.out_of_interval
     assert spec.intervals == propose_intervals(profile, 4)
     for expert in spec.experts:
         assert dataclasses.replace(expert, attention_share=base.experts[0].attention_share) == base.experts[0]
@@ -165,7 +199,10 @@ def test_prior_spec_from_images_and_expert_base():
     base = ExpertSpec(resolution=16, base_width=16, channel_mult=(1, 2), blocks_per_stage=(1, 1),
                       attention_share=(0.0, 0.5), head_dim=8, attention_pool=(1, 1))
     spec = prior_spec(dead_leaves(8, 16), 2, base)
-    assert spec.n_experts == 2 and spec.soft_assignment == (0.8, 0.1)
+    (lo0, hi0), (lo1, hi1) = spec.intervals
+    # N = 2: the paper's (0.8, 0.1) on halves [0, 500) and [500, 1000), density kept on the prior's split
+    assert spec.n_experts == 2 and spec.soft_assignment == pytest.approx(
+        (0.8 * hi0 / 500, 0.8 * (500 - lo1) / 500 + 0.1), rel=1e-5)
     single = prior_spec(dead_leaves(8, 16), 1, base)
     assert single.intervals == ((0, 1000),) and single.out_of_interval == "uniform-all"
 
