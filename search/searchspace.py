@@ -16,6 +16,14 @@ Parameters (names as Optuna records them):
 - widths: ``width_e{e}`` from ``width_choices`` (when given);
 - soft assignment: ``p_e{e}`` in ``[p_low, p_high]`` (when ``p_fixed`` is not given);
 - ``out_of_interval``: categorical when several are allowed.
+
+**Centred on the spectral prior** (``centre = "prior"``, the ``*-prior`` presets): the whole space
+narrows around the prior spec of the study instead of the prior being one warm-start trial.
+Boundaries shift around the prior's (``boundary_mode = "prior"``), each share chooses among the
+``share_window`` grid values on either side of the prior's share (nearest grid point) and each p_n
+lies within ``p_window`` of the prior's p_n (clipped to ``[p_low, p_high]``). The ranges depend on
+the prior, which is fixed per study (``STUDY_DIR/prior_spec.json``), so Optuna sees the same
+distributions in every trial.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from memekit.space.errors import MemekitError
 from memekit.space.spec import OUT_OF_INTERVAL
 
 BOUNDARY_MODES = ("uniform", "free", "prior")
+CENTRES = ("none", "prior")
 
 
 class SearchSpaceError(MemekitError, ValueError):
@@ -62,6 +71,9 @@ class SearchSpace:
     p_high: float = 1.0
     p_fixed: tuple[float, ...] | None = None
     out_of_interval: tuple[str, ...] = ("uniform-complement",)
+    centre: str = "none"  # "prior": shares and p_n searched around the spectral prior's (module docstring)
+    share_window: int = 1  # centre "prior": grid steps on either side of the prior's share
+    p_window: float = 0.15  # centre "prior": half-width of each p_n's range around the prior's
 
     def __post_init__(self) -> None:
         for name in ("n_experts", "share_grid", "width_choices", "p_fixed", "out_of_interval"):
@@ -78,6 +90,13 @@ class SearchSpace:
             raise SearchSpaceError(f"unknown boundary_mode {self.boundary_mode!r}: choose {', '.join(BOUNDARY_MODES)}")
         if self.boundary_mode == "prior" and len(self.n_experts) > 1:
             raise SearchSpaceError("boundary_mode 'prior' needs a fixed n_experts (the prior has one N)")
+        if self.centre not in CENTRES:
+            raise SearchSpaceError(f"unknown centre {self.centre!r}: choose {', '.join(CENTRES)}")
+        if self.centre == "prior" and (self.boundary_mode != "prior" or self.p_fixed is not None):
+            raise SearchSpaceError("centre 'prior' needs boundary_mode 'prior' and searched p_n (no p_fixed)")
+        if not isinstance(self.share_window, int) or self.share_window < 0 or not 0 < self.p_window <= 1:
+            raise SearchSpaceError(f"need share_window >= 0 (grid steps) and p_window in (0, 1], got "
+                                   f"{self.share_window!r} and {self.p_window!r}")
         if not isinstance(self.min_length, int) or self.min_length < 1 or self.min_length * max(self.n_experts) > T:
             raise SearchSpaceError(f"min_length {self.min_length!r} must be >= 1 and fit {max(self.n_experts)} "
                                    f"intervals into T = {T}")
@@ -151,6 +170,10 @@ SPACE_PRESETS: dict[str, dict[str, Any]] = {
     # a real study on 2 CPU cores: 4 small 3-stage experts at 32 px, free boundaries
     "cpu32": {"base_expert": _cpu32_expert().to_dict(), "n_experts": [4], "boundary_mode": "free",
               "min_length": 50, "share_grid": [0.0, 0.25, 0.5, 0.75, 1.0]},
+    # the same, centred on the spectral prior (boundaries, shares and p_n around the prior's)
+    "cpu32-prior": {"base_expert": _cpu32_expert().to_dict(), "n_experts": [4], "boundary_mode": "prior",
+                    "min_length": 50, "share_grid": [0.0, 0.25, 0.5, 0.75, 1.0], "centre": "prior"},
+    "meme-prior": {"base_preset": "meme-paper", "n_experts": [4], "boundary_mode": "prior", "centre": "prior"},
     # CPU-sized: 2 tiny experts of 2 stages, for tests, the quickstart and notebooks
     "tiny": {"base_expert": _tiny_expert(16).to_dict(), "n_experts": [2], "boundary_mode": "free",
              "min_length": 100, "share_grid": [0.0, 0.5, 1.0], "p_low": 0.3, "p_high": 1.0},
@@ -206,6 +229,36 @@ def _boundaries(trial: Any, space: SearchSpace, n: int, prior: MemeSpec | None) 
     return [0] + project_cuts(cuts, T, space.min_length) + [T]
 
 
+def _centred(space: SearchSpace, prior: MemeSpec | None) -> MemeSpec | None:
+    if space.centre != "prior":
+        return None
+    if prior is None:
+        raise SearchSpaceError("a space centred on the prior needs the study's spectral prior spec")
+    return prior
+
+
+def share_choices(space: SearchSpace, prior: MemeSpec | None, expert: int, stage: int) -> list[float]:
+    """The share grid, or (centred on the prior) its ``share_window`` values on either side of the
+    grid point nearest to the prior's share of this expert and stage."""
+    grid = list(space.share_grid)
+    centre = _centred(space, prior)
+    if centre is None:
+        return grid
+    value = centre.experts[expert].attention_share[stage]
+    i = min(range(len(grid)), key=lambda k: abs(grid[k] - value))
+    return grid[max(0, i - space.share_window):i + space.share_window + 1]
+
+
+def p_range(space: SearchSpace, prior: MemeSpec | None, expert: int) -> tuple[float, float]:
+    """``[p_low, p_high]``, or (centred on the prior) the prior's p_n +- ``p_window`` within it."""
+    centre = _centred(space, prior)
+    if centre is None:
+        return space.p_low, space.p_high
+    p = centre.soft_assignment[expert]
+    low, high = max(space.p_low, p - space.p_window), min(space.p_high, p + space.p_window)
+    return (low, high) if low < high else (space.p_low, space.p_high)
+
+
 def project_cuts(cuts: list[int], total: int, min_length: int) -> list[int]:
     """Move interior cut points the least so that every interval is >= ``min_length`` long."""
     n = len(cuts) + 1
@@ -224,7 +277,7 @@ def sample(trial: Any, space: SearchSpace, prior: MemeSpec | None = None) -> Mem
     base = space.base_expert
     experts = []
     for e in range(n):
-        shares = tuple(float(trial.suggest_categorical(f"share_e{e}_s{s}", list(space.share_grid)))
+        shares = tuple(float(trial.suggest_categorical(f"share_e{e}_s{s}", share_choices(space, prior, e, s)))
                        for s in range(base.n_stages))
         width = base.base_width
         if space.width_choices:
@@ -235,7 +288,7 @@ def sample(trial: Any, space: SearchSpace, prior: MemeSpec | None = None) -> Mem
     elif n == 1:
         p = (1.0,)
     else:
-        p = tuple(trial.suggest_float(f"p_e{e}", space.p_low, space.p_high) for e in range(n))
+        p = tuple(trial.suggest_float(f"p_e{e}", *p_range(space, prior, e)) for e in range(n))
     ooi = space.out_of_interval[0]
     if len(space.out_of_interval) > 1:
         ooi = trial.suggest_categorical("out_of_interval", list(space.out_of_interval))
@@ -272,12 +325,13 @@ def params_for(spec: MemeSpec, space: SearchSpace, prior: MemeSpec | None = None
             params[f"boundary_shift{k}"] = max(-radius, min(radius, b - b0))
     for e, expert in enumerate(spec.experts):
         for s, share in enumerate(expert.attention_share[: space.base_expert.n_stages]):
-            params[f"share_e{e}_s{s}"] = min(space.share_grid, key=lambda g, v=share: abs(g - v))
+            params[f"share_e{e}_s{s}"] = min(share_choices(space, prior, e, s), key=lambda g, v=share: abs(g - v))
         if space.width_choices:
             params[f"width_e{e}"] = min(space.width_choices, key=lambda w, v=expert.base_width: abs(w - v))
     if space.p_fixed is None and n > 1:
         for e, p in enumerate(spec.soft_assignment):
-            params[f"p_e{e}"] = min(max(p, space.p_low), space.p_high)
+            low, high = p_range(space, prior, e)
+            params[f"p_e{e}"] = min(max(p, low), high)
     if len(space.out_of_interval) > 1 and n > 1:
         params["out_of_interval"] = (spec.out_of_interval if spec.out_of_interval in space.out_of_interval
                                      else space.out_of_interval[0])
