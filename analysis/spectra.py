@@ -363,3 +363,53 @@ def spectrum_frame(profile: SpectralProfile) -> pd.DataFrame:
         "expected_power": profile.expected_power.ravel(),
         "snr": profile.snr.ravel(),
     })
+
+
+class LogSpectralDistance(NamedTuple):
+    """How far one image set's radial power spectrum is from another's, in dB (see
+    :func:`log_spectral_distance`). Band values are signed: positive = A has too much power."""
+
+    lsd: float  # sqrt(mean_k (10 log10(P_a(k) / P_b(k)))^2) over all bins
+    low: float  # mean of 10 log10(P_a / P_b) over the low band's bins (NaN if it has none)
+    mid: float
+    high: float
+
+
+def log_spectral_distance_of_spectra(power_a: np.ndarray, power_b: np.ndarray, frequency: np.ndarray,
+                                     edges: tuple[float, float] = BAND_EDGES) -> LogSpectralDistance:
+    """LSD between two radial power spectra ``(K,)`` on the bins ``frequency`` (cycles per pixel):
+    ``r(k) = 10 log10(P_a(k) / P_b(k))`` dB, ``lsd = sqrt(mean_k r(k)^2)`` and the mean of ``r`` per
+    band (``f < edges[0]``, ``edges[0] <= f < edges[1]``, ``f >= edges[1]``, as
+    :func:`band_energy_fractions`). A bin without power on either side has no log ratio: error."""
+    power_a, power_b = np.asarray(power_a, dtype=np.float64), np.asarray(power_b, dtype=np.float64)
+    frequency = np.asarray(frequency, dtype=np.float64)
+    if power_a.shape != power_b.shape or power_a.shape != frequency.shape or power_a.ndim != 1:
+        raise SpectrumError(f"spectra must share one (K,) frequency axis, got {power_a.shape}, {power_b.shape} "
+                            f"and {frequency.shape}")
+    empty = ~((power_a > 0) & (power_b > 0) & np.isfinite(power_a) & np.isfinite(power_b))
+    if empty.any():
+        raise SpectrumError(f"no power (or not finite) at f = {frequency[empty][0]:.4g} cycles/pixel: the "
+                            f"log-spectral distance needs images with detail at every frequency (constant images?)")
+    ratio_db = 10.0 * np.log10(power_a / power_b)  # (K,)
+    band = np.searchsorted(np.asarray(edges), frequency, side="right")  # 0 low, 1 mid, 2 high
+    means = [float(ratio_db[band == b].mean()) if (band == b).any() else float("nan") for b in range(3)]
+    return LogSpectralDistance(float(np.sqrt(np.mean(ratio_db ** 2))), *means)
+
+
+def log_spectral_distance(images_a: np.ndarray, images_b: np.ndarray, batch_size: int = 256,
+                          device: torch.device | str = "cpu") -> LogSpectralDistance:
+    """Log-spectral distance of two uint8 ``(N, R, R, C)`` image sets at the same resolution: their
+    RAPSDs (:func:`data_power_spectrum`: model range [-1, 1], mean over images and channels)
+    compared by :func:`log_spectral_distance_of_spectra`. Scaling every image by ``c`` around the
+    model range's 0 scales every bin's power by ``c^2``: ``20 log10 c`` dB in every band."""
+    for name, images in (("A", images_a), ("B", images_b)):
+        if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and len(images)):
+            got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+            raise SpectrumError(f"log-spectral distance: {name} must be a non-empty uint8 (N, R, R, C) array, got {got}")
+    if images_a.shape[1:] != images_b.shape[1:]:
+        raise SpectrumError(f"log-spectral distance needs images of one size, got {images_a.shape[1:]} vs "
+                            f"{images_b.shape[1:]} (H, W, C)")
+    bins = radial_bins(_square_size(tuple(images_a.shape[1:3])))
+    power_a = data_power_spectrum(images_a, batch_size=batch_size, device=device)
+    power_b = data_power_spectrum(images_b, batch_size=batch_size, device=device)
+    return log_spectral_distance_of_spectra(power_a, power_b, bins.frequency)

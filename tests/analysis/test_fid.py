@@ -1,5 +1,6 @@
-"""FID: closed forms of the Fréchet distance, weights lookup, statistics files, the CLI, and
-agreement with ``python -m pytorch_fid`` and with the TorchScript TF-2015 Inception port.
+"""FID: closed forms of the Fréchet distance, weights lookup, statistics and features files, the
+cache, the clean protocol against clean-fid's resizer, and agreement with ``python -m pytorch_fid``
+and with the TorchScript TF-2015 Inception port (the CLI: test_fid_cli.py).
 
 Every test points ``$MEMEKIT_CACHE`` and ``$TORCH_HOME`` at tmp_path, so nothing is written to the
 real caches; the converted weights are made once per session in tmp_path_factory.
@@ -7,7 +8,6 @@ real caches; the converted weights are made once per session in tmp_path_factory
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from fid_helpers import hide_fid_helper, random_stats, use_pooled_pixels, write_folder
 from pytorch_fid.inception import InceptionV3
 
 from memekit.analysis import fid as fidlib
@@ -29,11 +29,14 @@ from memekit.analysis.fid import (
     PYTORCH_FID_WEIGHTS_NAME,
     InceptionStats,
     InceptionWeights,
+    clean_resize,
     data_source,
+    features,
     fid,
     frechet_distance,
     inception_model,
     inception_statistics,
+    load_features,
     load_statistics,
     resolve_inception_weights,
     save_statistics,
@@ -87,40 +90,24 @@ def model_of() -> Callable[[Path], InceptionV3]:
 
 
 @pytest.fixture
+def fake_inception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return use_pooled_pixels(tmp_path, monkeypatch)
+
+
+@pytest.fixture
 def reuse_models(model_of: Callable[[Path], InceptionV3], monkeypatch: pytest.MonkeyPatch) -> None:
     """Let fid()/statistics() take the session's network instead of building their own."""
     monkeypatch.setattr(fidlib, "inception_model", lambda weights, device=None: model_of(weights.path))
 
 
-def _write_folder(folder: Path, n: int, seed: int, noise: float) -> np.ndarray:
-    """n 32x32 PNGs of random sinusoids plus noise; returns them as uint8 (n, 32, 32, 3)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32] / 32
-    images = []
-    for i in range(n):
-        waves = np.stack([np.sin(2 * np.pi * (rng.uniform(0.5, 3) * xx + rng.uniform())),
-                          np.cos(2 * np.pi * rng.uniform(0.5, 3) * yy), xx * yy], axis=-1)
-        img = np.clip(127.5 + 100 * waves + rng.normal(0, noise, (32, 32, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"{i:03d}.png")
-        images.append(img)
-    return np.stack(images)
-
-
-def _random_stats(d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=(d, d))
-    return rng.normal(size=d), a @ a.T / d + 0.1 * np.eye(d)  # SPD covariance
-
-
 # ---- Fréchet distance: closed forms -------------------------------------------------------------
 def test_frechet_distance_of_identical_statistics_is_zero() -> None:
-    mu, sigma = _random_stats(16, seed=0)
+    mu, sigma = random_stats(16, seed=0)
     assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
 
 
 def test_frechet_distance_with_equal_covariances_is_squared_mean_difference() -> None:
-    mu1, sigma = _random_stats(16, seed=1)
+    mu1, sigma = random_stats(16, seed=1)
     mu2 = mu1 + np.random.default_rng(2).normal(size=16)
     expected = float(np.sum((mu1 - mu2) ** 2))
     assert frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(expected, rel=1e-7)
@@ -136,14 +123,14 @@ def test_frechet_distance_of_diagonal_covariances() -> None:
 
 
 def test_frechet_distance_rejects_mismatched_shapes() -> None:
-    mu, sigma = _random_stats(4, seed=4)
+    mu, sigma = random_stats(4, seed=4)
     with pytest.raises(MemekitError, match="shape"):
         frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])
 
 
 # ---- statistics files ---------------------------------------------------------------------------
 def test_statistics_npz_round_trip(tmp_path: Path) -> None:
-    mu, sigma = _random_stats(8, seed=5)
+    mu, sigma = random_stats(8, seed=5)
     stats = InceptionStats(mu, sigma, 123, "folder:abc", 32, "user file /x.pth")
     loaded = load_statistics(save_statistics(tmp_path / "ref.npz", stats))
     np.testing.assert_array_equal(loaded.mu, mu)
@@ -154,7 +141,7 @@ def test_statistics_npz_round_trip(tmp_path: Path) -> None:
 
 
 def test_pytorch_fid_statistics_file_loads(tmp_path: Path) -> None:
-    mu, sigma = _random_stats(8, seed=6)
+    mu, sigma = random_stats(8, seed=6)
     np.savez_compressed(tmp_path / "pf.npz", mu=mu, sigma=sigma)  # what pytorch-fid --save-stats writes
     loaded = load_statistics(tmp_path / "pf.npz")
     assert (loaded.n, loaded.weights_label, loaded.resolution) == (None, "", 0)
@@ -164,7 +151,7 @@ def test_pytorch_fid_statistics_file_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", ["missing sigma", "bad shape", "not an npz"])
 def test_bad_statistics_files_raise_one_line(tmp_path: Path, content: str) -> None:
     path = tmp_path / "bad.npz"
-    mu, sigma = _random_stats(8, seed=7)
+    mu, sigma = random_stats(8, seed=7)
     if content == "missing sigma":
         np.savez(path, mu=mu)
     elif content == "bad shape":
@@ -177,14 +164,8 @@ def test_bad_statistics_files_raise_one_line(tmp_path: Path, content: str) -> No
 
 
 # ---- weights lookup -----------------------------------------------------------------------------
-def _hide_fid_helper(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == fidlib.FID_HELPER_PACKAGE else real(name, *a))
-
-
 def test_no_weights_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    _hide_fid_helper(monkeypatch)
+    hide_fid_helper(monkeypatch)
     with pytest.raises(MemekitError) as err:
         resolve_inception_weights()
     message = str(err.value)
@@ -194,7 +175,7 @@ def test_no_weights_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_weights_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # only existence matters for the lookup, so empty files stand in for weights
-    _hide_fid_helper(monkeypatch)
+    hide_fid_helper(monkeypatch)
     converted = tmp_path / "memekit-cache" / "fid" / fidlib.CONVERTED_WEIGHTS_NAME
     converted.parent.mkdir(parents=True)
     converted.touch()
@@ -249,8 +230,8 @@ print(repr(result.value), result.n_a, result.n_b, result.weights_label, sep="|")
 
 def test_fid_of_folders_matches_python_m_pytorch_fid(tmp_path: Path, weights_path: Path) -> None:
     dir1, dir2 = tmp_path / "a", tmp_path / "b"
-    _write_folder(dir1, 20, seed=0, noise=20)
-    _write_folder(dir2, 20, seed=1, noise=60)
+    write_folder(dir1, 20, seed=0, noise=20)
+    write_folder(dir2, 20, seed=1, noise=60)
     torch_home = tmp_path / "pf-torch-home"
     (torch_home / "hub" / "checkpoints").mkdir(parents=True)
     (torch_home / "hub" / "checkpoints" / PYTORCH_FID_WEIGHTS_NAME).symlink_to(weights_path)
@@ -281,7 +262,7 @@ def test_fid_of_folders_matches_python_m_pytorch_fid(tmp_path: Path, weights_pat
 
 def test_folder_array_and_tensor_inputs_agree(tmp_path: Path, weights_path: Path, model_of,
                                               reuse_models: None) -> None:
-    images = _write_folder(tmp_path / "imgs", 3, seed=2, noise=40)
+    images = write_folder(tmp_path / "imgs", 3, seed=2, noise=40)
     from_folder = statistics(tmp_path / "imgs", batch_size=2, device="cpu", weights=weights_path)
     from_array = statistics(images, batch_size=2, device="cpu", weights=weights_path)
     model = model_of(weights_path)
@@ -293,19 +274,27 @@ def test_folder_array_and_tensor_inputs_agree(tmp_path: Path, weights_path: Path
     assert from_folder.n == from_array.n == 3 and from_folder.resolution == 32
 
 
-def test_data_source_statistics_are_cached(tmp_path: Path, weights_path: Path, reuse_models: None,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    first = statistics("builtin:shapes:3", resolution=16, device="cpu", weights=weights_path)
-    cached = list((tmp_path / "memekit-cache" / "fid" / "stats").glob("*.npz"))
-    assert len(cached) == 1 and first.n == 3 and first.resolution == 16
+def test_data_source_features_are_cached(tmp_path: Path, weights_path: Path, reuse_models: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    first = features("builtin:shapes:3", resolution=16, device="cpu", weights=weights_path)
+    cached = list((tmp_path / "memekit-cache" / "fid" / "features").glob("*.npz"))
+    assert len(cached) == 1 and first.n == 3 and first.resolution == 16 and first.protocol == "pytorch-fid"
+    assert first.features.dtype == np.float32 and first.features.shape == (3, fidlib.FEATURE_DIM)
 
     def no_model(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the cached statistics should be used")
+        raise AssertionError("the cached features should be used")
 
     monkeypatch.setattr(fidlib, "inception_model", no_model)
-    second = statistics("builtin:shapes:3", resolution=16, device="cpu", weights=weights_path)
-    np.testing.assert_array_equal(second.sigma, first.sigma)
-    assert second.fingerprint == first.fingerprint and second.weights_label == first.weights_label
+    second = features("builtin:shapes:3", resolution=16, device="cpu", weights=weights_path)
+    np.testing.assert_array_equal(second.features, first.features)
+    assert (second.fingerprint, second.weights_label) == (first.fingerprint, first.weights_label)
+    # statistics derive from the cached features: float64 mean and np.cov, as pytorch-fid
+    stats = statistics("builtin:shapes:3", resolution=16, device="cpu", weights=weights_path)
+    np.testing.assert_array_equal(stats.mu, first.features.astype(np.float64).mean(axis=0))
+    np.testing.assert_array_equal(stats.sigma, np.cov(first.features.astype(np.float64), rowvar=False))
+    # the protocol is part of the key: the clean protocol needs its own Inception pass
+    with pytest.raises(AssertionError, match="cached features"):
+        features("builtin:shapes:3", resolution=16, device="cpu", weights=weights_path, protocol="clean")
 
 
 def test_data_prefix_reads_a_folder_through_the_loader(tmp_path: Path, weights_path: Path, reuse_models: None) -> None:
@@ -313,7 +302,7 @@ def test_data_prefix_reads_a_folder_through_the_loader(tmp_path: Path, weights_p
     folder, which pytorch-fid reads as is: at 16 px it must equal the statistics of load_images."""
     from memekit.analysis.data import load_images
 
-    _write_folder(tmp_path / "imgs", 4, seed=3, noise=30)  # 32 x 32 files
+    write_folder(tmp_path / "imgs", 4, seed=3, noise=30)  # 32 x 32 files
     via_prefix = statistics(data_source(str(tmp_path / "imgs")), resolution=16, device="cpu", weights=weights_path)
     loaded = load_images(str(tmp_path / "imgs"), 16, progress=False)
     direct = statistics(loaded, device="cpu", weights=weights_path)
@@ -326,7 +315,7 @@ def test_data_prefix_reads_a_folder_through_the_loader(tmp_path: Path, weights_p
 
 
 def test_bad_inputs_raise_before_any_inference(tmp_path: Path) -> None:
-    _write_folder(tmp_path / "few", 3, seed=0, noise=10)
+    write_folder(tmp_path / "few", 3, seed=0, noise=10)
     with pytest.raises(MemekitError, match="fewer than n=5"):
         statistics(tmp_path / "few", n=5)
     with pytest.raises(MemekitError, match="does not exist"):
@@ -337,41 +326,68 @@ def test_bad_inputs_raise_before_any_inference(tmp_path: Path) -> None:
         statistics("builtin:shapes:3")  # nothing to take the resolution from
 
 
-# ---- CLI ----------------------------------------------------------------------------------------
-@pytest.fixture
-def cli_main(monkeypatch: pytest.MonkeyPatch):
-    """memekit's CLI main with only the fid command registered (other commands are not under test)."""
-    from memekit.search import cli
+# ---- features files and protocols ---------------------------------------------------------------
+def test_saved_features_serve_fid_kid_and_pytorch_fid(tmp_path: Path, fake_inception: Path) -> None:
+    from pytorch_fid.fid_score import compute_statistics_of_path
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("cli_fid",))
-    return cli.main
+    from memekit.analysis.kid import kid
+
+    write_folder(tmp_path / "a", 6, seed=0, noise=20)
+    write_folder(tmp_path / "b", 6, seed=1, noise=60)
+    options = dict(device="cpu", weights=fake_inception)
+    feats = features(tmp_path / "a", **options)
+    save_statistics(tmp_path / "a.npz", feats.statistics, feats)
+    mu, sigma = compute_statistics_of_path(str(tmp_path / "a.npz"), None, 1, 12, "cpu")  # pytorch-fid's reader
+    np.testing.assert_array_equal(mu, feats.statistics.mu)
+    np.testing.assert_array_equal(sigma, feats.statistics.sigma)
+    again = load_features(tmp_path / "a.npz")
+    np.testing.assert_array_equal(again.features, feats.features)
+    assert (again.n, again.protocol, again.weights_label) == (6, "pytorch-fid", f"user file {fake_inception}")
+    from_folder = fid(tmp_path / "a", tmp_path / "b", **options)
+    from_file = fid(tmp_path / "a.npz", tmp_path / "b", **options)
+    assert from_file.value == from_folder.value and from_file.features_a is not None
+    assert kid(from_file.features_a, from_file.features_b) == kid(from_folder.features_a, from_folder.features_b)
+    # a statistics-only file still gives FID, but no features and no KID (one-line errors)
+    save_statistics(tmp_path / "s.npz", feats.statistics)
+    stats_only = fid(tmp_path / "s.npz", tmp_path / "b", **options)
+    assert stats_only.value == pytest.approx(from_folder.value, rel=1e-12) and stats_only.features_a is None
+    for call in (lambda: features(tmp_path / "s.npz"), lambda: kid(stats_only.stats_a, stats_only.features_b)):
+        with pytest.raises(MemekitError, match=r"statistics \(mu, sigma\) only") as err:
+            call()
+        assert "\n" not in str(err.value)
+    # a file computed under one protocol is refused under another
+    with pytest.raises(MemekitError, match="pass --protocol pytorch-fid"):
+        fid(tmp_path / "a.npz", tmp_path / "b", protocol="clean", **options)
 
 
-def test_cli_fid_of_statistics_files(tmp_path: Path, cli_main, capsys: pytest.CaptureFixture) -> None:
-    mu1, sigma = _random_stats(8, seed=9)
-    mu2 = mu1 + 0.5
-    save_statistics(tmp_path / "a.npz", InceptionStats(mu1, sigma, 10, "", 0, "w"))
-    save_statistics(tmp_path / "b.npz", InceptionStats(mu2, sigma, 12, "", 0, "w"))
-    code = cli_main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
-                     "--save-stats", str(tmp_path / "copy.npz")])
-    out = capsys.readouterr().out.splitlines()
-    assert code == 0
-    assert out[0] == f"FID {8 * 0.25:.3f} (n=10 vs 12; weights: w)"  # equal covariances: |d mu|^2
-    np.testing.assert_array_equal(load_statistics(tmp_path / "copy.npz").mu, mu2)
+def test_clean_resize_matches_clean_fid() -> None:
+    resize = pytest.importorskip("cleanfid.resize")
+    reference = resize.make_resizer("PIL", False, "bicubic", (299, 299))
+    rng = np.random.default_rng(0)
+    for shape in ((32, 32, 3), (17, 17, 3), (64, 48, 3)):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        ours, theirs = clean_resize(image), reference(image)
+        assert ours.dtype == np.float32 and ours.shape == theirs.shape == (299, 299, 3)
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+        assert not np.array_equal(ours, np.round(ours))  # not quantised
 
 
-@pytest.mark.parametrize("case", ["missing folder", "unreadable npz", "no weights"])
-def test_cli_errors_are_one_line_exit_2(tmp_path: Path, cli_main, capsys: pytest.CaptureFixture,
-                                        monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    _write_folder(tmp_path / "imgs", 2, seed=0, noise=10)
-    if case == "missing folder":
-        argv = ["fid", str(tmp_path / "imgs"), str(tmp_path / "missing")]
-    elif case == "unreadable npz":
-        (tmp_path / "bad.npz").write_bytes(b"garbage")
-        argv = ["fid", str(tmp_path / "imgs"), str(tmp_path / "bad.npz")]
-    else:
-        _hide_fid_helper(monkeypatch)
-        argv = ["fid", str(tmp_path / "imgs"), str(tmp_path / "imgs")]
-    assert cli_main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("memekit: error: ") and err.count("\n") == 1
+def test_clean_protocol_feeds_clean_fid_resized_images(tmp_path: Path, weights_path: Path, model_of,
+                                                       reuse_models: None) -> None:
+    """protocol="clean" = clean-fid's resizer, / 255, then pytorch-fid's network, whose bilinear
+    resize is the identity at 299."""
+    resize = pytest.importorskip("cleanfid.resize").make_resizer("PIL", False, "bicubic", (299, 299))
+    images = write_folder(tmp_path / "imgs", 2, seed=4, noise=30)  # uint8 (2, 32, 32, 3)
+    x = torch.rand(1, 3, 299, 299, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False), x)
+    model = model_of(weights_path)
+    batch = torch.from_numpy(np.stack([resize(img) for img in images])).permute(0, 3, 1, 2) / 255
+    with torch.no_grad():
+        expected = model(batch.contiguous())[0].flatten(1).numpy()  # (2, 2048)
+    clean = features(images, device="cpu", weights=weights_path, protocol="clean")
+    np.testing.assert_allclose(clean.features, expected, rtol=0, atol=1e-5)
+    assert clean.protocol == "clean"
+    plain = features(images, device="cpu", weights=weights_path)  # bilinear from 32 px: another number
+    assert np.abs(plain.features - clean.features).max() > 1e-2
+
+
