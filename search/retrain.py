@@ -121,6 +121,7 @@ def std(values: Sequence[float]) -> float:
 
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON, written atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)

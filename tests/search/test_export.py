@@ -68,7 +68,8 @@ def fabricate_study(study_dir: Path, points: Sequence[dict], objective: str = "m
     """A study as ``memekit search`` leaves it, with chosen values instead of proxy training.
 
     Each point: ``quality`` (and ``cost`` when multi-objective), optional ``feasible`` (default
-    True), ``state`` ("COMPLETE" or "PRUNED"), ``warm_start`` and ``tampered`` (the recorded spec
+    True), ``state`` ("COMPLETE" or "PRUNED"), ``warm_start``, ``attrs`` (more user attrs) and
+    ``tampered`` (the recorded spec
     is not the one its params give). Parameters are real draws from the ``tiny`` space, so every
     trial's spec can be rebuilt.
     """
@@ -92,6 +93,8 @@ def fabricate_study(study_dir: Path, points: Sequence[dict], objective: str = "m
         trial.set_user_attr("params_total", 1000 + trial.number)
         if point.get("warm_start"):
             trial.set_user_attr("warm_start", point["warm_start"])
+        for key, value in point.get("attrs", {}).items():  # recorded proxy figures (val_loss, val_rel, ...)
+            trial.set_user_attr(key, value)
         trial.set_constraint("budget", -1.0 if point.get("feasible", True) else 0.5)
         if point.get("state") == "PRUNED":
             study.tell(trial, state=TrialState.PRUNED)

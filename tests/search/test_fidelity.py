@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -252,3 +253,66 @@ def test_budget_not_longer_is_one_line(tmp_path: Path, cli: Cli) -> None:
 def test_missing_study_dir_is_one_line(tmp_path: Path, cli: Cli) -> None:
     code, _, err = cli("fidelity", tmp_path / "nowhere", "--top", "3", "--images", str(LONG))
     assert_one_line_error(code, err, contains="does not exist")
+
+
+# ---- long runs scored by sample quality ------------------------------------------------------------------
+class FakeSampleMetrics:
+    """Stands in for ``memekit.search.metrics.sample_metrics``: KID and FID by trial number."""
+
+    def __init__(self, kid: dict[int, float]) -> None:
+        self.kid, self.calls = kid, []
+
+    def __call__(self, run: Any, reference: str, n: int, steps: int = 25, seeds: int = 1, **kwargs: Any):
+        name = Path(run).name
+        number = int(name.split("-")[1])
+        self.calls.append((name, reference, n, steps))
+        kid = self.kid[number] + (0.01 * int(name.rsplit("-", 1)[1]) if "seed" in name else 0.0)
+        return SimpleNamespace(to_dict=lambda: {"kid_mean": kid, "fid_mean": 100 * kid, "n": n})
+
+
+KID_POINTS = [  # proxy val_loss orders 0 < 3 < 4 < 1; val_rel orders 3 < 0 < 1 < 4
+    {"quality": 1.0, "cost": 4.0, "attrs": {"val_loss": 1.0, "val_rel": 0.2}},
+    {"quality": 4.0, "cost": 1.0, "attrs": {"val_loss": 4.0, "val_rel": 0.3}},
+    {"quality": 2.0, "cost": 3.0, "attrs": {"val_loss": 2.0, "val_rel": 0.1}},
+    {"quality": 3.0, "cost": 2.0, "attrs": {"val_loss": 3.0, "val_rel": 0.4}},
+]
+
+
+def test_kid_target_ranks_every_recorded_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import memekit.search.metrics as metrics_module
+    from memekit.search.retrain import Target
+
+    fabricate_study(tmp_path / "study", KID_POINTS)
+    monkeypatch.setattr(retrain_module, "train", FakeTrain({0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8}))
+    fake = FakeSampleMetrics({0: 0.05, 1: 0.08, 2: 0.02, 3: 0.09})  # KID orders 2 < 0 < 1 < 3
+    monkeypatch.setattr(metrics_module, "sample_metrics", fake)
+    target = Target("kid", n=10, steps=3, reference="builtin:shapes")
+    result = proxy_fidelity(tmp_path / "study", k=4, images=LONG, target=target, noise_seeds=2)
+    assert result.target == "kid10" and result.trials == (0, 2, 3, 1)
+    assert result.long == pytest.approx((0.05, 0.02, 0.09, 0.08))
+    assert result.long_val_loss == pytest.approx((0.5, 0.7, 0.8, 0.6))
+    assert set(result.agreements) == {"val_loss", "val_rel"}
+    for name, proxy in (("val_loss", [1.0, 2.0, 3.0, 4.0]), ("val_rel", [0.2, 0.1, 0.4, 0.3])):
+        assert result.proxies[name] == pytest.approx(proxy)
+        assert result.agreements[name].kendall_tau == pytest.approx(stats.kendalltau(proxy, result.long).statistic)
+    # the seed noise of the target: trial 0 at seeds 0, 1, 2 scores 0.05, 0.06, 0.07
+    assert result.noise["long_kid10"] == pytest.approx([0.05, 0.06, 0.07])
+    assert result.noise["long_noise_std"] == pytest.approx(0.01)
+    assert all(call[1:] == ("builtin:shapes", 10, 3) for call in fake.calls) and len(fake.calls) == 6
+    saved = json.loads((tmp_path / "study" / "fidelity-kid.json").read_text())
+    assert saved["target"] == "kid10" and saved["agreements"]["val_rel"]["kendall_tau"] == pytest.approx(
+        result.agreements["val_rel"].kendall_tau)
+    proxy_fidelity(tmp_path / "study", k=4, images=LONG, target=target, noise_seeds=2)
+    assert len(fake.calls) == 6  # scores are cached in each run folder
+
+
+def test_unknown_or_incomplete_targets_fail_with_one_line(tmp_path: Path, cli: Cli) -> None:
+    from memekit.search.retrain import RetrainError, Target
+
+    with pytest.raises(RetrainError, match="unknown target"):
+        Target("lpips")
+    with pytest.raises(RetrainError, match="reference set"):
+        Target("kid", n=10, steps=3, reference="")
+    fabricate_study(tmp_path / "study", POINTS)
+    code, out, err = cli("fidelity", str(tmp_path / "study"), "--images", str(LONG), "--target", "lpips")
+    assert code == 2 and "invalid choice" in err and out == ""

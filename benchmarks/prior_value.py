@@ -1,0 +1,205 @@
+"""Does the spectral prior speed up the search? A controlled experiment, repeatable with one command.
+
+Five arms, each run as S independent studies (study seed s = 0..S-1 seeds both the sampler and the
+proxy training), N small-proxy trials each, everything else equal:
+
+    random          RandomSampler, space cpu32, no warm start
+    tpe             TPE, space cpu32, no warm start
+    tpe+meme-paper  TPE, space cpu32, the paper's hand-set configuration enqueued first
+    tpe+prior       TPE, space cpu32, the spectral prior enqueued first
+    prior-centred   TPE, space cpu32-prior (boundaries, shares and p_n around the prior), prior first
+
+After every trial it records the best quality so far and the hypervolume of the feasible
+(quality, trajectory GMACs) points, with one reference point for all arms and seeds (the worst
+quality and cost seen anywhere, plus 1 % of their ranges). Output: ``OUT/results.json``,
+``OUT/prior_value.png`` (mean +- standard error over seeds), a markdown table on stdout and in
+``OUT/table.md``: final best and hypervolume, and the trials each arm needs to reach the random
+sampler's final best of the same seed (mean over seeds; a seed that never reaches it counts as
+N + 1 and is reported).
+
+    python benchmarks/prior_value.py --data ../shared/data/utkface/crop_part1 --out runs/prior_value \
+        --seeds 5 --trials 24 --proxy-images 768 --max-minutes 170
+
+Rerunning resumes: finished trials are kept, an interrupted study continues where it stopped, and
+``--max-minutes`` stops cleanly between trials. ``--report`` redraws from the saved studies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+ARMS = {
+    "random": {"sampler": "random", "space": "cpu32", "warm_start": ()},
+    "tpe": {"sampler": "tpe", "space": "cpu32", "warm_start": ()},
+    "tpe+meme-paper": {"sampler": "tpe", "space": "cpu32", "warm_start": ("meme-paper",)},
+    "tpe+prior": {"sampler": "tpe", "space": "cpu32", "warm_start": ("prior",)},
+    "prior-centred": {"sampler": "tpe", "space": "cpu32-prior", "warm_start": ("prior",)},
+}
+
+
+def study_config(args: argparse.Namespace, arm: str, seed: int):
+    from memekit.search.study import SearchConfig
+
+    return SearchConfig(study_dir=str(Path(args.out) / arm / f"seed-{seed}"), data=args.data, n_trials=args.trials,
+                        quality=args.quality, preconditioning=args.preconditioning, proxy_images=args.proxy_images,
+                        proxy_batch=args.proxy_batch, proxy_lr=args.proxy_lr, proxy_warmup_images=0,
+                        val_images=args.val_images, seed=seed, workers=1, device="cpu", **ARMS[arm])
+
+
+def run_arm_seed(args: argparse.Namespace, arm: str, seed: int, deadline: float) -> bool:
+    """Run (or resume) one study trial by trial; False when the deadline stopped it."""
+    from memekit.search.study import count_trials, open_study, run_search
+
+    config = study_config(args, arm, seed)
+    done = 0
+    if (Path(config.study_dir) / "study.journal").is_file():
+        done, _ = count_trials(open_study(config, seed))
+    for k in range(done + 1, args.trials + 1):
+        if time.time() > deadline:
+            return False
+        run_search(dataclasses.replace(config, n_trials=k), progress=False)
+        print(f"{arm} seed {seed}: {k}/{args.trials} trials", flush=True)
+    return True
+
+
+def trajectories(args: argparse.Namespace) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """(quality, cost) of every finished trial in trial order (inf for infeasible), per arm and seed."""
+    from memekit.search.export import is_feasible, load_study
+
+    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for arm in ARMS:
+        for seed in range(args.seeds):
+            folder = Path(args.out) / arm / f"seed-{seed}"
+            if not (folder / "study.journal").is_file():
+                continue
+            study = load_study(folder).study
+            points = [(t.values[0], t.values[1]) if is_feasible(t) else (math.inf, math.inf)
+                      for t in sorted(study.trials, key=lambda t: t.number) if t.values is not None]
+            out.setdefault(arm, {})[seed] = points[: args.trials]
+    return out
+
+
+def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (both objectives minimised) and bounded by ``reference``."""
+    inside = sorted((q, c) for q, c in points if q < reference[0] and c < reference[1])
+    area, best_cost = 0.0, reference[1]
+    for q, c in inside:  # by quality; each point adds the strip below the best cost so far
+        if c < best_cost:
+            area += (reference[0] - q) * (best_cost - c)
+            best_cost = c
+    return area
+
+
+def curves(data: dict, trials: int) -> tuple[dict, tuple[float, float]]:
+    finite = [p for arm in data.values() for pts in arm.values() for p in pts if math.isfinite(p[0])]
+    qs, cs = np.array([p[0] for p in finite]), np.array([p[1] for p in finite])
+    reference = (qs.max() + 0.01 * np.ptp(qs), cs.max() + 0.01 * np.ptp(cs))
+    out = {}
+    for arm, seeds in data.items():
+        best, hv = [], []
+        for pts in seeds.values():
+            quality = [p[0] for p in pts]
+            best.append(np.minimum.accumulate(quality) if quality else np.array([]))
+            hv.append(np.array([hypervolume_2d(pts[:k + 1], reference) for k in range(len(pts))]))
+        out[arm] = {"best": best, "hv": hv, "seeds": list(seeds)}
+    return out, reference
+
+
+def trials_to_reach(best: np.ndarray, target: float, trials: int) -> int:
+    hits = np.nonzero(best <= target + 1e-12)[0]
+    return int(hits[0]) + 1 if len(hits) else trials + 1
+
+
+def table(curve: dict, trials: int) -> list[str]:
+    random_final = dict(zip(curve["random"]["seeds"], (b[-1] for b in curve["random"]["best"]), strict=True))
+    lines = ["| arm | seeds | final best (mean +- SE) | final hypervolume (mean +- SE) | trials to reach random's "
+             "final best (mean +- SE) | seeds that never reach it |", "|---|---|---|---|---|---|"]
+    for arm, c in curve.items():
+        full = [i for i, b in enumerate(c["best"]) if len(b) == trials]
+        if not full:
+            continue
+        finals = np.array([c["best"][i][-1] for i in full])
+        hvs = np.array([c["hv"][i][-1] for i in full])
+        reach = np.array([trials_to_reach(c["best"][i], random_final[c["seeds"][i]], trials) for i in full
+                          if c["seeds"][i] in random_final])
+        se = (lambda v: v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan)
+        never = int((reach > trials).sum())
+        lines.append(f"| {arm} | {len(full)} | {finals.mean():.4f} +- {se(finals):.4f} | {hvs.mean():.4f} +- "
+                     f"{se(hvs):.4f} | {reach.mean():.1f} +- {se(reach):.1f} | {never} |")
+    return lines
+
+
+def plot(curve: dict, trials: int, quality: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, c in curve.items():
+        for ax, key in zip(axes, ("best", "hv"), strict=True):
+            full = np.array([v for v in c[key] if len(v) == trials])
+            if not len(full):
+                continue
+            x = np.arange(1, trials + 1)
+            mean = full.mean(axis=0)
+            se = full.std(axis=0, ddof=1) / math.sqrt(len(full)) if len(full) > 1 else np.zeros(trials)
+            ax.plot(x, mean, label=f"{arm} ({len(full)} seeds)")
+            ax.fill_between(x, mean - se, mean + se, alpha=0.2)
+    axes[0].set(xlabel="trial", ylabel=f"best {quality} so far", title="best proxy quality (mean +- SE)")
+    axes[1].set(xlabel="trial", ylabel="hypervolume (quality, GMACs)", title="hypervolume (mean +- SE)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="training images")
+    p.add_argument("--out", required=True, help="folder of the studies and results")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
+    p.add_argument("--quality", default="val-rel", help="study objective (val or val-rel)")
+    p.add_argument("--preconditioning", default="wiener")
+    p.add_argument("--proxy-images", type=int, default=768)
+    p.add_argument("--proxy-batch", type=int, default=16)
+    p.add_argument("--proxy-lr", type=float, default=1e-3)
+    p.add_argument("--val-images", type=int, default=128)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly between trials after M minutes")
+    p.add_argument("--report", action="store_true", help="only redraw the table and plot from the studies")
+    args = p.parse_args()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    deadline = time.time() + 60 * args.max_minutes if args.max_minutes else math.inf
+    if not args.report:
+        for seed in range(args.seeds):  # seeds outermost: every arm gets its seed s before any gets s + 1
+            for arm in args.arms.split(","):
+                if not run_arm_seed(args, arm, seed, deadline):
+                    print(f"stopped after --max-minutes {args.max_minutes}: rerun to resume")
+                    break
+            else:
+                continue
+            break
+    data = trajectories(args)
+    curve, reference = curves(data, args.trials)
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps({"arms": {a: {str(s): pts for s, pts in d.items()}
+                                                           for a, d in data.items()},
+                                                  "reference": reference, "args": vars(args)}, indent=1) + "\n")
+    plot(curve, args.trials, args.quality, out / "prior_value.png")
+    lines = table(curve, args.trials) if "random" in curve else ["(no random arm yet)"]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
