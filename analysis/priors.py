@@ -10,9 +10,12 @@ the optimal linear denoiser's gain at f, i.e. the share of x_t's power at f that
 steps with similar g face similar problems and can share an expert. Time-steps are cut into N
 contiguous intervals ``[b_n, b_{n+1})`` minimising the total within-interval spread
 
-    cost(l, r) = sum_{t in [l, r)} || g(t, .) - mean_{s in [l, r)} g(s, .) ||^2
+    cost(l, r) = sum_{t in [l, r)} sum_k n_k (g(t, f_k) - mean_{s in [l, r)} g(s, f_k))^2
 
-(sum over the K radial bins), by dynamic programming in O(N T^2) with prefix sums, subject to a
+(sum over every integer-radius ring k of the FFT grid, the partial rings of the corners beyond the
+Nyquist radius included, each weighted by its number of coefficients n_k: a ring counts in
+proportion to the image's degrees of freedom it holds, so the many high-frequency coefficients
+are not outvoted by the few low ones), by dynamic programming in O(N T^2) with prefix sums, subject to a
 minimum interval length. This is ANT's interval clustering (Go et al. 2023, "Addressing negative
 transfer in diffusion models", NeurIPS; there ``cost(l, r) = sum_t |SNR(t) - SNR(centre)|`` on the
 scalar SNR) applied to a spectral profile. The log-SNR profile would not do: ``log SNR(t, f) =
@@ -40,9 +43,12 @@ band, the four experts of a 32 or 64 px prior differ stage by stage (the older s
 with depth ``d_s = s / (S - 1)`` (0 for S = 1): MEME's two rules (more attention for noisier
 intervals and, as in iFormer, for deeper stages), w weighing iFormer's depth rule against the
 spectrum. Shares are rounded to whole heads of the base expert as in
-``ExpertSpec.attention_channels`` (and raised where rounding would give a deeper stage less
-attention than the stage above it). Since f_c(t) is non-increasing in t and f_s halves with
-depth, beta and every share are non-decreasing in the noise level and in depth.
+``ExpertSpec.attention_channels`` (raised where rounding alone would give a deeper stage less
+attention than the stage above it). Since f_c(t) is non-increasing in t, beta and every share are
+non-decreasing in the noise level. In depth the two rules can disagree: once a noisy interval
+has buried the finest band, the shallowest stage gets more attention than a deeper stage whose
+band is still signal, and the proposal keeps that (it is what the spectrum says; the search
+decides).
 
 **Soft assignment.** The prior's p_n keep the paper's in-interval *density* rather than its
 probabilities (:func:`memekit.space.assignment.soft_assignment_for` with
@@ -65,7 +71,7 @@ from memekit.space.assignment import paper_density, paper_soft_assignment, soft_
 from memekit.space.errors import MemekitError
 from memekit.space.spec import intervals_from_boundaries
 
-from .spectra import SpectralProfile, spectral_profile, spectrum_frame, summary_frame
+from .spectra import SpectralProfile, snr, spectral_profile, spectrum_frame, summary_frame
 
 PRIOR_NAME = "spectral-prior"
 SHARE_RANGE = (0.25, 1.0)
@@ -136,13 +142,43 @@ def default_min_length(timesteps: int, n_intervals: int) -> int:
     return max(1, timesteps // (4 * n_intervals))
 
 
-def propose_intervals(profile: SpectralProfile, n_intervals: int,
-                      min_length: int | None = None) -> tuple[tuple[int, int], ...]:
-    """Intervals from the DP segmentation of the Wiener-gain profile ``g(t, f)`` (module docstring)."""
+def propose_intervals(profile: SpectralProfile, n_intervals: int, min_length: int | None = None,
+                      equal_mass: bool = False) -> tuple[tuple[int, int], ...]:
+    """Intervals from the DP segmentation of the Wiener-gain profile ``g(t, f)`` (module docstring),
+    each ring weighted by its coefficient count, corners included; ``equal_mass``: instead, equal
+    mass per interval under the paper's training density (:func:`equal_mass_boundaries`)."""
     if min_length is None:
         min_length = default_min_length(profile.timesteps, n_intervals)
-    boundaries = segment_profile(wiener_gain(profile.snr), n_intervals, min_length)
+    if equal_mass:
+        return intervals_from_boundaries(equal_mass_boundaries(paper_density(profile.timesteps, 4), n_intervals,
+                                                               min_length))
+    boundaries = segment_profile(weighted_gain_profile(profile), n_intervals, min_length)
     return intervals_from_boundaries(boundaries)
+
+
+def weighted_gain_profile(profile: SpectralProfile) -> np.ndarray:
+    """``sqrt(n_k) g(t, f_k)`` over every ring (corners included), shape (T, K'): squared distances
+    between rows then weigh each ring by its coefficient count ``n_k``, i.e. by its share of the
+    image's degrees of freedom (unweighted, the few coefficients of the low rings counted as much as
+    the many of the high ones)."""
+    _, counts, power = profile.all_rings
+    return wiener_gain(snr(power, profile.alpha_bar)) * np.sqrt(counts)[None, :]
+
+
+def equal_mass_boundaries(density: np.ndarray, n_intervals: int, min_length: int = 1) -> tuple[int, ...]:
+    """Boundaries ``(0, b_1, ..., T)`` cutting ``density`` (T,) into intervals of equal mass (each cut
+    at the first step where the cumulative mass reaches k / N of the total), then moved the least
+    so every interval keeps ``min_length`` steps."""
+    T = len(density)
+    if n_intervals * max(min_length, 1) > T:
+        raise PriorError(f"{n_intervals} intervals of at least {min_length} steps do not fit in T = {T}")
+    cumulative = np.cumsum(density) / np.sum(density)
+    cuts = [int(np.searchsorted(cumulative, k / n_intervals - 1e-12)) + 1 for k in range(1, n_intervals)]
+    out: list[int] = []
+    for k, c in enumerate(cuts, start=1):
+        low = (out[-1] if out else 0) + min_length
+        out.append(min(max(c, low), T - (n_intervals - k) * min_length))
+    return (0, *out, T)
 
 
 def low_pass_level(profile: SpectralProfile) -> np.ndarray:
@@ -186,12 +222,15 @@ def interval_buried_fraction(profile: SpectralProfile, intervals: tuple[tuple[in
 
 def _round_to_heads(shares: np.ndarray, base: ExpertSpec) -> tuple[float, ...]:
     """Per-stage shares -> built shares ``heads * head_dim / width`` (``ExpertSpec.attention_channels``
-    rounding), each raised to at least the stage above it (next whole head up)."""
+    rounding); where the proposed share of a stage is at least its shallower neighbour's, the built
+    one is raised to at least that neighbour's (next whole head up), so rounding never inverts an
+    order the proposal had."""
     built: list[float] = []
-    for s, share in enumerate(np.clip(shares, 0.0, 1.0)):
+    raw = np.clip(shares, 0.0, 1.0)
+    for s, share in enumerate(raw):
         width = base.stage_width(s)
         heads = math.floor(share * width / base.head_dim + 0.5)
-        if built:  # keep deeper >= shallower after rounding
+        if built and share >= raw[s - 1]:
             heads = max(heads, math.ceil(built[-1] * width / base.head_dim - 1e-9))
         built.append(heads * base.head_dim / width)
     return tuple(built)
@@ -231,7 +270,8 @@ def _base_parts(base: MemeSpec | ExpertSpec) -> tuple[ExpertSpec, MemeSpec | Non
 
 def prior_spec(data: SpectralProfile | np.ndarray | torch.Tensor, n_experts: int,
                base: MemeSpec | ExpertSpec, min_length: int | None = None,
-               share_range: tuple[float, float] = SHARE_RANGE, depth_weight: float = DEPTH_WEIGHT) -> MemeSpec:
+               share_range: tuple[float, float] = SHARE_RANGE, depth_weight: float = DEPTH_WEIGHT,
+               equal_mass: bool = False) -> MemeSpec:
     """The spectral prior as a full :class:`MemeSpec` named ``"spectral-prior"``.
 
     ``data``: a :class:`SpectralProfile` or images (uint8 NHWC or float NCHW in [-1, 1]). The
@@ -249,7 +289,7 @@ def prior_spec(data: SpectralProfile | np.ndarray | torch.Tensor, n_experts: int
     if profile.resolution != expert.resolution:
         raise PriorError(f"the base expert is at {expert.resolution} px but the data spectrum at "
                          f"{profile.resolution} px: build the base spec at {profile.resolution} px")
-    intervals = propose_intervals(profile, n_experts, min_length)
+    intervals = propose_intervals(profile, n_experts, min_length, equal_mass)
     level = interval_buried_fraction(profile, intervals, expert.n_stages)
     shares = attention_share_proposal(level, expert, share_range, depth_weight)
     p = soft_assignment_for(intervals, paper_density(profile.timesteps, n_experts))
@@ -296,11 +336,12 @@ class SpectralReport:
 
 def spectral_report(images: np.ndarray | torch.Tensor, base: MemeSpec, n_experts: int,
                     min_length: int | None = None, batch_size: int = 256,
-                    device: torch.device | str = "cpu", progress: bool = False) -> SpectralReport:
+                    device: torch.device | str = "cpu", progress: bool = False,
+                    equal_mass: bool = False) -> SpectralReport:
     """One pass over ``images`` under ``base``'s schedule, then every table and the prior spec."""
     alpha_bar = Diffusion(base.diffusion).alpha_bar
     profile = spectral_profile(images, alpha_bar, batch_size=batch_size, device=device, progress=progress)
-    spec = prior_spec(profile, n_experts, base, min_length=min_length)
+    spec = prior_spec(profile, n_experts, base, min_length=min_length, equal_mass=equal_mass)
     uniform = uniform_intervals(profile.timesteps, n_experts)
     return SpectralReport(profile=profile, summary=summary_frame(profile), spectrum=spectrum_frame(profile),
                           prior=spec, priors=prior_frame(spec, profile),

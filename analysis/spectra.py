@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memekit.space.errors import MemekitError
+from memekit.space.precondition import ring_index
 
 from .data import to_model_range
 
@@ -63,15 +64,16 @@ class RadialBins(NamedTuple):
     frequency: np.ndarray  # (K,) ring radius in cycles per pixel, k / R for k = 1..R//2
 
 
-def radial_bins(size: int) -> RadialBins:
+def radial_bins(size: int, corners: bool = False) -> RadialBins:
     """Bins of an ``size x size`` FFT grid: coefficient ``(ky, kx)`` (signed integer frequencies,
-    ``numpy.fft.fftfreq(size) * size``) goes to ring ``k = floor(sqrt(ky^2 + kx^2) + 1/2)``; rings
-    ``1..size//2`` are kept as bins ``0..K-1``, the DC ring and the corners go to bin ``K``."""
+    ``numpy.fft.fftfreq(size) * size``) goes to ring ``k = floor(sqrt(ky^2 + kx^2) + 1/2)``
+    (:func:`memekit.space.precondition.ring_index`); rings ``1..size//2`` are kept as bins
+    ``0..K-1``, the DC ring (and, unless ``corners``, the partial rings of the corners beyond the
+    Nyquist radius) go to bin ``K``. ``corners=True`` keeps every ring ``1..ring_count(size) - 1``."""
     if not isinstance(size, int | np.integer) or size < 2:
         raise SpectrumError(f"spectra need images of at least 2 x 2 pixels, got size {size!r}")
-    k = np.fft.fftfreq(size) * size  # signed integer frequencies
-    ring = np.floor(np.hypot(k[:, None], k[None, :]) + 0.5).astype(np.int64)
-    n_bins = size // 2
+    ring = ring_index(int(size))
+    n_bins = int(ring.max()) if corners else size // 2
     index = np.where((ring >= 1) & (ring <= n_bins), ring - 1, n_bins)
     counts = np.bincount(index.ravel(), minlength=n_bins + 1)[:n_bins]
     frequency = np.arange(1, n_bins + 1, dtype=np.float64) / size
@@ -172,19 +174,20 @@ def _sum_power(x: torch.Tensor) -> torch.Tensor:
 
 
 def data_power_spectrum(images: np.ndarray | torch.Tensor, batch_size: int = 256,
-                        device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+                        device: torch.device | str = "cpu", progress: bool = False,
+                        corners: bool = False) -> np.ndarray:
     """``P_0(f)``: the RAPSD averaged over all images and channels, from ONE pass over the data.
 
     The power ``|F x_0|^2`` is summed over images and channels on ``device`` and binned once at the
     end (binning commutes with the average). The mean is not subtracted here: it only moves the
     DC coefficient, which no bin holds, so the result equals the mean of :func:`rapsd`.
-    Returns float64 ``(R // 2,)``.
+    Returns float64 ``(R // 2,)``, or with ``corners`` every ring (:func:`radial_bins`).
     """
     total, count, bins = None, 0, None
     batches = _model_range_batches(images, batch_size, device)
     for x0 in tqdm(batches, total=-(-len(images) // batch_size), desc="spectrum", unit="batch",
                    disable=not progress, leave=False):
-        bins = bins or radial_bins(_square_size(tuple(x0.shape)))
+        bins = bins or radial_bins(_square_size(tuple(x0.shape)), corners)
         power = _sum_power(x0)
         total = power if total is None else total + power
         count += x0.shape[0] * x0.shape[1]
@@ -294,10 +297,21 @@ class SpectralProfile:
     alpha_bar: np.ndarray  # (T,)
     n_images: int
     resolution: int
+    corner_power: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # rings past R // 2
+    corner_counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def timesteps(self) -> int:
         return len(self.alpha_bar)
+
+    @property
+    def all_rings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(frequency, counts, data_power)`` of every ring, the corners beyond the Nyquist radius
+        included (their partial rings reach ``f = sqrt(2) / 2``): every coefficient but DC once."""
+        k = len(self.frequency) + np.arange(1, len(self.corner_power) + 1)
+        return (np.concatenate([self.frequency, k / self.resolution]),
+                np.concatenate([self.counts, self.corner_counts]),
+                np.concatenate([self.data_power, self.corner_power]))
 
     @property
     def expected_power(self) -> np.ndarray:
@@ -321,12 +335,13 @@ class SpectralProfile:
 def spectral_profile(images: np.ndarray | torch.Tensor, alpha_bar: np.ndarray, batch_size: int = 256,
                      device: torch.device | str = "cpu", progress: bool = False) -> SpectralProfile:
     """One pass over ``images`` (see :func:`data_power_spectrum`) -> :class:`SpectralProfile`."""
-    size = images.shape[1] if images.dtype in (np.uint8, torch.uint8) else images.shape[-1]
-    bins = radial_bins(int(size))
-    power = data_power_spectrum(images, batch_size=batch_size, device=device, progress=progress)
-    return SpectralProfile(frequency=bins.frequency, counts=bins.counts, data_power=power,
+    size = int(images.shape[1] if images.dtype in (np.uint8, torch.uint8) else images.shape[-1])
+    bins = radial_bins(size, corners=True)
+    power = data_power_spectrum(images, batch_size=batch_size, device=device, progress=progress, corners=True)
+    k = size // 2
+    return SpectralProfile(frequency=bins.frequency[:k], counts=bins.counts[:k], data_power=power[:k],
                            alpha_bar=np.asarray(alpha_bar, dtype=np.float64), n_images=len(images),
-                           resolution=int(size))
+                           resolution=size, corner_power=power[k:], corner_counts=bins.counts[k:])
 
 
 def summary_frame(profile: SpectralProfile, edges: tuple[float, float] = BAND_EDGES) -> pd.DataFrame:
@@ -335,17 +350,18 @@ def summary_frame(profile: SpectralProfile, edges: tuple[float, float] = BAND_ED
     fractions of E P_t) and ``signal_{low,mid,high}`` (share of each band's energy that is signal,
     ``alpha_bar sum n_k P_0 / sum n_k E P_t``)."""
     ab = profile.alpha_bar
-    expected = profile.expected_power
+    frequency, counts, data_power = profile.all_rings  # the corners belong to the high band
+    expected = expected_noisy_spectrum(data_power, ab)
     f_c, state = profile.crossover()
-    energy = band_energy_fractions(expected, profile.frequency, profile.counts, edges)
-    band = np.searchsorted(np.asarray(edges), profile.frequency, side="right")
+    energy = band_energy_fractions(expected, frequency, counts, edges)
+    band = np.searchsorted(np.asarray(edges), frequency, side="right")
     frame = pd.DataFrame({"t": np.arange(len(ab)), "alpha_bar": ab,
                           "log_snr": np.log(ab) - np.log1p(-ab),
                           "crossover_frequency": f_c, "crossover": state})
     for b, name in enumerate(BAND_NAMES):
         frame[f"energy_{name}"] = energy[:, b]
-    signal = ab[:, None] * profile.data_power[None] * profile.counts
-    total = expected * profile.counts
+    signal = ab[:, None] * data_power[None] * counts
+    total = expected * counts
     for b, name in enumerate(BAND_NAMES):
         in_band = band == b
         with np.errstate(invalid="ignore"):

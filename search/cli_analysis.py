@@ -65,7 +65,7 @@ def _spectrum_config(args: argparse.Namespace, base: MemeSpec) -> dict:
     return {"command": "spectrum", "data": args.data, "resolution": args.resolution, "limit": args.limit,
             "base": args.base, "schedule": base.diffusion.schedule, "timesteps": T,
             "n_experts": args.n_experts,
-            "min_length": min_length,
+            "min_length": min_length, "equal_mass": args.equal_mass,
             "batch_size": args.batch_size, "device": args.device, "out": str(args.out)}
 
 
@@ -142,7 +142,8 @@ def _spectrum(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
     images = load_images(args.data, args.resolution, limit=args.limit, progress=True)
-    report = spectral_report(images, base, args.n_experts, min_length=args.min_length, batch_size=args.batch_size,
+    report = spectral_report(images, base, args.n_experts, min_length=args.min_length, equal_mass=args.equal_mass,
+                             batch_size=args.batch_size,
                              device=_device(args.device), progress=True)
     written = write_spectrum_report(report, out, config)
     print(format_spectrum_summary(report, args.data))
@@ -243,8 +244,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-experts", type=positive_int, default=4, help="number of intervals / experts (default 4)")
     p.add_argument("--min-length", type=positive_int, default=None,
                    help="minimum interval length in steps (default T // (4 N))")
+    p.add_argument("--equal-mass", action="store_true",
+                   help="intervals of equal training mass under the paper's density instead of the spectral "
+                        "segmentation (shares and p_n still from the spectrum and the density)")
     p.add_argument("--base", default=DEFAULT_BASE, metavar="NAME|SPEC.json",
-                   help=f"spec whose architecture, diffusion and p_n the prior reuses (default {DEFAULT_BASE})")
+                   help=f"spec whose architecture and diffusion the prior reuses (default {DEFAULT_BASE})")
     p.add_argument("--batch-size", type=positive_int, default=256)
     _common(p, limit=None)
     p.set_defaults(run=_spectrum)

@@ -24,7 +24,7 @@ from memekit.analysis.priors import (
     spectral_report,
     wiener_gain,
 )
-from memekit.analysis.spectra import spectral_profile
+from memekit.analysis.spectra import snr, spectral_profile
 from memekit.space import (
     Diffusion,
     ExpertSpec,
@@ -218,3 +218,29 @@ def test_spectral_report_tables(profile):
     assert report.uniform_boundaries == (0, 250, 500, 750, 1000)
     assert list(report.priors["start"]) == [iv[0] for iv in report.prior.intervals]
     assert len(report.summary) == 1000 and len(report.spectrum) == 1000 * 16
+
+
+def test_segmentation_weighs_each_ring_by_its_coefficient_count(profile):
+    """The DP minimises sum_t sum_k n_k (g - mean g)^2 over all rings: brute force on a short schedule."""
+    import itertools
+
+    short = profile.with_alpha_bar(profile.alpha_bar[::50])  # T = 20
+    _, counts, power = short.all_rings
+    g = wiener_gain(snr(power, short.alpha_bar))
+
+    def cost(bounds):
+        return sum((counts * (g[lo:hi] - g[lo:hi].mean(axis=0)) ** 2).sum()
+                   for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
+
+    best = min(((0, *c, 20) for c in itertools.combinations(range(2, 19), 2)
+                if all(b - a >= 2 for a, b in zip((0, *c), (*c, 20), strict=True))), key=cost)
+    assert tuple(iv[0] for iv in propose_intervals(short, 3, min_length=2)) + (20,) == best
+
+
+def test_equal_mass_intervals_split_the_papers_density_evenly(profile):
+    # the paper's density: 0.8 / 250 per step in [0, 250), 0.4 / 250 in [250, 500), ...; total 1.5
+    intervals = propose_intervals(profile, 4, equal_mass=True)
+    cumulative = np.cumsum(np.repeat([0.8, 0.4, 0.2, 0.1], 250) / 250)
+    for k, (lo, _) in enumerate(intervals[1:], start=1):  # first step where the mass reaches k * 1.5 / 4
+        assert lo == int(np.argmax(cumulative >= k * 1.5 / 4 - 1e-12)) + 1
+    assert [iv[0] for iv in intervals] == [0, 118, 235, 454]

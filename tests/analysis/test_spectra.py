@@ -217,3 +217,24 @@ def test_summary_frame_for_a_unit_spectrum():
     tidy = spectrum_frame(profile)
     assert len(tidy) == T * len(bins.counts)
     np.testing.assert_allclose(tidy["expected_power"], 1.0)
+
+
+def test_profile_keeps_the_corners_and_every_coefficient_but_dc_once():
+    """The partial rings beyond the Nyquist radius are kept beside the full rings: with them the
+    count-weighted power is the whole pixel energy (Parseval), with no band limit needed."""
+    size = 16
+    images = dead_leaves(8, size, seed=1)
+    profile = spectral_profile(images, alpha_bar("cosine", 20))
+    frequency, counts, power = profile.all_rings
+    assert counts.sum() == size * size - 1 and frequency[-1] == pytest.approx(11 / 16)  # ring 11 = round(8 sqrt 2)
+    assert len(profile.frequency) == size // 2  # the plotted RAPSD stays on full rings
+    x = to_model_range(images).double().numpy()
+    energy = ((x - x.mean(axis=(2, 3), keepdims=True)) ** 2).sum(axis=(2, 3)).mean()
+    np.testing.assert_allclose((power * counts).sum(), energy, rtol=1e-6)
+    # white noise: the high band's energy share is its share of the non-DC coefficients, corners included
+    noise = np.random.default_rng(0).normal(size=(64, 3, size, size)).astype(np.float32)
+    frame = summary_frame(spectral_profile(noise, alpha_bar("cosine", 20)))
+    k = np.fft.fftfreq(size) * size
+    f = np.floor(np.hypot(k[:, None], k[None, :]) + 0.5) / size
+    high = ((f >= BAND_EDGES[1]) & (f > 0)).sum() / (size * size - 1)
+    assert frame["energy_high"].iloc[-1] == pytest.approx(high, rel=0.03)
