@@ -141,6 +141,29 @@ def sample_stage(out: Path, config: QuickstartConfig, run_dir: Path) -> Path:
         return save_image_grid(data["images"], out / "5-samples.png")
 
 
+PRIOR_SENTENCE = ("The spectral prior is memekit's starting configuration measured from this data: interval "
+                  "boundaries where the per-frequency signal-to-noise ratio of the noisy inputs changes most, "
+                  "per-stage attention shares from how much of each stage's frequency band the noise buries in "
+                  "the interval, and p_n that keep the paper's per-step training density.")
+
+
+def warm_start_sentences(search: SearchConfig) -> str:
+    """Two sentences for the report: what the prior is, and how it fared against the other warm starts
+    of the study (proxy quality and its rank among the finished trials)."""
+    study = open_study(search, seed=search.seed, create=False)
+    finished = sorted((t for t in study.trials if t.values and t.values[0] < float("inf")), key=lambda t: t.values[0])
+    warm = {t.user_attrs["warm_start"]: t for t in finished if t.user_attrs.get("warm_start")}
+    if "prior" not in warm:
+        return PRIOR_SENTENCE
+    name = (study.metric_names or search.metric_names())[0]
+    others = ", ".join(f"{w} {t.values[0]:.4f} (rank {finished.index(t) + 1})" for w, t in warm.items() if w != "prior")
+    prior = warm["prior"]
+    return (f"{PRIOR_SENTENCE} In this study it scored {name} {prior.values[0]:.4f} (rank {finished.index(prior) + 1} "
+            f"of {len(finished)} finished trials; lower is better) against {others or 'no other warm start'}, "
+            "single proxy runs whose differences below the seed noise do not rank anything "
+            "(`memekit rerank` repeats them).")
+
+
 def report_stage(out: Path, prior: MemeSpec, search: SearchConfig, best: optuna.trial.FrozenTrial,
                  export_dir: Path, run_dir: Path, grid: Path, seconds: float) -> Path:
     """OUT/REPORT.md: what ran, what was found, where every artefact is."""
@@ -165,6 +188,8 @@ Spectral prior boundaries {list(prior.boundaries)} (uniform: {uniform}).
 ![crossover](1-spectrum/crossover.png)
 
 ## 2-3. Search and export
+{warm_start_sentences(search)}
+
 Best feasible Pareto trial: #{best.number} ({best.user_attrs.get('warm_start') or 'found by the sampler'}),
 proxy validation loss {best.values[0]:.4f}, trajectory {best.values[1]:.3f} GMACs (50 DDIM steps;
 single-large at this resolution: {large.trajectory_macs / 1e9:.3f} GMACs).

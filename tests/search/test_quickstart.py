@@ -31,6 +31,11 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     assert len(finished) == 3
     # the three warm starts ran first, each once
     assert sorted(t.user_attrs.get("warm_start") for t in finished) == ["meme-paper", "multi-same", "prior"]
+    # the report says what the prior is and where it ranked among the finished trials
+    ranked = sorted(finished, key=lambda t: t.values[0])
+    prior_trial = next(t for t in finished if t.user_attrs.get("warm_start") == "prior")
+    assert "The spectral prior is memekit's starting configuration" in report
+    assert f"val_loss {prior_trial.values[0]:.4f} (rank {ranked.index(prior_trial) + 1} of 3" in report
 
     # a rerun resumes: no new trials, the same prior, a fresh report
     (out / "REPORT.md").unlink()
