@@ -154,9 +154,9 @@ def _tiny_expert(resolution: int) -> ExpertSpec:
                       attention_share=(0.0, 1.0), head_dim=8, attention_pool=(2, 1))
 
 
-def _cpu32_expert() -> ExpertSpec:
+def _cpu32_expert(head_dim: int = 8) -> ExpertSpec:
     return ExpertSpec(resolution=32, base_width=16, channel_mult=(1, 2, 2), blocks_per_stage=(1, 1, 1),
-                      attention_share=(0.0, 1.0, 1.0), head_dim=8, attention_pool=(2, 1, 1))
+                      attention_share=(0.0, 1.0, 1.0), head_dim=head_dim, attention_pool=(2, 1, 1))
 
 
 SPACE_PRESETS: dict[str, dict[str, Any]] = {
@@ -174,6 +174,12 @@ SPACE_PRESETS: dict[str, dict[str, Any]] = {
     "cpu32-prior": {"base_expert": _cpu32_expert().to_dict(), "n_experts": [4], "boundary_mode": "prior",
                     "min_length": 50, "share_grid": [0.0, 0.25, 0.5, 0.75, 1.0], "centre": "prior"},
     "meme-prior": {"base_preset": "meme-paper", "n_experts": [4], "boundary_mode": "prior", "centre": "prior"},
+    # the CPU evidence backbone: cpu32 with 4-channel heads (shares on a 1/4 grid at every stage), the
+    # backbone of memekit.space.presets.backbone_presets' CPU table (single-large = width 28, ~2.8x MACs)
+    "cpu32b": {"base_expert": _cpu32_expert(4).to_dict(), "n_experts": [4], "boundary_mode": "free",
+               "min_length": 50, "share_grid": [0.0, 0.25, 0.5, 0.75, 1.0]},
+    "cpu32b-prior": {"base_expert": _cpu32_expert(4).to_dict(), "n_experts": [4], "boundary_mode": "prior",
+                     "min_length": 50, "share_grid": [0.0, 0.25, 0.5, 0.75, 1.0], "centre": "prior"},
     # CPU-sized: 2 tiny experts of 2 stages, for tests, the quickstart and notebooks
     "tiny": {"base_expert": _tiny_expert(16).to_dict(), "n_experts": [2], "boundary_mode": "free",
              "min_length": 100, "share_grid": [0.0, 0.5, 1.0], "p_low": 0.3, "p_high": 1.0},

@@ -19,6 +19,8 @@ rounded to the head grid. Experts are listed from the lowest noise (small t) to 
 
 from __future__ import annotations
 
+import dataclasses
+
 from .assignment import PAPER_SOFT_ASSIGNMENT
 from .errors import SpecError
 from .spec import DiffusionSpec, ExpertSpec, MemeSpec, uniform_intervals
@@ -61,6 +63,48 @@ PRESETS: dict[str, dict[int, MemeSpec]] = {
     "multi-same":   {r: _multi("multi-same", r, (LDM_LIKE_SHARE,) * 4) for r in RESOLUTIONS},
     "meme-paper":   {r: _multi("meme-paper", r, MEME_PAPER_SHARES) for r in RESOLUTIONS},
 }
+
+
+LARGE_WIDTH_RATIO = 1.75  # single-large / single-small base width: 56 / 32, about 3x the MACs per step
+
+
+def resample_shares(shares: tuple[float, ...], n_stages: int) -> tuple[float, ...]:
+    """Per-stage shares resampled to ``n_stages`` stages (first and last kept, evenly in between)."""
+    if len(shares) == n_stages:
+        return tuple(shares)
+    idx = [round(i * (len(shares) - 1) / max(n_stages - 1, 1)) for i in range(n_stages)]
+    return tuple(shares[i] for i in idx)
+
+
+def backbone_presets(expert: ExpertSpec, diffusion: DiffusionSpec | None = None) -> dict[str, MemeSpec]:
+    """The four presets rebuilt on one backbone (``expert``'s resolution, stages, blocks, head grid and
+    pools), so that cost differences between them come from the design choices alone: small experts
+    and ``single-small`` at ``expert``'s width, ``single-large`` at ``LARGE_WIDTH_RATIO`` times it
+    (rounded to the head grid), LDM-like shares ``(0, 1, ..., 1)`` and the paper's shares resampled
+    to the stage count (:func:`resample_shares`)."""
+    diffusion = diffusion or DiffusionSpec()
+    n = expert.n_stages
+    ldm = (0.0,) + (1.0,) * (n - 1)
+    grid = expert.head_dim * max(expert.channel_mult)
+    large_width = max(expert.head_dim, round(expert.base_width * LARGE_WIDTH_RATIO / expert.head_dim) * expert.head_dim)
+    if any(large_width * m % expert.head_dim for m in expert.channel_mult):  # keep every stage on the head grid
+        large_width = round(expert.base_width * LARGE_WIDTH_RATIO / grid) * grid
+
+    def one(name: str, width: int, share: tuple[float, ...]) -> MemeSpec:
+        e = dataclasses.replace(expert, base_width=width, attention_share=share)
+        return MemeSpec(experts=(e,), intervals=uniform_intervals(diffusion.timesteps, 1), soft_assignment=(1.0,),
+                        diffusion=diffusion, out_of_interval="uniform-all", name=name)
+
+    def four(name: str, shares: tuple[tuple[float, ...], ...]) -> MemeSpec:
+        experts = tuple(dataclasses.replace(expert, attention_share=resample_shares(s, n)) for s in shares)
+        return MemeSpec(experts=experts, intervals=uniform_intervals(diffusion.timesteps, 4),
+                        soft_assignment=PAPER_SOFT_ASSIGNMENT, diffusion=diffusion,
+                        out_of_interval="uniform-complement", name=name)
+
+    return {"single-large": one("single-large", large_width, ldm),
+            "single-small": one("single-small", expert.base_width, ldm),
+            "multi-same": four("multi-same", (ldm,) * 4),
+            "meme-paper": four("meme-paper", MEME_PAPER_SHARES)}
 
 
 def get_preset(name: str, resolution: int = 32) -> MemeSpec:
