@@ -190,7 +190,7 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
                    resolution: int | None = None, split: str = "reference", protocol: str = "pytorch-fid",
                    batch: int = 250, device: str | None = None, weights: str | None = None,
                    kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = False,
-                   inception_batch: int = 50) -> SampleMetrics:
+                   inception_batch: int = 50, first_seed: int = 0) -> SampleMetrics:
     """Sample ``n`` images ``seeds`` times from ``run`` (a run folder or checkpoint, EMA weights,
     DDIM with ``steps`` steps, sampling batch ``batch``) and measure each seed's images against
     ``reference`` (a source as :func:`memekit.analysis.fid.fid` takes it; data sources are loaded
@@ -199,7 +199,8 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
     Repeat s samples with ``seed = s * 1_000_003`` (:func:`sampling_seed`): ``sample_images``
     seeds its batch k with ``seed + k``, so consecutive seeds would share batches. The reference
     features are computed once (and cached on disk for data sources). ``resolution``, if given,
-    must equal the model's.
+    must equal the model's. ``first_seed``: the repeats are ``first_seed .. first_seed + seeds - 1``
+    (so a driver can sample one seed at a time and resume).
     """
     from .sampling import load_model, sample_images
 
@@ -213,7 +214,7 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
         raise MemekitError(f"{run} samples {side} px images: --resolution must be {side} (or left out)")
     ref, ref_power = _reference(reference, side, split, protocol, device, weights, inception_batch, progress)
     per_seed = []
-    for repeat in range(seeds):
+    for repeat in range(first_seed, first_seed + seeds):
         images = sample_images(model, spec, n, steps=steps, seed=sampling_seed(repeat), device=device, batch=batch,
                                progress=progress)
         values = _seed_metrics(images, ref, ref_power, protocol, device, weights, inception_batch, kid_subsets,

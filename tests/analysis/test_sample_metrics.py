@@ -92,6 +92,11 @@ def test_sample_metrics_over_seeds(tiny_run: Path, fake_inception: Path, monkeyp
     assert m.weights_label == f"user file {fake_inception}" and m.notes == ()
     data = json.loads(json.dumps(m.to_dict(), allow_nan=False))
     assert data["kid_mean"] == pytest.approx(m.kid_mean) and len(data["per_seed"]) == 2
+    # one seed at a time (a driver that resumes): repeat 1 alone equals repeat 1 of the pair
+    second = sample_metrics(tiny_run, REFERENCE, n=6, steps=2, seeds=1, first_seed=1, batch=4, device="cpu",
+                            weights=str(fake_inception), kid_subsets=3)
+    assert second.per_seed[0]["sampling_seed"] == 1_000_003
+    assert second.per_seed[0]["fid"] == pytest.approx(m.per_seed[1]["fid"], rel=1e-9)
 
 
 def test_one_seed_has_no_spread(tiny_run: Path, fake_inception: Path) -> None:
