@@ -24,14 +24,19 @@ import torch
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import spectral_report
+from memekit.analysis.reports import format_spectrum_summary, write_spectrum_report
 from memekit.space import MemeSpec, get_preset, load_spec, save_spec, spec_cost, uniform_intervals
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write_text
 
-from .cli_analysis import format_spectrum_summary, write_spectrum_report
+from .export import export_study
+from .results import load_study
 from .sampling import sample_checkpoint, save_image_grid
 from .searchspace import load_search_space
-from .study import SearchConfig, open_study, prior_base, run_search
+from .study import SearchConfig, open_study
 from .train import TrainConfig, train
+from .warmstart import prior_base
+from .workers import run_search
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,6 @@ def best_trial(search: SearchConfig) -> optuna.trial.FrozenTrial:
 
 def export_stage(out: Path, search: SearchConfig) -> Path:
     """Export the Pareto front (specs, trials.csv, plots, report.md)."""
-    from .export import export_study, load_study
-
     folder = out / "3-export"
     if not (folder / "report.md").is_file():
         export_study(load_study(search.study_dir), folder, overwrite=True)
@@ -183,9 +186,7 @@ Trajectory MACs {cost.trajectory_macs / 1e9:.3f} G; params {cost.params:,}.
 
 ![samples]({grid.name})
 """
-    path = out / "REPORT.md"
-    path.write_text(text)
-    return path
+    return atomic_write_text(out / "REPORT.md", text)
 
 
 def run_quickstart(out: str | Path, config: QuickstartConfig | None = None) -> Path:

@@ -28,9 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .export import LoadedStudy, trial_spec
-from .fidelity import choose_trials
-from .retrain import RetrainError, TrainJob, markers, save_record, train_jobs
+from .results import LoadedStudy, trial_spec
+from .retrain import RetrainError, TrainJob, markers, save_record, top_trials, train_jobs
 from .train import TrainResult
 
 RECORD = "rerank"
@@ -84,7 +83,7 @@ def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, o
         raise RetrainError(f"--jobs must be a positive integer, got {jobs}")
     if loaded.study_dir is None and out is None:
         raise RetrainError("the study has no STUDY_DIR: give --out for the runs")
-    chosen = choose_trials(loaded, k, "top")
+    chosen = top_trials(loaded, k)
     config = loaded.config.proxy_config(device)
     if images is not None:
         if images < config.batch:

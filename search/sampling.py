@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from memekit.analysis.data import resolve_device, to_uint8
+from memekit.analysis.data import to_uint8
+from memekit.analysis.device import autocast, resolve_device
 from memekit.space import Diffusion, MemeSpec, MultiExpert, sample
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write
+from memekit.space.progress import progress_bar
 
 from .checkpoint import CheckpointError, checkpoint_spec, load_checkpoint
 
@@ -32,13 +33,11 @@ def sample_images(model: torch.nn.Module, spec: MemeSpec, n: int, sampler: str =
     e = spec.experts[0]
     out = []
     n_batches = math.ceil(n / batch)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     device = torch.device(device)
-    cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    for k in tqdm(range(n_batches), desc="sampling", unit="batch", disable=not progress):
+    for k in progress_bar(range(n_batches), progress=progress, desc="sampling", unit="batch"):
         size = min(batch, n - k * batch)
         gen = torch.Generator().manual_seed(seed + k)
-        with cast:
+        with autocast(device, mixed_precision):
             x = sample(model, diffusion, (size, e.image_channels, e.resolution, e.resolution), sampler=sampler,
                        steps=steps, eta=eta, generator=gen, device=device)
         out.append(to_uint8(x))
@@ -56,12 +55,8 @@ def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = Non
     for i, img in enumerate(images):
         r, col = divmod(i, nrow)
         grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = img
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(tmp)
-    tmp.replace(path)
-    return path
+    image = Image.fromarray(grid.squeeze(-1) if c == 1 else grid)
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def save_images(images: np.ndarray, out: str | Path, overwrite: bool = False) -> Path:
@@ -72,11 +67,7 @@ def save_images(images: np.ndarray, out: str | Path, overwrite: bool = False) ->
     if out.suffix == ".npz":
         if out.exists() and not overwrite:
             raise MemekitError(f"{out} exists: choose another --out or pass --overwrite")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.tmp.npz")
-        np.savez(tmp, images=images)
-        tmp.replace(out)
-        return out
+        return atomic_write(out, lambda f: np.savez(f, images=images))
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MemekitError(f"{out} is not empty: choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)

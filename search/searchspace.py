@@ -1,7 +1,7 @@
 """The search space as data, and the one function that turns an Optuna trial into a MemeSpec.
 
-A :class:`SearchSpace` is plain JSON. ``sample(trial, space, prior)`` is the only code that sees a
-trial; the best trial is rebuilt with ``sample(optuna.trial.FixedTrial(params), space, prior)``.
+A :class:`SearchSpace` is plain JSON. ``suggest_spec(trial, space, prior)`` is the only code that sees
+a trial; the best trial is rebuilt with ``suggest_spec(optuna.trial.FixedTrial(params), space, prior)``.
 
 Parameters (names as Optuna records them):
 
@@ -270,7 +270,7 @@ def project_cuts(cuts: list[int], total: int, min_length: int) -> list[int]:
     return out
 
 
-def sample(trial: Any, space: SearchSpace, prior: MemeSpec | None = None) -> MemeSpec:
+def suggest_spec(trial: Any, space: SearchSpace, prior: MemeSpec | None = None) -> MemeSpec:
     """Draw a MemeSpec from ``space`` with ``trial`` (an Optuna Trial or FixedTrial)."""
     n = space.n_experts[0] if len(space.n_experts) == 1 else trial.suggest_categorical("n_experts", list(space.n_experts))
     boundaries = _boundaries(trial, space, n, prior)
@@ -304,7 +304,7 @@ def params_for(spec: MemeSpec, space: SearchSpace, prior: MemeSpec | None = None
     """Parameters of ``space`` that reproduce ``spec`` as closely as the space allows.
 
     Values outside the space are projected (nearest share / width choice, p clipped, boundary
-    shifts clipped to the prior radius); compare ``sample(FixedTrial(params))`` with ``spec`` to
+    shifts clipped to the prior radius); compare ``suggest_spec(FixedTrial(params))`` with ``spec`` to
     see whether the projection was exact.
     """
     n = spec.n_experts

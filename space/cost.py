@@ -129,3 +129,29 @@ def measure_latency(fn: Callable[[], object], warmup: int = 3, repeats: int = 10
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _fmt_share(shares: tuple[float, ...]) -> str:
+    return "/".join(f"{s:.2f}" for s in shares)
+
+
+def cost_table(spec: MemeSpec, steps: int, baseline: MemeSpec | None = None) -> str:
+    """Per-expert params, MACs per forward and trajectory MACs as text, against ``baseline``
+    (the single model of the same resolution that the ratio compares with, e.g. ``single-large``)."""
+    cost = spec_cost(spec, steps)
+    lines = [f"{'expert':>6} {'interval':>12} {'p':>5} {'attention share (built)':>25} "
+             f"{'params':>10} {'MMACs/fwd':>10} {'steps':>5} {'GMACs/traj':>10}"]
+    for n, (e, c) in enumerate(zip(spec.experts, cost.experts, strict=True)):
+        lo, hi = c.interval
+        lines.append(f"{n:>6} {f'[{lo}, {hi})':>12} {spec.soft_assignment[n]:>5.2f} "
+                     f"{_fmt_share(e.effective_attention_share()):>25} {c.params:>10,} "
+                     f"{c.macs / 1e6:>10.1f} {c.steps:>5} {c.macs * c.steps / 1e9:>10.2f}")
+    lines.append(f"total params {cost.params:,}; trajectory ({steps} DDIM steps) "
+                 f"{cost.trajectory_macs / 1e9:.2f} GMACs, {cost.mean_macs_per_step / 1e6:.1f} MMACs/step")
+    if baseline is not None:
+        large = spec_cost(baseline, steps)
+        lines.append(f"{baseline.name} at {spec.experts[0].resolution} px: {large.trajectory_macs / 1e9:.2f} GMACs "
+                     f"-> trajectory MACs ratio {baseline.name} / this = "
+                     f"{large.trajectory_macs / cost.trajectory_macs:.2f}x")
+    lines.append(f"counter: {COUNTER_NAME}, batch 1")
+    return "\n".join(lines)

@@ -20,16 +20,12 @@ import torch
 from conftest import assert_one_line_error
 from optuna.trial import TrialState
 
-from memekit.search.export import (
-    load_study,
-    plot_pareto,
-    select_trials,
-    trial_spec,
-    trials_frame,
-)
-from memekit.search.searchspace import load_search_space, sample
+from memekit.search.export import plot_pareto, trials_frame
+from memekit.search.results import load_study, select_trials, trial_spec
+from memekit.search.searchspace import load_search_space, suggest_spec
 from memekit.search.storage import open_storage
-from memekit.search.study import SearchConfig, run_search
+from memekit.search.study import SearchConfig
+from memekit.search.workers import run_search
 from memekit.space import MemeSpec, get_preset, load_spec, spec_cost
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -83,7 +79,7 @@ def fabricate_study(study_dir: Path, points: Sequence[dict], objective: str = "m
     space = load_search_space("tiny")
     for point in points:
         trial = study.ask()
-        spec = sample(trial, space)
+        spec = suggest_spec(trial, space)
         if point.get("tampered"):
             spec = dataclasses.replace(spec, soft_assignment=(1.0, 1.0))
         trial.set_user_attr("spec", spec.to_json(indent=None))
@@ -176,7 +172,7 @@ def test_spec_that_differs_from_its_params_is_reported(tmp_path: Path, cli: Cli)
     assert code == 0, err
     assert "warning: trial 0: spec differs in soft_assignment" in err
     trial = load_study(tmp_path / "study").study.trials[0]
-    rebuilt = sample(optuna.trial.FixedTrial(trial.params), load_search_space("tiny"))
+    rebuilt = suggest_spec(optuna.trial.FixedTrial(trial.params), load_search_space("tiny"))
     assert load_spec(out / "trial-00000.json").soft_assignment == (1.0, 1.0)  # what was trained
     assert load_spec(out / "trial-00000.rebuilt.json") == rebuilt
     assert rebuilt.soft_assignment != (1.0, 1.0)
@@ -190,7 +186,7 @@ def test_round_trip_params_to_spec_params_and_macs(real_study: Path) -> None:
     assert len(trials) == 3 and trials[0].user_attrs["warm_start"] == "meme-paper"
     space = load_search_space("tiny")
     for trial in trials:
-        rebuilt = sample(optuna.trial.FixedTrial(trial.params), space)
+        rebuilt = suggest_spec(optuna.trial.FixedTrial(trial.params), space)
         assert rebuilt == MemeSpec.from_json(trial.user_attrs["spec"])
         cost = spec_cost(rebuilt, loaded.config.sampling_steps)
         assert cost.params == trial.user_attrs["params_total"]

@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from memekit.search.cli import main
-from memekit.search.export import load_study
+from memekit.search.results import load_study
 from memekit.space import load_spec
 
 

@@ -1,28 +1,24 @@
 """The ``memekit`` command line: thin argparse subcommands over the Python API.
 
-Each command module registers its subparsers with ``register(subparsers)`` and attaches a
-``run(args) -> int`` through ``set_defaults``. User errors (:class:`MemekitError`) print one line
-and exit with code 2; ``--debug`` shows the traceback instead.
+One module per command group (:mod:`.space`, :mod:`.analysis`, :mod:`.train`, :mod:`.search`,
+:mod:`.results`, :mod:`.retrain`, :mod:`.fid`); each registers its subparsers with
+``register(subparsers)`` and attaches a ``run(args) -> int`` through ``set_defaults``, a few lines
+over a public function of :mod:`memekit.space`, :mod:`memekit.analysis` or :mod:`memekit.search`.
+Nothing outside this package imports it. User errors (:class:`MemekitError`) print one line and
+exit with code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import NoReturn
 
 from memekit.space.errors import MemekitError
 
-# modules under memekit.search that add subcommands, in help order
-COMMAND_MODULES = ("cli_space", "cli_analysis", "cli_train", "cli_search", "cli_export", "cli_fid")
+from . import analysis, fid, results, retrain, search, space, train
+from .args import OneLineParser
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line (what is wrong and where the help is) with exit code 2, no usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+COMMAND_GROUPS = (space, analysis, train, search, results, retrain, fid)  # in help order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"memekit.search.{name}").register(subparsers)
+    for group in COMMAND_GROUPS:
+        group.register(subparsers)
     return parser
 
 
@@ -61,7 +57,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memekit: internal error: {type(err).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

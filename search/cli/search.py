@@ -6,24 +6,24 @@ import argparse
 import json
 import os
 
-from memekit.space.precondition import PRECONDITIONINGS
-
-from .cli_args import nonneg_int, positive_int
-from .searchspace import SPACE_PRESETS, load_search_space
-from .storage import redact_url
-from .study import (
+from memekit.analysis.device import MIXED_PRECISION
+from memekit.search.quickstart import QuickstartConfig, run_quickstart
+from memekit.search.searchspace import SPACE_PRESETS, load_search_space
+from memekit.search.storage import redact_url
+from memekit.search.study import (
     COSTS,
     OBJECTIVES,
+    OPTUNA_SAMPLERS,
     PRUNERS,
     QUALITIES,
-    SAMPLERS,
     STORAGE_ENV,
-    WARM_STARTS,
     SearchConfig,
-    count_trials,
-    run_search,
 )
-from .train import MIXED_PRECISION
+from memekit.search.warmstart import WARM_STARTS
+from memekit.search.workers import count_trials, run_search
+from memekit.space.precondition import PRECONDITIONINGS
+
+from .args import nonneg_int, positive_int
 
 
 def _gpus(text: str) -> tuple[str, ...]:
@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "edm (EDM scalings) or wiener (residual over the data's Wiener filter); statistics "
                         "measured from the training split")
     p.add_argument("--cost", choices=COSTS, default=d.cost, help="macs: trajectory MACs; latency: measured")
-    p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler)
+    p.add_argument("--sampler", choices=OPTUNA_SAMPLERS, default=d.sampler)
     p.add_argument("--pruner", choices=PRUNERS, default=d.pruner, help="single-objective studies only")
     p.add_argument("--max-macs", type=float, default=None, help="budget: mean MACs per sampling step")
     p.add_argument("--max-params", type=positive_int, default=None, help="budget: total parameters")
@@ -121,8 +121,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import QuickstartConfig, run_quickstart
-
     config = QuickstartConfig.tiny() if args.tiny else QuickstartConfig()
     report = run_quickstart(args.out, config)
     print(f"quickstart finished: open {report}")

@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
 
 from memekit.analysis.data import check_data_source
-from memekit.space import MemeSpec
-from memekit.space.diffusion import SAMPLERS
-from memekit.space.precondition import PRECONDITIONINGS
-
-from .cli_args import nonneg_int, positive_float, positive_int
-from .cli_space import resolve_spec
-from .sampling import sample_checkpoint
-from .train import (
-    MIXED_PRECISION,
+from memekit.analysis.device import MIXED_PRECISION
+from memekit.search.sampling import sample_checkpoint
+from memekit.search.train import (
     TrainConfig,
     TrainingError,
     TrainingPaused,
     check_budget,
     dry_run,
     train,
+    with_preconditioning,
 )
+from memekit.space import resolve_spec
+from memekit.space.diffusion import SAMPLERS
+from memekit.space.precondition import PRECONDITIONINGS
+
+from .args import nonneg_int, positive_float, positive_int
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -42,24 +41,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device)
 
 
-def with_preconditioning(spec: MemeSpec, mode: str | None, data: str) -> MemeSpec:
-    """``spec`` preconditioned by ``mode`` (statistics measured from the training split of ``data``);
-    unchanged when ``mode`` is None or already the spec's."""
-    if mode is None or mode == spec.diffusion.preconditioning:
-        return spec
-    from memekit.analysis.data import load_images
-    from memekit.analysis.linear import STATS_IMAGES, preconditioned
-
-    images = load_images(data, spec.experts[0].resolution, split="train", limit=STATS_IMAGES, progress=False)
-    return dataclasses.replace(spec, diffusion=preconditioned(spec.diffusion, mode, images))
-
-
 def _train(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.spec, args.resolution)
     config = config_from_args(args)
-    if args.preconditioning is not None:
-        check_data_source(config.data)
-        spec = with_preconditioning(spec, args.preconditioning, config.data)
+    spec = with_preconditioning(spec, args.preconditioning, config.data)
     if args.dry_run:
         print(json.dumps(dry_run(spec, config), indent=2))
         return 0
@@ -154,6 +139,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_sample)
-
-
-

@@ -1,8 +1,16 @@
-"""argparse value types shared by every ``memekit`` subcommand."""
+"""What every ``memekit`` subcommand shares: the parser class and the argparse value types."""
 
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (what is wrong and where the help is) with exit code 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def positive_int(text: str) -> int:
