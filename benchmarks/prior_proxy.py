@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_study(args.study_dir)
     space, config = loaded.space, loaded.config
-    # as memekit.search.warmstart.load_or_make_prior, without the cache
+    # as memekit.search.warmstart.make_prior
     images = load_images(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
     prior = prior_spec(images, space.n_experts[0], prior_base(space), min_length=space.min_length)
     spec = suggest_spec(optuna.trial.FixedTrial(params_for(prior, space, prior)), space, prior)

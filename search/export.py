@@ -39,7 +39,7 @@ from .results import (
     trial_spec,
     trial_state,
 )
-from .searchspace import SearchSpace
+from .searchspace import SearchSpace, param_label
 
 SPEED_UP_BASELINE = "single-large"
 PLOT_FILES = {"pareto": "pareto_front.png", "history": "optimization_history.png",
@@ -156,7 +156,7 @@ def plot_history(loaded: LoadedStudy) -> Figure:
 
 def plot_importances(loaded: LoadedStudy) -> Figure:
     """Optuna's parameter importances for the quality objective, over feasible complete trials
-    (Optuna's default evaluator); needs >= 2 of them."""
+    (Optuna's default evaluator), parameters named in words (:func:`param_label`); needs >= 2 of them."""
     from optuna.visualization import matplotlib as ovm
 
     feasible = [t for t in loaded.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
@@ -168,9 +168,17 @@ def plot_importances(loaded: LoadedStudy) -> Figure:
         copy = optuna.create_study(directions=loaded.study.directions)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials(feasible)
+    copy.add_trials([_readable(t) for t in feasible])
     target = (lambda t: t.values[0]) if loaded.multi_objective else None
     return _optuna_axes(ovm.plot_param_importances, copy, target=target, target_name=loaded.quality_name).figure
+
+
+def _readable(trial: FrozenTrial) -> FrozenTrial:
+    """``trial`` with its parameters named by :func:`param_label`."""
+    return optuna.trial.create_trial(
+        params={param_label(k): v for k, v in trial.params.items()},
+        distributions={param_label(k): d for k, d in trial.distributions.items()},
+        values=trial.values, constraints=None)
 
 
 # ---- the report --------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from memekit.space.errors import MemekitError, SpecError
 
 from .searchspace import SearchSpace, suggest_spec
 from .storage import journal_path, open_storage, redact_url, storage_kind
-from .study import CONFIG_FILE, STORAGE_ENV, SearchConfig, study_space
+from .study import CONFIG_FILE, STORAGE_ENV, SearchConfig, stored_config, study_space
 
 
 class ResultsError(MemekitError, ValueError):
@@ -67,10 +66,7 @@ def _config_file(study_dir: Path) -> SearchConfig:
     if not path.is_file():
         raise ResultsError(f"{str(study_dir)!r} holds no study (no search_config.json): give the STUDY_DIR of "
                           "'memekit search', or --storage URL --study NAME")
-    try:
-        return SearchConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ResultsError(f"{path} is not a memekit search config ({err})") from None
+    return stored_config(study_dir)
 
 
 def _open_storage(storage: str | None, study_dir: Path | None) -> optuna.storages.BaseStorage:

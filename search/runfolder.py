@@ -19,6 +19,17 @@ from .checkpoint import latest_checkpoint
 from .train_errors import TrainingError
 
 LOG_FILE = "log.jsonl"
+# what a resumed run must share with its checkpoint to continue one run: the data, the budget and
+# the optimisation (cadences of logs, validation, samples and checkpoints may change freely)
+RESUME_KEYS = ("data", "data_limit", "images", "batch", "lr", "warmup_images", "weight_decay", "grad_clip",
+               "ema_decay", "seed", "hflip")
+
+
+def _option(key: str, value: Any) -> str:
+    """The ``memekit train`` option that sets ``key`` to ``value``."""
+    if key == "hflip":
+        return "no --no-hflip" if value else "--no-hflip"
+    return f"--{key.replace('_', '-')} {value}"
 
 
 class RunFolder:
@@ -43,6 +54,19 @@ class RunFolder:
         if source is None and spec_file.is_file() and json.loads(spec_file.read_text()) != spec.to_dict():
             raise TrainingError(f"{self.path} already holds a run of another spec: use a new --out folder")
         return source
+
+    def config_changes(self, state: dict[str, Any], config: dict[str, Any],
+                       allow: bool) -> dict[str, tuple[Any, Any]]:
+        """The :data:`RESUME_KEYS` in which ``config`` differs from the checkpoint ``state``'s
+        config, as ``{key: (checkpoint's, new)}``; a one-line :class:`TrainingError` unless ``allow``."""
+        stored = json.loads(state.get("config") or "{}")
+        changes = {k: (stored[k], config[k]) for k in RESUME_KEYS if k in stored and stored[k] != config[k]}
+        if changes and not allow:
+            key, (old, new) = next(iter(changes.items()))
+            raise TrainingError(f"{self.path} was trained with {key} {old!r}, this command gives {new!r} "
+                                f"(checkpoint {Path(state['path']).name}): resume with {_option(key, old)}, or "
+                                "pass --allow-config-change to go on with the new settings (logged)")
+        return changes
 
     def start(self, spec: MemeSpec, config: dict[str, Any], step: int) -> None:
         """Create the folder, write ``spec.json`` and ``config.json``, cut the log back to ``step``."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,25 @@ def projection_gap(spec: MemeSpec, projected: MemeSpec) -> dict[str, float]:
     boundary_gap = max(abs(a - b) for a, b in zip(spec.boundaries, projected.boundaries, strict=False))
     p_gap = max(abs(a - b) for a, b in zip(spec.soft_assignment, projected.soft_assignment, strict=False))
     return {"share": share_gap, "boundary": float(boundary_gap), "p": p_gap}
+
+
+# ---- readable parameter names (plots, reports) --------------------------------------------------
+_LABELS = (
+    (re.compile(r"^boundary_u(\d+)$"), "length of interval {0} (Dirichlet u)"),
+    (re.compile(r"^boundary_shift(\d+)$"), "shift of boundary {0}"),
+    (re.compile(r"^share_e(\d+)_s(\d+)$"), "attention share, expert {0} stage {1}"),
+    (re.compile(r"^width_e(\d+)$"), "width of expert {0}"),
+    (re.compile(r"^p_e(\d+)$"), "p_n of expert {0} (own-interval probability)"),
+    (re.compile(r"^n_experts$"), "number of experts"),
+    (re.compile(r"^out_of_interval$"), "out-of-interval rule"),
+)
+
+
+def param_label(name: str) -> str:
+    """What a parameter of :func:`suggest_spec` means, in words (``share_e1_s2`` -> ``attention
+    share, expert 1 stage 2``); unknown names are returned as they are."""
+    for pattern, label in _LABELS:
+        match = pattern.match(name)
+        if match:
+            return label.format(*match.groups())
+    return name

@@ -5,9 +5,12 @@ One study lives in a study folder (``STUDY_DIR``): ``search_config.json``, the j
 ``artifacts/`` (sample grids, visible in optuna-dashboard).
 
 :class:`SearchConfig` is everything that defines a study; :func:`open_study` creates or loads it
-(refusing a study made with other settings) and :func:`prepare_study` also writes the config file,
-measures the preconditioning statistics, makes the spectral prior and enqueues the warm start
-(:mod:`memekit.search.warmstart`). Trials are run by the objective
+(refusing a study made with other settings) and :func:`prepare_study` checks the data, the space
+and the settings before it writes anything, then writes the config file, the measured
+preconditioning and the spectral prior and enqueues the warm start (:mod:`memekit.search.warmstart`).
+Resuming: :func:`search_config` starts from the settings stored in ``STUDY_DIR``; the identity
+settings (what a trial measures) never change, the others (trials, sampler, ...) only with
+``update=True``, recorded in the study's user attr ``memekit_changes``. Trials are run by the objective
 (:mod:`memekit.search.objective`) in workers (:mod:`memekit.search.workers`).
 **Optuna cannot prune multi-objective studies**: pruners act only with ``--objective single``.
 """
@@ -15,6 +18,7 @@ measures the preconditioning statistics, makes the spectral prior and enqueues t
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import warnings
@@ -26,17 +30,18 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from memekit.analysis.data import check_data_source, load_images
 from memekit.analysis.device import MIXED_PRECISION, resolve_device
 from memekit.analysis.linear import preconditioned_for_data
-from memekit.space import spec_cost
+from memekit.space import DiffusionSpec, MemeSpec, load_spec, save_spec, spec_cost
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_json
 from memekit.space.precondition import PRECONDITIONINGS
 
 from .searchspace import SearchSpace, load_search_space
-from .storage import open_storage, redact_url, storage_kind
+from .storage import journal_path, open_storage, redact_url, storage_kind
 from .train import TrainConfig, train
-from .warmstart import WARM_STARTS, enqueue_warm_start, load_or_make_prior
+from .warmstart import WARM_STARTS, enqueue_warm_start, make_prior
 
 OBJECTIVES = ("multi", "single")
 QUALITIES = ("val", "val-rel", "kid", "fid")
@@ -115,16 +120,23 @@ class SearchConfig:
                               "or --pruner none")
         storage_kind(self.storage)  # validates the scheme
 
-    # keys that must match when a study is resumed or joined
+    # keys that must match when a study is resumed or joined: they decide what a trial measures
     IDENTITY = ("space", "resolution", "data", "objective", "quality", "preconditioning", "cost", "max_macs",
-                "max_params",
-                "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images", "val_images",
-                "fid_n", "fid_steps", "seed")
+                "max_params", "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images",
+                "val_images", "fid_n", "fid_steps", "seed")
+    # where and how one invocation runs: free to differ between invocations and machines
+    INVOCATION = ("study_dir", "study_name", "storage", "workers", "gpus", "machine_rank", "device")
 
     def identity(self) -> dict[str, Any]:
         """The settings that must match when a study is resumed or joined (studies made before a
         setting existed stored no value for it: they count as its default)."""
         return {k: getattr(self, k) for k in self.IDENTITY}
+
+    def settings(self) -> dict[str, Any]:
+        """The study's other settings (trials, sampler, pruner, warm start, retries, ...): changing
+        one of an existing study needs ``update=True`` and is recorded (:func:`prepare_study`)."""
+        fixed = {*self.IDENTITY, *self.INVOCATION}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in fixed}
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -138,8 +150,14 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        """The inverse of :meth:`to_dict`; a one-line :class:`SearchError` for a key it does not know."""
+        if not isinstance(data, dict):
+            raise SearchError(f"a search config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SearchError(f"unknown search setting {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
+        return cls(**data)
 
     def run_device(self) -> str:
         """``device``, or cuda when this machine has it, else cpu."""
@@ -210,24 +228,11 @@ def study_space(config: SearchConfig, study_dir: Path | None) -> SearchSpace:
     if not path.is_file():
         raise SearchError(f"{path} is missing: the study's preconditioning statistics are made by "
                           "'memekit search' when it prepares the study; rerun it")
-    from memekit.space import DiffusionSpec
-
     return dataclasses.replace(space, diffusion=DiffusionSpec.from_dict(json.loads(path.read_text())))
 
 
-def measure_preconditioning(config: SearchConfig, study_dir: Path) -> None:
-    """Write ``STUDY_DIR/diffusion.json``: the space's diffusion spec with ``config.preconditioning``
-    and its statistics measured from (at most :data:`STATS_IMAGES` of) the training split."""
-    path = study_dir / DIFFUSION_FILE
-    if config.preconditioning == "none" or path.is_file():
-        return
-    space = load_search_space(config.space, config.resolution)
-    diffusion = preconditioned_for_data(space.diffusion, config.preconditioning, config.data,
-                                        space.base_expert.resolution)
-    atomic_write_json(path, diffusion.to_dict())
-
-
 CONFIG_FILE = "search_config.json"
+PRIOR_FILE = "prior_spec.json"
 
 
 def worker_seed(config: SearchConfig, index: int) -> int:
@@ -265,28 +270,135 @@ def open_study(config: SearchConfig, seed: int, create: bool = True, seams: Seam
         study.set_user_attr("memekit_config", config.public_dict())
         study.set_metric_names(config.metric_names())
     else:
-        defaults = SearchConfig(study_dir="").identity()  # settings newer than the study: their defaults
-        wanted = json.loads(json.dumps(config.identity()))
-        diff = [k for k in config.IDENTITY if stored.get(k, defaults[k]) != wanted[k]]
-        if diff:
-            raise SearchError(f"study {config.study_name!r} exists with a different {diff[0]} "
-                              f"({stored.get(diff[0], defaults[diff[0]])!r}): use another --study-name or the "
-                              "same settings")
+        check_identity(config, stored)
     return study
 
 
-def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS) -> optuna.Study:
-    """Create (or resume) the study: config file, prior spec, warm-start trials."""
+def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (stored, wanted)}`` where they differ (a key the study did not store counts as its
+    default: the setting is newer than the study)."""
+    defaults = SearchConfig(study_dir="").to_dict()
+    wanted = json.loads(json.dumps(wanted))
+    return {k: (stored.get(k, defaults[k]), v) for k, v in wanted.items() if stored.get(k, defaults[k]) != v}
+
+
+def check_identity(config: SearchConfig, stored: dict[str, Any]) -> None:
+    """A one-line :class:`SearchError` when ``config`` measures trials differently from the study
+    whose stored config is ``stored``."""
+    diff = _differences(config.identity(), stored)
+    if diff:
+        key, (old, new) = next(iter(diff.items()))
+        raise SearchError(f"study {config.study_name!r} exists with a different {key} ({old!r}, this command "
+                          f"gives {new!r}): use another --study-name or STUDY_DIR, or the same settings")
+
+
+def find_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS) -> optuna.Study | None:
+    """The study of ``config`` if it exists; creates nothing (a missing journal stays missing)."""
+    if storage_kind(config.storage) == "journal" and not journal_path(config.storage, Path(config.study_dir)).is_file():
+        return None
+    try:
+        return optuna.load_study(study_name=config.study_name, storage=study_storage(config, seams),
+                                 sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        return None
+
+
+def check_resume(config: SearchConfig, study: optuna.Study, update: bool) -> dict[str, tuple[Any, Any]]:
+    """The settings ``config`` changes in the existing ``study``: identity settings never change, the
+    others only with ``update``; ``{key: (stored, new)}``."""
+    stored = study.user_attrs.get("memekit_config") or {}
+    check_identity(config, stored)
+    changes = _differences(config.settings(), stored)
+    if changes and not update:
+        key, (old, new) = next(iter(changes.items()))
+        raise SearchError(f"study {config.study_name!r} has {key} {old!r} and this command gives {new!r}: pass "
+                          "--update to change it (recorded in the study), or leave the option out to resume with "
+                          "the stored settings")
+    return changes
+
+
+def record_changes(study: optuna.Study, config: SearchConfig, changes: dict[str, tuple[Any, Any]]) -> None:
+    """Store ``config`` as the study's config and append ``changes`` (with the time) to the user
+    attr ``memekit_changes``."""
+    history = list(study.user_attrs.get("memekit_changes", []))
+    history.append({"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "changes": {k: [old, new] for k, (old, new) in changes.items()}})
+    study.set_user_attr("memekit_changes", history)
+    study.set_user_attr("memekit_config", config.public_dict())
+
+
+def stored_config(study_dir: str | Path) -> SearchConfig | None:
+    """The config ``memekit search`` saved in ``STUDY_DIR/search_config.json`` (None: no study there)."""
+    path = Path(study_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SearchError(f"{path} is not valid JSON ({err}): repair it or use another STUDY_DIR") from None
+    try:
+        return SearchConfig.from_dict(data)
+    except SearchError as err:
+        raise SearchError(f"{path}: {err}") from None
+
+
+def search_config(study_dir: str | Path, **given: Any) -> SearchConfig:
+    """The config of an invocation on ``study_dir``: the stored one (when the folder holds a study)
+    with the ``given`` settings replacing its own, else the defaults with ``given``; a stored
+    storage URL lost its password, so it must be given again (``--storage`` or ``$MEMEKIT_STORAGE``)."""
+    stored = stored_config(study_dir)
+    data = {**(stored.to_dict() if stored else {}), **given, "study_dir": str(study_dir)}
+    if data.get("storage") and ":***@" in data["storage"]:
+        raise SearchError("the study's storage URL is stored without its password: pass --storage URL "
+                          f"(or set {STORAGE_ENV})")
+    return SearchConfig.from_dict(data)
+
+
+def _plan(config: SearchConfig, study_dir: Path) -> tuple[DiffusionSpec | None, MemeSpec | None]:
+    """Check the space and the data, and make (or read) the measured diffusion spec and the prior;
+    writes nothing."""
+    space = load_search_space(config.space, config.resolution)
+    check_data_source(config.data)
+    for split in ("train", "reference"):  # both splits exist at the space's resolution
+        load_images(config.data, space.base_expert.resolution, split=split, limit=1, progress=False)
+    diffusion = None
+    if config.preconditioning != "none":
+        path = study_dir / DIFFUSION_FILE
+        diffusion = (DiffusionSpec.from_dict(json.loads(path.read_text())) if path.is_file() else
+                     preconditioned_for_data(space.diffusion, config.preconditioning, config.data,
+                                             space.base_expert.resolution))
+        space = dataclasses.replace(space, diffusion=diffusion)
+    prior = None
+    if "prior" in config.warm_start or space.boundary_mode == "prior":
+        path = study_dir / PRIOR_FILE
+        prior = load_spec(path) if path.is_file() else make_prior(config, space)
+    return diffusion, prior
+
+
+def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bool = False,
+                  say: Callable[[str], None] | None = None) -> optuna.Study:
+    """Check the settings, the space and the data, then create (or resume) the study: config file,
+    measured preconditioning, prior spec, warm-start trials. A refused invocation writes nothing.
+    Changing a setting of an existing study needs ``update`` and is recorded (:func:`record_changes`;
+    ``say`` hears about it); its identity settings never change."""
     study_dir = Path(config.study_dir)
+    existing = find_study(config, seams)
+    changes = check_resume(config, existing, update) if existing is not None else {}
+    diffusion, prior = _plan(config, study_dir)
+    # ---- everything was checked: from here on the study is written
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(study_dir / CONFIG_FILE, config.public_dict())
     study = open_study(config, worker_seed(config, 0), seams=seams)
-    measure_preconditioning(config, study_dir)
-    space = study_space(config, study_dir)
-    needs_prior = "prior" in config.warm_start or space.boundary_mode == "prior"
-    prior = load_or_make_prior(config, space, study_dir) if needs_prior else None
+    if changes:
+        record_changes(study, config, changes)
+        if say is not None:
+            say("changed study settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    if diffusion is not None and not (study_dir / DIFFUSION_FILE).is_file():
+        atomic_write_json(study_dir / DIFFUSION_FILE, diffusion.to_dict())
+    if prior is not None and not (study_dir / PRIOR_FILE).is_file():
+        save_spec(prior, study_dir / PRIOR_FILE)
     if not study.trials:
-        enqueue_warm_start(study, config, space, prior)
+        enqueue_warm_start(study, config, study_space(config, study_dir), prior)
     return study
 
 

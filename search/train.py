@@ -31,12 +31,12 @@ from memekit.analysis.data import check_data_source, load_images, to_model_range
 from memekit.analysis.device import MIXED_PRECISION, autocast, resolve_device
 from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
-from memekit.space.progress import progress_bar
 
 from .checkpoint import checkpoint_spec, latest_checkpoint, load_checkpoint, save_checkpoint
 from .control import Dist, StopControl, init_distributed
 from .runfolder import RunFolder
 from .sampling import sample_images, save_image_grid
+from .status import TrainProgress
 from .train_errors import (
     OutOfMemory,
     TrainingDiverged,
@@ -111,8 +111,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; a one-line :class:`TrainingError` for a key it does not know."""
+        if not isinstance(data, dict):
+            raise TrainingError(f"a training config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise TrainingError(f"unknown training setting {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
+        return cls(**data)
 
 
 @dataclass
@@ -124,8 +130,10 @@ class TrainResult:
     val: dict[str, Any]
     checkpoint: Path | None
     wall_time_s: float
-    train_images_per_s: float
+    train_images_per_s: float  # of this call (0 when it trained nothing)
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None  # the step this call resumed from (None: a new run)
+    images_trained: int | None = None  # by this call (0: the run had reached its budget before)
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -216,7 +224,7 @@ class TrainingState:
                                            fused=device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
         self.experts = self._wrap_experts()
-        self.step, self.images_per_expert = 0, [0] * n
+        self.step, self.images_seen, self.images_per_expert = 0, 0, [0] * n  # images: all processes
         self.last_val: dict[str, Any] = {}
 
     def _wrap_experts(self) -> list[torch.nn.Module]:
@@ -275,7 +283,7 @@ class TrainingState:
             "spec": self.spec.to_json(),
             "config": json.dumps(self.config.to_dict()),
             "step": self.step,
-            "images_seen": self.step * self.config.batch,
+            "images_seen": self.images_seen,
             "images_per_expert": list(self.images_per_expert),
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict(),
@@ -301,6 +309,7 @@ class TrainingState:
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.images_seen = int(state.get("images_seen", self.step * self.config.batch))
         self.images_per_expert = [int(v) for v in state["images_per_expert"]]
         self.last_val = json.loads(state.get("val", "{}"))
 
@@ -310,13 +319,18 @@ class Trainer(TrainingState):
 
     def __init__(self, spec: MemeSpec, config: TrainConfig, run_dir: str | Path, progress: bool = True,
                  on_validation: Callable[[int, dict[str, Any]], None] | None = None,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, say: Callable[[str], None] | None = None,
+                 allow_config_change: bool = False) -> None:
         group = init_distributed()
         super().__init__(spec, config, resolve_device(config.device, group.local_rank), group)
         self.progress, self.on_validation = progress, on_validation
+        self.say = say if group.main else None  # one-line messages (resuming, changed settings)
+        self.allow_config_change = allow_config_change  # resume with another batch, lr, budget, ...
         self.folder = RunFolder(run_dir, group.main)
         self.stop = StopControl(group, self.device, deadline)  # deadline: time.time() to checkpoint and stop
         self.history: list[dict[str, Any]] = []
+        self.resumed_from: int | None = None
+        self.resumed_images = 0
 
     @property
     def run_dir(self) -> Path:
@@ -353,9 +367,21 @@ class Trainer(TrainingState):
         """Create the run folder, or resume from ``resume`` / the folder's latest checkpoint."""
         source = self.folder.resume_source(self.spec, resume)
         if source is not None:
-            self.load_state_dict(load_checkpoint(source, map_location=self.device))
+            state = load_checkpoint(source, map_location=self.device)
+            self.load_state_dict(state)  # another spec, or weights that do not fit: refused first
+            changes = self.folder.config_changes(state, self.config.to_dict(), self.allow_config_change)
+            self.resumed_from, self.resumed_images = self.step, self.images_seen
+            self._say(f"resuming {self.run_dir} from step {self.step:,} (checkpoint {source})")
             self.log_event({"event": "resumed", "from": str(source), "step": self.step})
+            if changes:
+                self._say("changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+                self.log_event({"event": "config_changed", "step": self.step,
+                                "changes": {k: list(v) for k, v in changes.items()}})
         self.folder.start(self.spec, self.config.to_dict(), self.step)
+
+    def _say(self, line: str) -> None:
+        if self.say is not None:
+            self.say(line)
 
     def log_event(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -368,7 +394,7 @@ class Trainer(TrainingState):
             val = validation_loss(self.ema.module, self.diffusion, self.val_images, self.config.val_timesteps,
                                   reference=self.reference, intervals=self.spec.intervals)
         self.last_val = {**val, "step": self.step}
-        self.log_event({"event": "validation", "step": self.step, "images_seen": self.step * self.config.batch,
+        self.log_event({"event": "validation", "step": self.step, "images_seen": self.images_seen,
                         **{k: val[k] for k in LOGGED_VALIDATION if k in val}})
         if self.on_validation is not None:
             self.on_validation(self.step, self.last_val)
@@ -387,13 +413,12 @@ class Trainer(TrainingState):
     def run(self, resume: str | Path | None = None) -> TrainResult:
         self.prepare(resume)
         total = self.config.steps
-        start_step, start_time = self.step, time.perf_counter()
+        start_time = time.perf_counter()
         if self.step >= total:
             self.log_event({"event": "complete", "step": self.step, "note": "budget already reached"})
-            return self._result(start_step, start_time, latest_checkpoint(self.run_dir))
+            return self._result(start_time, latest_checkpoint(self.run_dir))
         self.load_data()
-        bar = progress_bar(total=total, initial=self.step, desc="train", unit="step",
-                           progress=self.progress and self.dist.main)
+        bar = TrainProgress(total, self.step, self.progress and self.dist.main)
         window = torch.zeros(self.spec.n_experts, device=self.device)
         window_steps, window_start = 0, time.perf_counter()
         with self.stop.handling_signals():
@@ -404,10 +429,11 @@ class Trainer(TrainingState):
                     raise self.stop.error(request, self.step, self.checkpoint())
                 loss_vec = self._guarded_step()
                 self.step += 1
+                self.images_seen += self.config.batch
                 self.images_per_expert = [v + self.sub_batch * self.dist.world for v in self.images_per_expert]
                 window += loss_vec
                 window_steps += 1
-                bar.update(1)
+                bar.update()
                 if self._due(self.config.log_every) or self.step == total:
                     self._log_train(window / window_steps, window_steps, window_start, bar)
                     window.zero_()
@@ -415,7 +441,7 @@ class Trainer(TrainingState):
                 self._periodic(total)
         bar.close()
         path = self.checkpoint()
-        return self._result(start_step, start_time, path)
+        return self._result(start_time, path)
 
     def _guarded_step(self) -> torch.Tensor:
         try:
@@ -436,29 +462,35 @@ class Trainer(TrainingState):
         if self._due(self.config.checkpoint_every) and not final:
             self.checkpoint()
 
-    def _log_train(self, mean_losses: torch.Tensor, steps: int, since: float, bar: Any) -> None:
+    def _log_train(self, mean_losses: torch.Tensor, steps: int, since: float, bar: TrainProgress) -> None:
         losses = [float(v) for v in mean_losses]
         ips = steps * self.config.batch / max(time.perf_counter() - since, 1e-9)
-        self.log_event({"event": "train", "step": self.step, "images_seen": self.step * self.config.batch,
-                        "images_per_expert": list(self.images_per_expert), "loss": sum(losses) / len(losses),
-                        "loss_per_interval": losses, "lr": learning_rate(self.config, self.step - 1),
-                        "images_per_s": ips})
-        bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", img_s=f"{ips:.0f}")
+        record = {"event": "train", "step": self.step, "images_seen": self.images_seen,
+                  "images_per_expert": list(self.images_per_expert), "loss": sum(losses) / len(losses),
+                  "loss_per_interval": losses, "lr": learning_rate(self.config, self.step - 1), "images_per_s": ips}
+        self.log_event(record)
+        bar.log(self.step, record["images_seen"], min(self.images_per_expert), record["loss"], record["lr"], ips)
 
-    def _result(self, start_step: int, start_time: float, path: Path | None) -> TrainResult:
+    def _result(self, start_time: float, path: Path | None) -> TrainResult:
         wall = time.perf_counter() - start_time
-        images = (self.step - start_step) * self.config.batch
+        images = self.images_seen - self.resumed_images
         self.dist.barrier()
-        return TrainResult(self.run_dir, self.step, self.step * self.config.batch, list(self.images_per_expert),
-                           dict(self.last_val), path, wall, images / wall if wall > 0 else 0.0, self.history)
+        return TrainResult(self.run_dir, self.step, self.images_seen, list(self.images_per_expert),
+                           dict(self.last_val), path, wall, images / wall if images and wall > 0 else 0.0,
+                           self.history, self.resumed_from, images)
 
 
 def train(spec: MemeSpec, config: TrainConfig, run_dir: str | Path, resume: str | Path | None = None,
           progress: bool = True, on_validation: Callable[[int, dict[str, Any]], None] | None = None,
-          deadline: float | None = None) -> TrainResult:
+          deadline: float | None = None, say: Callable[[str], None] | None = None,
+          allow_config_change: bool = False) -> TrainResult:
     """Train ``spec`` under ``config`` into ``run_dir`` (resuming automatically); see :class:`Trainer`.
 
+    ``progress``: a bar on a terminal, else a status line every ``log_every`` steps on stderr.
     ``deadline`` (a ``time.time()`` value): past it, write a checkpoint and raise
-    :class:`TrainingPaused`, for bounded chunks on time-limited allocations."""
-    return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation,
-                   deadline=deadline).run(resume)
+    :class:`TrainingPaused`, for bounded chunks on time-limited allocations. ``say`` receives
+    one-line messages (``resuming RUN_DIR from step N (checkpoint ...)``). Resuming with other
+    training settings than the checkpoint's (batch, learning rate, budget, ...) raises
+    :class:`TrainingError` unless ``allow_config_change`` (the change is logged)."""
+    return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation, deadline=deadline,
+                   say=say, allow_config_change=allow_config_change).run(resume)

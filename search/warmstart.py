@@ -1,7 +1,7 @@
 """The spectral prior of a study and the warm start: baselines enqueued before the sampler proposes.
 
-:func:`load_or_make_prior` measures the spectral prior spec of the study's training split once
-(``STUDY_DIR/prior_spec.json``); :func:`warm_start_specs` rebuilds the chosen baselines (the prior,
+:func:`make_prior` measures the spectral prior spec of the study's training split (kept as
+``STUDY_DIR/prior_spec.json`` by :func:`memekit.search.study.prepare_study`); :func:`warm_start_specs` rebuilds the chosen baselines (the prior,
 ``meme-paper``, ``multi-same``, ...) on the space's architecture, and :func:`enqueue_warm_start`
 enqueues their nearest parameters (``study.enqueue_trial``), recording how far the projection moved.
 """
@@ -9,14 +9,13 @@ enqueues their nearest parameters (``study.enqueue_trial``), recording how far t
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import prior_spec
-from memekit.space import ExpertSpec, MemeSpec, get_preset, load_spec, save_spec, uniform_intervals
+from memekit.space import ExpertSpec, MemeSpec, get_preset, uniform_intervals
 
 from .searchspace import SearchSpace, params_for, projection_gap, suggest_spec
 
@@ -26,15 +25,11 @@ if TYPE_CHECKING:
 WARM_STARTS = ("prior", "meme-paper", "multi-same", "single-large", "single-small")
 
 
-def load_or_make_prior(config: SearchConfig, space: SearchSpace, study_dir: Path) -> MemeSpec:
-    """The spectral prior spec of the training split, cached as ``prior_spec.json``."""
-    path = study_dir / "prior_spec.json"
-    if path.is_file():
-        return load_spec(path)
+def make_prior(config: SearchConfig, space: SearchSpace) -> MemeSpec:
+    """The spectral prior spec of (at most 2048 images of) the study's training split, on the space's
+    architecture and diffusion (:func:`prior_base`), with the space's N and minimum length."""
     images = load_images(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
-    prior = prior_spec(images, space.n_experts[0], prior_base(space), min_length=space.min_length)
-    save_spec(prior, path)
-    return prior
+    return prior_spec(images, space.n_experts[0], prior_base(space), min_length=space.min_length)
 
 
 def prior_base(space: SearchSpace) -> MemeSpec:

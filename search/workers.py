@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -142,8 +143,27 @@ def count_trials(study: optuna.Study) -> tuple[int, int]:
     return finished, len(trials) - finished
 
 
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, n_trials: int) -> str:
+    """One line per ended trial: state, objective values, warm start, time, and the study's count."""
+    names = study.metric_names or [f"value {i}" for i in range(len(trial.values or []))]
+    values = ", ".join(f"{name} {v:.5g}" for name, v in zip(names, trial.values or [], strict=False))
+    state = trial.state.name.lower()
+    reason = trial.user_attrs.get("failure_reason") or trial.user_attrs.get("skipped")
+    if trial.state == TrialState.COMPLETE and any(c > 0 for c in trial.constraints.values()):
+        state = f"complete, infeasible ({reason or 'a constraint > 0'})"
+    elif reason:
+        state += f" ({reason})"
+    notes = [f"warm start {trial.user_attrs['warm_start']}"] if trial.user_attrs.get("warm_start") else []
+    if trial.duration is not None:
+        notes.append(f"{trial.duration.total_seconds():.0f} s")
+    finished, _ = count_trials(study)
+    return (f"trial {trial.number} {state}{': ' + values if values else ''}"
+            f"{' (' + '; '.join(notes) + ')' if notes else ''}; {finished}/{n_trials} finished")
+
+
 def run_worker(config: SearchConfig, index: int = 0, progress: bool = True, seams: Seams = DEFAULT_SEAMS) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (several workers may share it)."""
+    """Run trials until the study holds ``n_trials`` finished ones (several workers may share it);
+    ``progress``: print one line per ended trial (:func:`trial_line`)."""
     study_dir = Path(config.study_dir)
     storage = study_storage(config, seams)
     study = open_study(config, worker_seed(config, index), seams=seams, storage=storage)
@@ -163,6 +183,9 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True, seam
     callbacks = [_retry_failed_callback(config)]
     if heartbeat is not None:
         callbacks.append(lambda s, t: heartbeat.watch(None))
+    if progress:
+        callbacks.append(lambda s, t: t.user_attrs.get("surplus") or print(trial_line(s, t, config.n_trials),
+                                                                            flush=True))
 
     def watched(trial: optuna.Trial):
         if heartbeat is not None:
@@ -203,9 +226,12 @@ def cpu_threads_per_worker(config: SearchConfig) -> int | None:
     return max(1, (os.cpu_count() or 1) // config.workers)
 
 
-def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAULT_SEAMS) -> optuna.Study:
-    """Prepare the study, then run ``workers`` worker processes (in this process when 1)."""
-    study = prepare_study(config, seams)
+def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAULT_SEAMS, update: bool = False,
+               say: Callable[[str], None] | None = None) -> optuna.Study:
+    """Prepare the study (:func:`~memekit.search.study.prepare_study`: ``update`` allows changing
+    the settings of an existing study, ``say`` hears what changed), then run ``workers`` worker
+    processes (in this process when 1; ``progress``: one line per ended trial)."""
+    study = prepare_study(config, seams, update=update, say=say)
     if config.workers == 1:
         if config.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = config.gpus[0]
@@ -223,6 +249,7 @@ def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAU
         if config.gpus:
             env["CUDA_VISIBLE_DEVICES"] = config.gpus[i % len(config.gpus)]
         cmd = [sys.executable, "-m", "memekit.search.workers", str(config_file), str(i)]
+        cmd += [] if progress else ["--quiet"]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
@@ -232,13 +259,14 @@ def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAU
 
 
 def worker_main(argv: list[str], seams: Seams = DEFAULT_SEAMS) -> int:
-    """``python -m memekit.search.workers CONFIG INDEX``: worker INDEX of the study of ``CONFIG``
-    (its ``search_config.json``; a storage password comes in ``$MEMEKIT_STORAGE``)."""
+    """``python -m memekit.search.workers CONFIG INDEX [--quiet]``: worker INDEX of the study of
+    ``CONFIG`` (its ``search_config.json``; a storage password comes in ``$MEMEKIT_STORAGE``), one
+    line per ended trial unless ``--quiet``."""
     config = SearchConfig.from_dict(json.loads(Path(argv[0]).read_text()))
     if os.environ.get(STORAGE_ENV):
         config = dataclasses.replace(config, storage=os.environ[STORAGE_ENV])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(config, int(argv[1]), progress=False, seams=seams)
+    run_worker(config, int(argv[1]), progress="--quiet" not in argv[2:], seams=seams)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .cost import (
     SpecCost,
+    check_spec,
     cost_table,
     count_flops,
     count_params,
@@ -30,7 +31,7 @@ from .spec import (
 __all__ = [
     "PRESETS", "Diffusion", "DiffusionSpec", "ExpertSpec", "ExpertUNet", "InceptionMixer", "MemeSpec",
     "MemekitError", "MultiExpert", "SoftIntervalSampler", "SpecCost", "SpecError", "beta_schedule",
-    "build_expert", "cost_table", "count_flops", "count_params", "ddim_timesteps", "expert_macs", "get_preset",
+    "build_expert", "check_spec", "cost_table", "count_flops", "count_params", "ddim_timesteps", "expert_macs", "get_preset",
     "intervals_from_boundaries", "load_spec", "measure_latency", "resolve_spec", "sample", "sample_ddim", "sample_ddpm",
     "save_spec", "spec_cost", "uniform_intervals",
 ]

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="minimum interval length in steps (default T // (4 N))")
     p.add_argument("--base", default=DEFAULT_BASE, metavar="NAME|SPEC.json",
                    help=f"spec whose architecture, diffusion and p_n the prior reuses (default {DEFAULT_BASE})")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch of the spectrum pass")
     _common(p, limit=None)
     p.set_defaults(run=_spectrum)
 
@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--t", type=int, nargs="+", default=None,
                    help="time-steps of x_t (default 0, T/4, T/2, 3T/4, T-1)")
     p.add_argument("--layers", nargs="+", default=None, help="module names (default: every U-Net block)")
-    p.add_argument("--resolution", type=positive_int, default=None, help="image size (presets: 32 or 64)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image size (default: the spec's; presets: 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the noise")
     _common(p, limit=16)
     p.set_defaults(run=_features)

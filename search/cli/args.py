@@ -1,4 +1,4 @@
-"""What every ``memekit`` subcommand shares: the parser class and the argparse value types."""
+"""What every ``memekit`` subcommand shares: the parser class, help format and argparse value types."""
 
 from __future__ import annotations
 
@@ -6,8 +6,35 @@ import argparse
 from typing import NoReturn
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help with every option's default: ``(default: X)`` after the help text, unless the
+    text already says what the default is, the option is a flag or it has no default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if "default" in text.lower() or no_default or action.required:
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line (what is wrong and where the help is) with exit code 2, no usage dump."""
+    """Usage errors as one line (what is wrong and where the help is) with exit code 2, no usage dump;
+    the help shows every option's default (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own signature
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
+        """Unknown options are an error of the (sub)command that was given them, so the message
+        points to that command's help, not to the top-level one."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")

@@ -173,7 +173,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("b", metavar="B", nargs="?", default=None,
                    help="reference set; omit it to only save A's statistics with --save-stats")
     p.add_argument("--n", type=positive_int, default=None,
-                   help="use the first N images of each image set; with a run: images sampled per seed (required)")
+                   help="use the first N images of each image set (default: all); with a run: images sampled per "
+                        "seed (required)")
     p.add_argument("--batch", type=positive_int, default=50, help="Inception batch size")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--inception-weights", metavar="PATH", default=None,
@@ -186,7 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subset-size", type=positive_int, default=1000,
                    help="KID: rows per subset (at most the smaller set's size)")
     p.add_argument("--save-stats", metavar="OUT.npz", default=None,
-                   help="also save B's statistics and features (A's when B is omitted)")
+                   help="also save B's statistics and features (A's when B is omitted; default: not saved)")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="load data sources at this size (default: the other set's, or the run's)")
     p.add_argument("--split", choices=SPLITS, default=None,
@@ -197,6 +198,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "seed + k, so nearby seeds would share batches); prints mean +- std (default 1)")
     p.add_argument("--sample-batch", type=positive_int, default=None,
                    help="with a run: sampling batch size (default 250)")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write every number to this JSON file")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write every number to this JSON file (default: none)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and stop")
     p.set_defaults(run=_run)

@@ -40,12 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write a study's chosen specs, trials.csv, plots and report.md")
     p.add_argument("study_dir", metavar="STUDY_DIR", nargs="?", default=None,
                    help="study folder of 'memekit search' (its search_config.json names storage and study)")
-    p.add_argument("--storage", default=None, help="instead of STUDY_DIR: a journal file or postgresql://...")
-    p.add_argument("--study", default=None, help="study name (with --storage)")
+    p.add_argument("--storage", default=None, help="instead of STUDY_DIR: a journal file or postgresql://... "
+                                                  "(default: the one STUDY_DIR names)")
+    p.add_argument("--study", default=None, help="study name (with --storage; default: the one STUDY_DIR names)")
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--pareto", action="store_true", help="the feasible Pareto front (default)")
-    which.add_argument("--top", type=positive_int, default=None, help="the K best feasible trials by quality")
+    which.add_argument("--top", type=positive_int, default=None, help="the K best feasible trials by quality (default: the Pareto front)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     p.add_argument("--dry-run", action="store_true", help="print the study and the chosen trials, write nothing")
     p.set_defaults(run=_export)

@@ -16,7 +16,7 @@ from memekit.search.fidelity import (
     result_record_name,
     save_fidelity,
 )
-from memekit.search.rerank import rerank, rerank_text, save_rerank
+from memekit.search.rerank import plan_rerank, rerank, rerank_text, save_rerank
 from memekit.search.results import load_study
 from memekit.search.retrain import TARGETS, Target
 
@@ -48,6 +48,10 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 def _rerank(args: argparse.Namespace) -> int:
     loaded = load_study(args.study_dir)
+    if args.dry_run:
+        plan = plan_rerank(loaded, args.top, args.seeds, args.images, args.out, args.device)
+        print(json.dumps({"study_name": loaded.study.study_name, **plan.to_dict()}, indent=2))
+        return 0
 
     def on_run(number: int, result) -> None:
         print(f"trial {number}: seed {result.run_dir.name.rsplit('-', 1)[-1]}, val_loss {result.val['val_loss']:.5f}",
@@ -67,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--top", type=int, default=5, help="the K best feasible trials by proxy quality (K >= 3; "
                                                           "default 5)")
     which.add_argument("--spread", type=int, default=None, metavar="K",
-                       help="K feasible trials at evenly spaced proxy ranks, best and worst included (K >= 3)")
+                       help="K feasible trials at evenly spaced proxy ranks, best and worst included (K >= 3; "
+                            "default: --top)")
     p.add_argument("--images", type=positive_int, required=True, help="long training budget (images, > proxy)")
     p.add_argument("--noise-seeds", type=nonneg_int, default=0, metavar="S",
                    help="also train the best chosen trial with S more seeds at both budgets: the seed noise of "
@@ -91,12 +96,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=positive_int, default=None, help="training budget (default: the proxy's)")
     p.add_argument("--out", default=None,
                    help="folder of the runs (default STUDY_DIR/fidelity/noise, shared with fidelity --noise-seeds)")
+    p.add_argument("--dry-run", action="store_true", help="print the chosen trials, seeds and runs, train nothing")
     p.set_defaults(run=_rerank)
 
 
 def _retraining_args(p: argparse.ArgumentParser) -> None:
     """What ``fidelity`` and ``rerank`` share: the study, parallel runs, the report, the device."""
-    p.add_argument("study_dir", metavar="STUDY_DIR")
+    p.add_argument("study_dir", metavar="STUDY_DIR", help="study folder of 'memekit search'")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="runs trained at once (spawned processes sharing the CPU threads or the device)")
     p.add_argument("--export", default=None, help="export whose report.md gets the result "

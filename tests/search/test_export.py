@@ -20,9 +20,9 @@ import torch
 from conftest import assert_one_line_error
 from optuna.trial import TrialState
 
-from memekit.search.export import plot_pareto, trials_frame
+from memekit.search.export import plot_importances, plot_pareto, trials_frame
 from memekit.search.results import load_study, select_trials, trial_spec
-from memekit.search.searchspace import load_search_space, suggest_spec
+from memekit.search.searchspace import load_search_space, param_label, suggest_spec
 from memekit.search.storage import open_storage
 from memekit.search.study import SearchConfig
 from memekit.search.workers import run_search
@@ -242,6 +242,16 @@ def test_pareto_plot_marks_and_labels_warm_starts(real_study: Path) -> None:
     assert len(stars) == 1
     trial = loaded.study.trials[0]
     assert stars[0].get_offsets().tolist() == [[trial.values[0], trial.values[1]]]
+
+
+def test_importance_plot_names_parameters_in_words(tmp_path: Path) -> None:
+    fabricate_study(tmp_path / "study", POINTS)
+    ax = plot_importances(load_study(tmp_path / "study")).axes[0]
+    labels = {t.get_text() for t in ax.get_yticklabels()}
+    raw = {name for t in load_study(tmp_path / "study").study.trials for name in t.params}
+    assert {param_label(name) for name in raw} == labels
+    assert "attention share, expert 0 stage 0" in labels and "length of interval 0 (Dirichlet u)" in labels
+    assert not labels & raw
 
 
 def test_storage_and_study_name_instead_of_study_dir(real_study: Path, tmp_path: Path, cli: Cli) -> None:

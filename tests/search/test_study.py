@@ -122,7 +122,7 @@ def test_resumed_study_does_not_replay_earlier_proposals(tmp_path: Path, fake_tr
     sampler must not propose the parameters its seed proposed before the restart."""
     fake = fake_train()
     run_search(tiny_search(tmp_path, n_trials=3, seed=3), progress=False, seams=fake.seams)
-    study = run_search(tiny_search(tmp_path, n_trials=6, seed=3), progress=False, seams=fake.seams)
+    study = run_search(tiny_search(tmp_path, n_trials=6, seed=3), progress=False, seams=fake.seams, update=True)
     params = [json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)]
     assert len(params) == 6
     assert len(set(params)) == 6, "a resumed worker replayed earlier proposals"

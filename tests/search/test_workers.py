@@ -239,13 +239,13 @@ def test_sigkilled_journal_worker_trial_is_failed_and_retried(tmp_path: Path, wo
 def test_run_search_starts_three_worker_processes(tmp_path: Path, workers: Workers,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """run_search(workers=3) as shipped, except that the ``python -m memekit.search.workers CONFIG
-    INDEX`` it starts is the fake-training worker.py: a launcher stands in for ``sys.executable``
+    INDEX --quiet`` it starts is the fake-training worker.py: a launcher stands in for ``sys.executable``
     and refuses any other command line (exit 99)."""
     launcher = tmp_path / "python-launcher"
     launcher.write_text(f"""#!/bin/sh
-[ "$1" = "-m" ] && [ "$2" = "memekit.search.workers" ] && [ "$#" -eq 4 ] || exit 99
+[ "$1" = "-m" ] && [ "$2" = "memekit.search.workers" ] && [ "$#" -eq 5 ] && [ "$5" = "--quiet" ] || exit 99
 echo "$4" >> "{tmp_path / 'launched.txt'}"
-exec "{sys.executable}" "{workers.script}" "$3" "$4"
+exec "{sys.executable}" "{workers.script}" "$3" "$4" "$5"
 """)
     launcher.chmod(0o755)
     monkeypatch.setenv("FAKE_TRAIN_CALLS", str(workers.calls_file))
