@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write
+from memekit.space.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,8 @@ def _load_folder(folder: Path, resolution: int, progress: bool) -> tuple[np.ndar
     if not files:
         raise DataError(f"no .jpg/.jpeg/.png/.webp images found under {str(folder)!r}: point to a folder of images")
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(tqdm(pool.map(lambda p: _read_file(p, resolution), files), total=len(files),
-                            desc=f"reading {folder.name}", disable=not progress, unit="img"))
+        decoded = list(progress_bar(pool.map(lambda p: _read_file(p, resolution), files), progress=progress,
+                                    total=len(files), desc=f"reading {folder.name}", unit="img"))
     keys = [p.relative_to(folder).as_posix() for p in files]
     good = [i for i, im in enumerate(decoded) if im is not None]
     skipped = len(files) - len(good)
@@ -276,25 +277,8 @@ def _cached_load(source: str, resolution: int, progress: bool, use_cache: bool) 
         except (OSError, ValueError, KeyError, zlib.error):
             log.warning("ignoring unreadable data cache %s", path)
     images, keys = _load_uncached(source, resolution, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, images=images, keys=np.array(keys))
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez(f, images=images, keys=np.array(keys)))
     return images, keys
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or cuda when available, else cpu; a one-line error for an unknown device or a
-    CUDA device on a machine without one (shared by every command that takes ``--device``)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise MemekitError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise MemekitError(f"device {device!r} requested but CUDA is not available: use --device cpu")
-    return resolved
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:

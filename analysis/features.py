@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from memekit.space import Diffusion, ExpertUNet
 from memekit.space.errors import MemekitError
+from memekit.space.progress import progress_bar
 
 LOG_EPS = 1e-6  # added to |Z| before the log, as in Park & Kim's code
 INPUT_LAYER = "input"  # pseudo-layer name of the network input x_t
@@ -137,7 +137,7 @@ def feature_spectra(model: nn.Module, x0: torch.Tensor, diffusion: Diffusion, ti
     generator = torch.Generator(device=x0.device).manual_seed(seed)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     rows: list[dict] = []
-    for t in tqdm(list(timesteps), desc="features", unit="t", disable=not progress, leave=False):
+    for t in progress_bar(list(timesteps), progress=progress, desc="features", unit="t", leave=False):
         if not 0 <= t < diffusion.timesteps:
             raise FeatureError(f"time-step {t} is outside [0, {diffusion.timesteps})")
         t_batch = torch.full((x0.shape[0],), int(t), device=x0.device, dtype=torch.long)

@@ -38,8 +38,9 @@ from pytorch_fid.fid_score import IMAGE_EXTENSIONS, calculate_frechet_distance
 from pytorch_fid.inception import InceptionV3
 
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write
 
-from .data import resolve_device
+from .device import resolve_device
 from .inception import (
     CONVERTED_WEIGHTS_NAME,
     DATA_PREFIX,
@@ -70,7 +71,6 @@ from .inception import (
     pool3_features,
     resolve_inception_weights,
     source_set,
-    write_atomic,
 )
 from .kid import kid, kid_subsets, polynomial_kernel, subset_mmd2
 
@@ -81,7 +81,7 @@ __all__ = [
     "InceptionV3", "InceptionWeights", "calculate_frechet_distance", "clean_resize", "convert_fid_helper_weights",
     "data_source", "features", "fid", "fid_helper_torchscript_path", "frechet_distance", "gaussian", "image_files",
     "inception_model", "inception_statistics", "kid", "kid_subsets", "load_features", "load_statistics",
-    "no_weights_message", "polynomial_kernel", "protocol_label", "resolve_device", "resolve_inception_weights",
+    "no_weights_message", "polynomial_kernel", "protocol_label", "resolve_inception_weights",
     "save_features", "save_statistics", "source_images", "statistics", "subset_mmd2",
 ]
 
@@ -206,14 +206,14 @@ def save_statistics(path: str | os.PathLike, stats: InceptionStats,
     if path.suffix != ".npz":
         raise MemekitError(f"statistics file {str(path)!r} must end in .npz")
     extra = {} if features is None else {"features": features.features}
-    write_atomic(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma, **_meta(stats), **extra))
+    atomic_write(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma, **_meta(stats), **extra))
     return path
 
 
 def save_features(path: str | os.PathLike, feats: InceptionFeatures) -> Path:
     """Write features and their metadata to ``path`` (.npz), atomically (no statistics)."""
     path = Path(path)
-    write_atomic(path, lambda f: np.savez(f, features=feats.features, **_meta(feats)))
+    atomic_write(path, lambda f: np.savez(f, features=feats.features, **_meta(feats)))
     return path
 
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import logging
 import os
-import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,11 +37,12 @@ import pytorch_fid.inception
 import torch
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 from pytorch_fid.inception import InceptionV3
-from tqdm.auto import tqdm
 
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write
+from memekit.space.progress import progress_bar
 
-from .data import resolve_device
+from .device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ def resolve_inception_weights(path: str | os.PathLike | None = None, convert: bo
     if not convert:
         return InceptionWeights(torchscript, f"{LABEL_CONVERTED}, not converted yet")
     state_dict = convert_fid_helper_weights(torchscript)
-    write_atomic(converted, lambda f: torch.save(state_dict, f))
+    atomic_write(converted, lambda f: torch.save(state_dict, f))
     log.info("converted %s into %s", torchscript, converted)
     return InceptionWeights(converted, LABEL_CONVERTED)
 
@@ -268,7 +267,7 @@ def pool3_features(batches: Iterator[np.ndarray | torch.Tensor], n: int, model: 
     features: np.ndarray | None = None
     start = 0
     with torch.no_grad():
-        for batch in tqdm(batches, total=total, disable=not progress, desc="inception", unit="batch"):
+        for batch in progress_bar(batches, progress=progress, total=total, desc="inception", unit="batch"):
             pred = model(network_input(batch, protocol).to(device))[0]  # (B, d, 1, 1)
             if features is None:
                 features = np.empty((n, pred.shape[1]), dtype=np.float32)
@@ -440,16 +439,3 @@ def sha1_of_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
-    """Write ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never clobber another writer's temp file
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

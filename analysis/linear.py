@@ -87,3 +87,12 @@ def preconditioned(spec: DiffusionSpec, mode: str, images: np.ndarray | torch.Te
     spectrum = tuple(tuple(float(f"{v:.6g}") for v in row) for row in power) if mode == "wiener" else None
     return dataclasses.replace(spec, preconditioning=mode, data_std=round(mean_square**0.5, 6),
                                data_spectrum=spectrum)
+
+
+def preconditioned_for_data(spec: DiffusionSpec, mode: str, data: str, resolution: int) -> DiffusionSpec:
+    """:func:`preconditioned` with statistics from (at most :data:`STATS_IMAGES` of) the training split
+    of the data source ``data`` at ``resolution``."""
+    from .data import load_images
+
+    images = load_images(data, resolution, split="train", limit=STATS_IMAGES, progress=False)
+    return preconditioned(spec, mode, images)

@@ -38,10 +38,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from memekit.space.errors import MemekitError
 from memekit.space.precondition import ring_index
+from memekit.space.progress import progress_bar
 
 from .data import to_model_range
 
@@ -185,8 +185,8 @@ def data_power_spectrum(images: np.ndarray | torch.Tensor, batch_size: int = 256
     """
     total, count, bins = None, 0, None
     batches = _model_range_batches(images, batch_size, device)
-    for x0 in tqdm(batches, total=-(-len(images) // batch_size), desc="spectrum", unit="batch",
-                   disable=not progress, leave=False):
+    for x0 in progress_bar(batches, progress=progress, total=-(-len(images) // batch_size), desc="spectrum",
+                           unit="batch", leave=False):
         bins = bins or radial_bins(_square_size(tuple(x0.shape)), corners)
         power = _sum_power(x0)
         total = power if total is None else total + power
@@ -229,8 +229,8 @@ def monte_carlo_noisy_spectrum(images: np.ndarray | torch.Tensor, alpha_bar: np.
     generator = torch.Generator(device=device).manual_seed(seed)
     total, count, bins = None, 0, None
     batches = _model_range_batches(images, batch_size, device)
-    for x0 in tqdm(batches, total=-(-len(images) // batch_size), desc="monte-carlo", unit="batch",
-                   disable=not progress, leave=False):
+    for x0 in progress_bar(batches, progress=progress, total=-(-len(images) // batch_size), desc="monte-carlo",
+                           unit="batch", leave=False):
         bins = bins or radial_bins(_square_size(tuple(x0.shape)))
         if total is None:
             total = x0.new_zeros((len(ts), x0.shape[-2], x0.shape[-1] // 2 + 1), dtype=torch.float64)

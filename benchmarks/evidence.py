@@ -129,7 +129,8 @@ def train_piece(spec: MemeSpec, config, run_dir: Path, deadline: float | None) -
     """Train (resumable); the validation figures and budget actually seen."""
     from memekit.search.train import train
 
-    result = train(spec, config, run_dir, progress=True, deadline=deadline)
+    # a longer budget extends a finished run (calibration); the driver makes every config itself
+    result = train(spec, config, run_dir, progress=True, deadline=deadline, allow_config_change=True)
     keys = ("val_loss", "val_loss_quarters", "val_rel", "val_rel_quarters", "val_rel_per_expert")
     return {"images": result.images_seen, "images_per_expert": result.images_per_expert,
             **{k: result.val.get(k) for k in keys}}

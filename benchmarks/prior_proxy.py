@@ -19,10 +19,10 @@ import optuna
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import prior_spec
-from memekit.search.export import load_study
-from memekit.search.searchspace import params_for, projection_gap, sample
-from memekit.search.study import prior_base
+from memekit.search.results import load_study
+from memekit.search.searchspace import params_for, projection_gap, suggest_spec
 from memekit.search.train import train
+from memekit.search.warmstart import prior_base
 from memekit.space import spec_cost
 
 
@@ -34,10 +34,10 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_study(args.study_dir)
     space, config = loaded.space, loaded.config
-    # as memekit.search.study.load_or_make_prior, without the cache
+    # as memekit.search.warmstart.make_prior
     images = load_images(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
     prior = prior_spec(images, space.n_experts[0], prior_base(space), min_length=space.min_length)
-    spec = sample(optuna.trial.FixedTrial(params_for(prior, space, prior)), space, prior)
+    spec = suggest_spec(optuna.trial.FixedTrial(params_for(prior, space, prior)), space, prior)
     result = train(spec, config.proxy_config(args.device), Path(args.out), progress=True)
     print(json.dumps({"val_loss": result.val["val_loss"],
                       "trajectory_gmacs": spec_cost(spec, config.sampling_steps).trajectory_macs / 1e9,

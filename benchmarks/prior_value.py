@@ -21,13 +21,12 @@ N + 1 and is reported).
         --seeds 5 --trials 24 --proxy-images 768 --max-minutes 170
 
 Rerunning resumes: finished trials are kept, an interrupted study continues where it stopped, and
-``--max-minutes`` stops cleanly between trials. ``--report`` redraws from the saved studies.
+``--max-minutes`` stops cleanly between studies. ``--report`` redraws from the saved studies.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -54,24 +53,19 @@ def study_config(args: argparse.Namespace, arm: str, seed: int):
 
 
 def run_arm_seed(args: argparse.Namespace, arm: str, seed: int, deadline: float) -> bool:
-    """Run (or resume) one study trial by trial; False when the deadline stopped it."""
-    from memekit.search.study import count_trials, open_study, run_search
+    """Run (or resume) one study to its N trials; False when the deadline had passed before it."""
+    from memekit.search.workers import run_search
 
-    config = study_config(args, arm, seed)
-    done = 0
-    if (Path(config.study_dir) / "study.journal").is_file():
-        done, _ = count_trials(open_study(config, seed))
-    for k in range(done + 1, args.trials + 1):
-        if time.time() > deadline:
-            return False
-        run_search(dataclasses.replace(config, n_trials=k), progress=False)
-        print(f"{arm} seed {seed}: {k}/{args.trials} trials", flush=True)
+    if time.time() > deadline:
+        return False
+    run_search(study_config(args, arm, seed), progress=False)
+    print(f"{arm} seed {seed}: {args.trials} trials", flush=True)
     return True
 
 
 def trajectories(args: argparse.Namespace) -> dict[str, dict[int, list[tuple[float, float]]]]:
     """(quality, cost) of every finished trial in trial order (inf for infeasible), per arm and seed."""
-    from memekit.search.export import is_feasible, load_study
+    from memekit.search.results import is_feasible, load_study
 
     out: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for arm in ARMS:
@@ -112,6 +106,11 @@ def curves(data: dict, trials: int) -> tuple[dict, tuple[float, float]]:
     return out, reference
 
 
+def _se(values: np.ndarray) -> float:
+    """Standard error of the mean over seeds (NaN for one seed)."""
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+
+
 def trials_to_reach(best: np.ndarray, target: float, trials: int) -> int:
     hits = np.nonzero(best <= target + 1e-12)[0]
     return int(hits[0]) + 1 if len(hits) else trials + 1
@@ -129,10 +128,9 @@ def table(curve: dict, trials: int) -> list[str]:
         hvs = np.array([c["hv"][i][-1] for i in full])
         reach = np.array([trials_to_reach(c["best"][i], random_final[c["seeds"][i]], trials) for i in full
                           if c["seeds"][i] in random_final])
-        se = (lambda v: v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan)
         never = int((reach > trials).sum())
-        lines.append(f"| {arm} | {len(full)} | {finals.mean():.4f} +- {se(finals):.4f} | {hvs.mean():.4f} +- "
-                     f"{se(hvs):.4f} | {reach.mean():.1f} +- {se(reach):.1f} | {never} |")
+        lines.append(f"| {arm} | {len(full)} | {finals.mean():.4f} +- {_se(finals):.4f} | {hvs.mean():.4f} +- "
+                     f"{_se(hvs):.4f} | {reach.mean():.1f} +- {_se(reach):.1f} | {never} |")
     return lines
 
 
@@ -173,7 +171,7 @@ def main() -> None:
     p.add_argument("--proxy-batch", type=int, default=16)
     p.add_argument("--proxy-lr", type=float, default=1e-3)
     p.add_argument("--val-images", type=int, default=128)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly between trials after M minutes")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly between studies after M minutes")
     p.add_argument("--report", action="store_true", help="only redraw the table and plot from the studies")
     args = p.parse_args()
     import optuna

@@ -2,10 +2,10 @@
 
 One single-worker study per storage (the default journal file; PostgreSQL when ``--postgres URL``
 or ``$MEMEKIT_TEST_POSTGRES_URL`` is given) runs ``--trials`` trials of the real objective
-(:class:`memekit.search.study.Objective` through :func:`memekit.search.study.run_worker`) with
-the real proxy training at ``--resolution`` px. The worker's critical path is split by wrapping
-functions of ``memekit.search.study`` (exclusive times, main thread only, so nested calls are
-not counted twice and the journal heartbeat thread is left out):
+(:class:`memekit.search.objective.Objective` through :func:`memekit.search.workers.run_worker`)
+with the real proxy training at ``--resolution`` px. The worker's critical path is split by
+wrapping the study's seams (:class:`memekit.search.study.Seams`: exclusive times, main thread only,
+so nested calls are not counted twice and the journal heartbeat thread is left out):
 
 - **train**: ``train(...)``, the proxy run itself (training, validation, end-of-run sample grid);
 - **storage**: every public method of the Optuna storage object (journal or RDB) that the study,
@@ -54,9 +54,9 @@ from typing import Any
 import optuna
 import torch
 
-import memekit.search.study as study_module
 from memekit.search.storage import redact_url
-from memekit.search.study import SearchConfig, prepare_study, run_worker
+from memekit.search.study import DEFAULT_SEAMS, Seams, SearchConfig, prepare_study
+from memekit.search.workers import run_worker
 
 CATEGORIES = ("train", "storage", "sampler", "cost model", "gc", "other")
 SAMPLER_METHODS = ("infer_relative_search_space", "sample_relative", "sample_independent", "before_trial",
@@ -101,33 +101,28 @@ def _instrument_methods(obj: Any, names: list[str], category: str, clock: Exclus
 
 
 @contextlib.contextmanager
-def instrumented(clock: ExclusiveClock) -> Iterator[None]:
-    """Wrap train, spec_cost, the storage, the sampler and gc.collect as seen by the study module."""
-    saved = {name: getattr(study_module, name) for name in ("train", "spec_cost", "open_storage", "make_sampler")}
+def instrumented(clock: ExclusiveClock) -> Iterator[Seams]:
+    """Seams whose train, spec_cost, storage and sampler are timed, and a timed gc.collect."""
+    saved = DEFAULT_SEAMS
 
     def open_storage(*args: Any, **kwargs: Any) -> optuna.storages.BaseStorage:
-        storage = saved["open_storage"](*args, **kwargs)
+        storage = saved.open_storage(*args, **kwargs)
         public = [n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")]
         _instrument_methods(storage, public, "storage", clock)
         return storage
 
     def make_sampler(*args: Any, **kwargs: Any) -> optuna.samplers.BaseSampler:
-        sampler = saved["make_sampler"](*args, **kwargs)
+        sampler = saved.make_sampler(*args, **kwargs)
         _instrument_methods(sampler, list(SAMPLER_METHODS), "sampler", clock)
         return sampler
 
     collect = gc.collect
-    study_module.train = clock.wrap("train", saved["train"])
-    study_module.spec_cost = clock.wrap("cost model", saved["spec_cost"])
-    study_module.open_storage = open_storage
-    study_module.make_sampler = make_sampler
     gc.collect = clock.wrap("gc", collect)
     try:
-        yield
+        yield Seams(train=clock.wrap("train", saved.train), spec_cost=clock.wrap("cost model", saved.spec_cost),
+                    open_storage=open_storage, make_sampler=make_sampler)
     finally:
         gc.collect = collect
-        for name, value in saved.items():
-            setattr(study_module, name, value)
 
 
 @dataclass(frozen=True)
@@ -183,15 +178,12 @@ def measure(args: argparse.Namespace, label: str, storage: str | None, workdir: 
     config = search_config(args, workdir / label, storage, args.history + args.trials)
     prepare_study(config)
     if args.history:
-        real_train, study_module.train = study_module.train, stand_in_train
-        try:
-            run_worker(dataclasses.replace(config, n_trials=args.history), progress=False)
-        finally:
-            study_module.train = real_train
+        run_worker(dataclasses.replace(config, n_trials=args.history), progress=False,
+                   seams=Seams(train=stand_in_train))
     clock = ExclusiveClock()
-    with instrumented(clock):
+    with instrumented(clock) as seams:
         start = time.perf_counter()
-        run_worker(config, progress=False)
+        run_worker(config, progress=False, seams=seams)
         wall = time.perf_counter() - start
     seconds = {c: clock.totals.get(c, 0.0) / args.trials for c in CATEGORIES if c != "other"}
     seconds["other"] = wall / args.trials - sum(seconds.values())

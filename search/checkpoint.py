@@ -13,7 +13,6 @@ A checkpoint is a plain dict of tensors, numbers and strings (no pickled classes
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from memekit.space import MemeSpec
 from memekit.space.errors import MemekitError, SpecError
+from memekit.space.files import atomic_write
 
 CHECKPOINT_FORMAT = "memekit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -53,22 +53,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path, keep_last: int) -> Path:
     """Write ``state`` as ``checkpoints/step-XXXXXXXXX.pt`` and delete all but the last ``keep_last``."""
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     path = checkpoint_path(run_dir, int(state["step"]))
-    atomic_torch_save(state, path)
+    atomic_write(path, lambda f: torch.save(state, f), fsync=True)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

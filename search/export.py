@@ -1,11 +1,9 @@
 """Export a finished (or running) study: chosen specs as JSON, a trials table, plots and a report.
 
-Data first, then drawing: :func:`load_study` opens a study made by ``memekit search``,
-:func:`select_trials` picks trials (the feasible Pareto front, or the top K by quality),
-:func:`trial_spec` rebuilds a trial's MemeSpec with ``sample(FixedTrial(params), space, prior)``
-and compares it with the spec recorded on the trial, :func:`trials_frame` returns one row per
-trial; the renderers (:func:`plot_pareto`, :func:`plot_history`, :func:`plot_importances`)
-return Figures and never show or save; :func:`export_study` writes everything.
+Data first, then drawing: the study is opened and its trials chosen and rebuilt by
+:mod:`memekit.search.results`; :func:`trials_frame` returns one row per trial; the renderers
+(:func:`plot_pareto`, :func:`plot_history`, :func:`plot_importances`) return Figures and never show
+or save; :func:`export_study` writes everything.
 
 The speed-up column is the trajectory MACs of ``single-large`` at the study's resolution (same
 number of DDIM steps, :func:`memekit.space.spec_cost`) divided by the trial's trajectory MACs.
@@ -14,11 +12,8 @@ number of DDIM steps, :func:`memekit.space.spec_cost`) divided by the trial's tr
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 import numbers
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +25,21 @@ import pandas as pd
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from memekit.space import MemeSpec, SpecCost, get_preset, load_spec, save_spec, spec_cost
-from memekit.space.errors import MemekitError, SpecError
+from memekit.space import MemeSpec, get_preset, save_spec
+from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write_json, atomic_write_text, prepare_output_dir
 
-from .searchspace import SearchSpace, sample
-from .storage import journal_path, open_storage, redact_url, storage_kind
-from .study import SearchConfig, study_space
+from .results import (
+    LoadedStudy,
+    TrialSpec,
+    cost_of,
+    is_feasible,
+    select_trials,
+    spec_of,
+    trial_spec,
+    trial_state,
+)
+from .searchspace import SearchSpace, param_label
 
 SPEED_UP_BASELINE = "single-large"
 PLOT_FILES = {"pareto": "pareto_front.png", "history": "optimization_history.png",
@@ -46,197 +50,23 @@ FRAME_COLUMNS = ("trial", "state", "warm_start", "n_experts", "intervals", "atte
 
 
 class ExportError(MemekitError, ValueError):
-    """A study cannot be found, read or exported."""
-
-
-@dataclass(frozen=True)
-class LoadedStudy:
-    """A study made by ``memekit search``, with what is needed to rebuild its specs."""
-
-    study: optuna.Study
-    config: SearchConfig
-    space: SearchSpace
-    prior: MemeSpec | None
-    study_dir: Path | None
-    where: str  # storage, passwords redacted
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.study.directions) > 1
-
-    @property
-    def quality_name(self) -> str:
-        return (self.study.metric_names or self.config.metric_names())[0]
-
-    @property
-    def cost_name(self) -> str:
-        """The second objective, or ``trajectory_gmacs`` (a user attr) in single-objective studies."""
-        names = self.study.metric_names or self.config.metric_names()
-        return names[1] if self.multi_objective and len(names) > 1 else "trajectory_gmacs"
-
-
-# ---- opening a study ------------------------------------------------------------------------------
-def _config_file(study_dir: Path) -> SearchConfig:
-    if not study_dir.is_dir():
-        raise ExportError(f"study folder {str(study_dir)!r} does not exist: give the STUDY_DIR of "
-                          "'memekit search', or --storage URL --study NAME")
-    path = study_dir / "search_config.json"
-    if not path.is_file():
-        raise ExportError(f"{str(study_dir)!r} holds no study (no search_config.json): give the STUDY_DIR of "
-                          "'memekit search', or --storage URL --study NAME")
-    try:
-        return SearchConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ExportError(f"{path} is not a memekit search config ({err})") from None
-
-
-def _open_storage(storage: str | None, study_dir: Path | None) -> optuna.storages.BaseStorage:
-    if storage_kind(storage) == "journal":
-        path = journal_path(storage, study_dir or Path.cwd())
-        if not path.is_file():  # opening a journal creates it: check first
-            raise ExportError(f"no study journal at {str(path)!r}")
-    return open_storage(storage, study_dir or Path.cwd())
-
-
-def load_study(study_dir: str | Path | None = None, storage: str | None = None,
-               study_name: str | None = None) -> LoadedStudy:
-    """Open a memekit study from ``STUDY_DIR`` (its search_config.json names storage and study) or
-    from ``storage`` + ``study_name``; one-line :class:`ExportError` when there is none."""
-    folder = Path(study_dir) if study_dir is not None else None
-    file_config = _config_file(folder) if folder is not None else None
-    storage = storage or os.environ.get("MEMEKIT_STORAGE") or (file_config.storage if file_config else None)
-    if storage is not None and ":***@" in storage:
-        raise ExportError("the study's storage URL is stored without its password: pass --storage URL "
-                          "(or set MEMEKIT_STORAGE)")
-    name = study_name or (file_config.study_name if file_config else None)
-    if folder is None and (storage is None or name is None):
-        raise ExportError("give STUDY_DIR, or both --storage URL and --study NAME")
-    backend = _open_storage(storage, folder)
-    where = redact_url(storage) if storage else str(journal_path(None, folder or Path.cwd()))
-    try:
-        study = optuna.load_study(study_name=name, storage=backend, sampler=optuna.samplers.RandomSampler())
-    except KeyError:
-        names = optuna.get_all_study_names(backend)
-        raise ExportError(f"no study named {name!r} in {where} (studies there: "
-                          f"{', '.join(names) or 'none'})") from None
-    stored = study.user_attrs.get("memekit_config")
-    if stored is None and file_config is None:
-        raise ExportError(f"study {name!r} has no memekit_config: it was not made by 'memekit search'")
-    config = SearchConfig.from_dict(stored) if stored is not None else file_config
-    folder = folder or (Path(config.study_dir) if config.study_dir else None)
-    config = dataclasses.replace(config, study_dir=str(folder or ""))
-    space = study_space(config, folder)
-    prior_file = folder / "prior_spec.json" if folder is not None else None
-    prior = load_spec(prior_file) if prior_file is not None and prior_file.is_file() else None
-    return LoadedStudy(study, config, space, prior, folder, where)
-
-
-# ---- choosing trials ------------------------------------------------------------------------------
-def is_feasible(trial: FrozenTrial) -> bool:
-    """COMPLETE, every constraint <= 0 (Optuna's convention) and finite objective values."""
-    return (trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.constraints.values())
-            and all(math.isfinite(v) for v in trial.values or [math.nan]))
-
-
-def trial_state(trial: FrozenTrial) -> str:
-    """``COMPLETE``, ``infeasible`` (complete but a constraint > 0), ``PRUNED``, ``FAIL``, ..."""
-    if trial.state == TrialState.COMPLETE and not is_feasible(trial):
-        return "infeasible"
-    return trial.state.name
-
-
-def select_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTrial]:
-    """``top=None``: the feasible Pareto front (``study.best_trials``; the best trial(s) of a
-    single-objective study); else the ``top`` feasible complete trials by the first objective.
-    Ordered by the first objective, then trial number."""
-    if top is not None and top < 1:
-        raise ExportError(f"--top must be a positive integer, got {top}")
-    if top is None:
-        chosen = [t for t in study.best_trials if is_feasible(t)]
-    else:
-        chosen = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
-    chosen.sort(key=lambda t: (t.values[0], t.number))
-    return chosen if top is None else chosen[:top]
-
-
-# ---- specs ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrialSpec:
-    """A trial's spec rebuilt from its params, and how it compares with what the trial recorded."""
-
-    number: int
-    rebuilt: MemeSpec
-    recorded: MemeSpec | None
-    differences: tuple[str, ...]  # empty: rebuilt spec, params and MACs equal the recorded ones
-
-    @property
-    def rebuilt_differs(self) -> bool:
-        """The rebuilt spec is not the one the trial trained (e.g. the search space changed since)."""
-        return self.recorded is not None and self.recorded.to_dict() != self.rebuilt.to_dict()
-
-    @property
-    def spec(self) -> MemeSpec:
-        """The spec to export: the rebuilt one, unless it differs from the trained (recorded) one."""
-        return self.recorded if self.rebuilt_differs else self.rebuilt
-
-
-@functools.lru_cache(maxsize=512)
-def _cost(spec: MemeSpec, sampling_steps: int) -> SpecCost:
-    """:func:`spec_cost`, memoised (specs are frozen; exports of one study repeat them)."""
-    return spec_cost(spec, sampling_steps)
-
-
-def trial_spec(trial: FrozenTrial, space: SearchSpace, prior: MemeSpec | None, sampling_steps: int,
-               check_cost: bool = True) -> TrialSpec:
-    """Rebuild ``trial``'s spec with ``sample(FixedTrial(params), space, prior)`` and compare it with
-    the user attr ``spec``, and (``check_cost``, :func:`spec_cost`) its parameter count and
-    trajectory MACs with the user attrs ``params_total`` and ``trajectory_gmacs``."""
-    try:
-        rebuilt = sample(optuna.trial.FixedTrial(trial.params), space, prior)
-    except (ValueError, SpecError) as err:
-        raise ExportError(f"trial {trial.number}: cannot rebuild its spec from params ({err})") from None
-    recorded = MemeSpec.from_json(trial.user_attrs["spec"]) if "spec" in trial.user_attrs else None
-    differences = []
-    if recorded is None:
-        differences.append("no recorded spec")
-    elif recorded.to_dict() != rebuilt.to_dict():
-        keys = [k for k, v in rebuilt.to_dict().items() if recorded.to_dict().get(k) != v]
-        differences.append(f"spec differs in {', '.join(keys)}")
-    if not check_cost:
-        return TrialSpec(trial.number, rebuilt, recorded, tuple(differences))
-    cost = _cost(rebuilt, sampling_steps)
-    if "params_total" in trial.user_attrs and trial.user_attrs["params_total"] != cost.params:
-        differences.append(f"params {cost.params} != recorded {trial.user_attrs['params_total']}")
-    gmacs = trial.user_attrs.get("trajectory_gmacs")
-    if gmacs is not None and not math.isclose(gmacs, cost.trajectory_macs / 1e9, rel_tol=1e-9):
-        differences.append(f"trajectory GMACs {cost.trajectory_macs / 1e9:.6g} != recorded {gmacs:.6g}")
-    return TrialSpec(trial.number, rebuilt, recorded, tuple(differences))
-
-
-def _spec_of(trial: FrozenTrial, space: SearchSpace, prior: MemeSpec | None) -> MemeSpec | None:
-    """The spec a trial trained (recorded), else rebuilt from its params, else None."""
-    if "spec" in trial.user_attrs:
-        return MemeSpec.from_json(trial.user_attrs["spec"])
-    try:
-        return sample(optuna.trial.FixedTrial(trial.params), space, prior)
-    except (ValueError, SpecError, MemekitError):
-        return None
+    """A study cannot be exported."""
 
 
 def baseline_trajectory_macs(space: SearchSpace, sampling_steps: int) -> int:
     """Trajectory MACs of ``single-large`` at the space's resolution (batch 1)."""
-    return _cost(get_preset(SPEED_UP_BASELINE, space.base_expert.resolution), sampling_steps).trajectory_macs
+    return cost_of(get_preset(SPEED_UP_BASELINE, space.base_expert.resolution), sampling_steps).trajectory_macs
 
 
 # ---- the table ----------------------------------------------------------------------------------------
 def _trajectory_gmacs(trial: FrozenTrial, spec: MemeSpec | None, sampling_steps: int) -> float:
     if "trajectory_gmacs" in trial.user_attrs:
         return float(trial.user_attrs["trajectory_gmacs"])
-    return _cost(spec, sampling_steps).trajectory_macs / 1e9 if spec is not None else math.nan
+    return cost_of(spec, sampling_steps).trajectory_macs / 1e9 if spec is not None else math.nan
 
 
 def _row(loaded: LoadedStudy, trial: FrozenTrial, baseline_gmacs: float) -> dict[str, Any]:
-    spec = _spec_of(trial, loaded.space, loaded.prior)
+    spec = spec_of(trial, loaded.space, loaded.prior)
     gmacs = _trajectory_gmacs(trial, spec, loaded.config.sampling_steps)
     values = trial.values or []
     quality = values[0] if values else math.nan
@@ -249,7 +79,7 @@ def _row(loaded: LoadedStudy, trial: FrozenTrial, baseline_gmacs: float) -> dict
         "attention_shares": tuple(e.attention_share for e in spec.experts) if spec else None,
         "soft_assignment": spec.soft_assignment if spec else None,
         "quality": quality, "cost": cost, "trajectory_gmacs": gmacs,
-        "params": params if params is not None else (_cost(spec, 1).params if spec else None),
+        "params": params if params is not None else (cost_of(spec, 1).params if spec else None),
         "speed_up": baseline_gmacs / gmacs if gmacs and math.isfinite(gmacs) else math.nan,
         "failure_reason": trial.user_attrs.get("failure_reason", trial.user_attrs.get("skipped", "")),
     }
@@ -326,7 +156,7 @@ def plot_history(loaded: LoadedStudy) -> Figure:
 
 def plot_importances(loaded: LoadedStudy) -> Figure:
     """Optuna's parameter importances for the quality objective, over feasible complete trials
-    (Optuna's default evaluator); needs >= 2 of them."""
+    (Optuna's default evaluator), parameters named in words (:func:`param_label`); needs >= 2 of them."""
     from optuna.visualization import matplotlib as ovm
 
     feasible = [t for t in loaded.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
@@ -338,9 +168,17 @@ def plot_importances(loaded: LoadedStudy) -> Figure:
         copy = optuna.create_study(directions=loaded.study.directions)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials(feasible)
+    copy.add_trials([_readable(t) for t in feasible])
     target = (lambda t: t.values[0]) if loaded.multi_objective else None
     return _optuna_axes(ovm.plot_param_importances, copy, target=target, target_name=loaded.quality_name).figure
+
+
+def _readable(trial: FrozenTrial) -> FrozenTrial:
+    """``trial`` with its parameters named by :func:`param_label`."""
+    return optuna.trial.create_trial(
+        params={param_label(k): v for k, v in trial.params.items()},
+        distributions={param_label(k): d for k, d in trial.distributions.items()},
+        values=trial.values, constraints=None)
 
 
 # ---- the report --------------------------------------------------------------------------------------------
@@ -427,18 +265,6 @@ class ExportResult:
     notes: tuple[str, ...]
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {str(out)!r} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ExportError(f"--out {str(out)!r} is not empty: choose another folder or pass --overwrite")
-        for pattern in ("trial-*.json", "*.png", REPORT_FILE, TRIALS_CSV, MANIFEST):
-            for path in out.glob(pattern):
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _draw_plots(loaded: LoadedStudy, frame: pd.DataFrame, out: Path) -> tuple[dict[str, str | None], list[str]]:
     drawers = {"Pareto front": ("pareto", lambda: plot_pareto(loaded, frame)),
                "optimisation history": ("history", lambda: plot_history(loaded)),
@@ -463,7 +289,7 @@ def export_study(loaded: LoadedStudy, out: str | Path, top: int | None = None,
     chosen = select_trials(loaded.study, top)
     if not chosen:
         raise ExportError(f"study {loaded.study.study_name!r} has no feasible complete trial to export yet")
-    _prepare_out(out, overwrite)
+    prepare_output_dir(out, overwrite, clear=("trial-*.json", "*.png", REPORT_FILE, TRIALS_CSV, MANIFEST))
     steps = loaded.config.sampling_steps
     specs = tuple(trial_spec(t, loaded.space, loaded.prior, steps) for t in chosen)
     files, spec_files = [], {}
@@ -479,11 +305,11 @@ def export_study(loaded: LoadedStudy, out: str | Path, top: int | None = None,
     selection = (f"top {top} feasible complete trials by {loaded.quality_name}" if top is not None else
                  "feasible Pareto front" if loaded.multi_objective else f"best feasible trial by {loaded.quality_name}")
     selection += f" ({len(chosen)} trials)"
-    (out / REPORT_FILE).write_text(report_markdown(loaded, frame, selection, specs, spec_files, plots, notes))
+    atomic_write_text(out / REPORT_FILE, report_markdown(loaded, frame, selection, specs, spec_files, plots, notes))
     manifest = {"study_name": loaded.study.study_name, "storage": loaded.where, "selection": selection,
                 "trials": [{"trial": s.number, "file": spec_files[s.number], "differences": list(s.differences)}
                            for s in specs]}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(out / MANIFEST, manifest)
     files += [out / TRIALS_CSV, out / REPORT_FILE, out / MANIFEST]
     files += [out / name for name in plots.values() if name]
     return ExportResult(out, frame, specs, tuple(files), tuple(notes))

@@ -38,12 +38,14 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 from scipy import stats
 
-from .export import LoadedStudy, load_study, select_trials, trial_spec
+from .results import LoadedStudy, load_study, trial_spec
 from .retrain import (
+    MIN_TRIALS,
     RetrainError,
     Target,
     TrainJob,
     markers,
+    ranked_trials,
     save_record,
     score_run,
     std,
@@ -51,7 +53,6 @@ from .retrain import (
 )
 from .train import TrainConfig, TrainResult
 
-MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
 SELECTIONS = ("top", "spread")
 
 
@@ -157,12 +158,7 @@ def choose_trials(loaded: LoadedStudy, k: int, select: str = "top") -> list[Froz
     """K feasible complete trials by proxy quality: the ``top`` K, or K at ``spread`` ranks."""
     if select not in SELECTIONS:
         raise FidelityError(f"unknown selection {select!r}: use one of {', '.join(SELECTIONS)}")
-    if k < MIN_TRIALS:
-        raise FidelityError(f"K = {k}: the rank agreement needs K >= {MIN_TRIALS} trials")
-    ranked = select_trials(loaded.study, max(1, len(loaded.study.trials)))
-    if len(ranked) < k:
-        raise FidelityError(f"K = {k}, but study {loaded.study.study_name!r} has only {len(ranked)} feasible "
-                            "complete trials")
+    ranked = ranked_trials(loaded, k)
     return ranked[:k] if select == "top" else [ranked[i] for i in spread_ranks(len(ranked), k)]
 
 

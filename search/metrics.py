@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from memekit.analysis.data import resolve_device
+from memekit.analysis.device import resolve_device
 from memekit.analysis.fid import (
     FidResult,
     InceptionFeatures,

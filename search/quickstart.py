@@ -8,12 +8,13 @@
     5. sample     a grid of samples from its EMA weights
     6. report     OUT/REPORT.md linking every artefact
 
-Every stage writes into its own folder and is skipped when its output already exists, so an
-interrupted quickstart resumes where it stopped.
+Every stage writes into its own folder and is skipped when its output already exists ("done
+earlier, skipped"), so an interrupted quickstart resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -24,14 +25,19 @@ import torch
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import spectral_report
+from memekit.analysis.reports import format_spectrum_summary, write_spectrum_report
 from memekit.space import MemeSpec, get_preset, load_spec, save_spec, spec_cost, uniform_intervals
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write_text
 
-from .cli_analysis import format_spectrum_summary, write_spectrum_report
-from .sampling import sample_checkpoint, save_image_grid
+from .export import export_study
+from .results import load_study
+from .sampling import sample_checkpoint, save_comparison_grid
 from .searchspace import load_search_space
-from .study import SearchConfig, open_study, prior_base, run_search
+from .study import SearchConfig, find_study, open_study
 from .train import TrainConfig, train
+from .warmstart import prior_base
+from .workers import count_trials, run_search
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class QuickstartConfig:
     sample_count: int = 36
     sample_steps: int = 50
     seed: int = 0
+    device: str | None = None  # None: cuda if available, else cpu
+    grid_scale: int = 4  # samples and training images are shown upscaled this many times
 
     @classmethod
     def tiny(cls) -> QuickstartConfig:
@@ -62,15 +70,16 @@ def _stage(name: str, index: int, total: int = 6) -> float:
     return time.perf_counter()
 
 
-def _done(start: float, what: str) -> None:
-    print(f"      {what} ({time.perf_counter() - start:.0f} s)", flush=True)
+def _done(start: float, what: str, skipped: bool = False) -> None:
+    when = "done earlier, skipped" if skipped else f"{time.perf_counter() - start:.0f} s"
+    print(f"      {what} ({when})", flush=True)
 
 
-def spectrum_stage(out: Path, config: QuickstartConfig) -> MemeSpec:
-    """Spectral analysis of the data under the search space's base architecture."""
+def spectrum_stage(out: Path, config: QuickstartConfig) -> tuple[MemeSpec, bool]:
+    """Spectral analysis of the data under the search space's base architecture; (prior, skipped)."""
     folder = out / "1-spectrum"
     if (folder / "prior_spec.json").is_file():
-        return load_spec(folder / "prior_spec.json")
+        return load_spec(folder / "prior_spec.json"), True
     space = load_search_space(config.space)
     res, n = space.base_expert.resolution, space.n_experts[0]
     images = load_images(config.data, res, split="train", progress=True)
@@ -79,22 +88,31 @@ def spectrum_stage(out: Path, config: QuickstartConfig) -> MemeSpec:
     write_spectrum_report(report, folder, {"command": "quickstart", "data": config.data, "resolution": res,
                                            "n_experts": n})
     print(format_spectrum_summary(report, config.data))
-    return report.prior
+    return report.prior, False
 
 
-def search_stage(out: Path, config: QuickstartConfig, prior: MemeSpec) -> SearchConfig:
-    """A small multi-objective study, warm-started with the prior and the paper's configuration."""
-    study_dir = out / "2-study"
+def search_config_of(out: Path, config: QuickstartConfig) -> SearchConfig:
+    """The quickstart's study: small, multi-objective, warm-started with the prior and the paper's
+    configuration."""
+    return SearchConfig(study_dir=str(out / "2-study"), space=config.space, data=config.data, n_trials=config.trials,
+                        proxy_images=config.proxy_images, proxy_batch=config.proxy_batch,
+                        proxy_warmup_images=config.proxy_batch * 2, proxy_lr=1e-3, val_images=config.val_images,
+                        seed=config.seed, warm_start=("prior", "meme-paper", "multi-same"), device=config.device)
+
+
+def search_stage(out: Path, config: QuickstartConfig, prior: MemeSpec) -> tuple[SearchConfig, bool]:
+    """Run (or finish) the quickstart's study, one line per trial; (its config, skipped)."""
+    search = search_config_of(out, config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    before = find_study(search)
+    if before is not None and count_trials(before)[0] >= search.n_trials:
+        return search, True
+    study_dir = Path(search.study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     if not (study_dir / "prior_spec.json").is_file():
         save_spec(prior, study_dir / "prior_spec.json")
-    search = SearchConfig(study_dir=str(study_dir), space=config.space, data=config.data, n_trials=config.trials,
-                          proxy_images=config.proxy_images, proxy_batch=config.proxy_batch,
-                          proxy_warmup_images=config.proxy_batch * 2, proxy_lr=1e-3, val_images=config.val_images,
-                          seed=config.seed, warm_start=("prior", "meme-paper", "multi-same"))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_search(search, progress=True)
-    return search
+    return search, False
 
 
 def best_trial(search: SearchConfig) -> optuna.trial.FrozenTrial:
@@ -106,39 +124,46 @@ def best_trial(search: SearchConfig) -> optuna.trial.FrozenTrial:
     return min(front, key=lambda t: t.values[0])
 
 
-def export_stage(out: Path, search: SearchConfig) -> Path:
-    """Export the Pareto front (specs, trials.csv, plots, report.md)."""
-    from .export import export_study, load_study
-
+def export_stage(out: Path, search: SearchConfig) -> tuple[Path, bool]:
+    """Export the Pareto front (specs, trials.csv, plots, report.md); (folder, skipped)."""
     folder = out / "3-export"
-    if not (folder / "report.md").is_file():
-        export_study(load_study(search.study_dir), folder, overwrite=True)
-    return folder
+    if (folder / "report.md").is_file():
+        return folder, True
+    export_study(load_study(search.study_dir), folder, overwrite=True)
+    return folder, False
 
 
-def train_stage(out: Path, config: QuickstartConfig, spec: MemeSpec) -> Path:
-    """Train the chosen configuration for longer (auto-resumes)."""
+def train_config_of(config: QuickstartConfig) -> TrainConfig:
+    """The longer training of the chosen configuration."""
+    return TrainConfig(data=config.data, images=config.final_images, batch=config.final_batch, lr=1e-3,
+                       warmup_images=config.final_batch * 4, seed=config.seed, val_images=config.val_images,
+                       val_every=0, sample_every=0, sample_count=config.sample_count,
+                       sample_steps=config.sample_steps, checkpoint_every=50, keep_last=2, log_every=20,
+                       device=config.device)
+
+
+def train_stage(out: Path, config: QuickstartConfig, spec: MemeSpec) -> tuple[Path, bool]:
+    """Train the chosen configuration for longer (auto-resumes); (run folder, skipped)."""
     run_dir = out / "4-train"
-    train_config = TrainConfig(data=config.data, images=config.final_images, batch=config.final_batch, lr=1e-3,
-                               warmup_images=config.final_batch * 4, seed=config.seed, val_images=config.val_images,
-                               val_every=0, sample_every=0, sample_count=config.sample_count,
-                               sample_steps=config.sample_steps, checkpoint_every=50, keep_last=2, log_every=20)
-    result = train(spec, train_config, run_dir, progress=True)
+    result = train(spec, train_config_of(config), run_dir, progress=True, say=lambda line: print(f"      {line}"))
     print(f"      val loss {result.val.get('val_loss', float('nan')):.4f} after {result.images_seen} images")
-    return run_dir
+    return run_dir, result.images_trained == 0
 
 
-def sample_stage(out: Path, config: QuickstartConfig, run_dir: Path) -> Path:
-    """A sample grid from the EMA weights."""
+def sample_stage(out: Path, config: QuickstartConfig, run_dir: Path) -> tuple[Path, bool]:
+    """Samples of the EMA weights beside as many training images, both upscaled; (PNG, skipped)."""
     import numpy as np
 
-    npz = out / "5-samples.npz"
+    npz, png = out / "5-samples.npz", out / "5-samples.png"
+    skipped = npz.is_file() and png.is_file()
     if not npz.is_file():
         report = sample_checkpoint(run_dir, npz, n=config.sample_count, steps=config.sample_steps,
-                                   seed=config.seed, batch=config.sample_count, progress=True)
+                                   seed=config.seed, batch=config.sample_count, device=config.device, progress=True)
         print(f"      {report.n} images at {report.images_per_s:.1f} img/s")
     with np.load(npz) as data:
-        return save_image_grid(data["images"], out / "5-samples.png")
+        samples = data["images"]
+    real = load_images(config.data, samples.shape[1], split="train", limit=len(samples), progress=False)
+    return save_comparison_grid(samples, real, png, scale=config.grid_scale), skipped
 
 
 PRIOR_SENTENCE = ("The spectral prior is memekit's starting configuration measured from this data: interval "
@@ -164,8 +189,18 @@ def warm_start_sentences(search: SearchConfig) -> str:
             "(`memekit rerank` repeats them).")
 
 
-def report_stage(out: Path, prior: MemeSpec, search: SearchConfig, best: optuna.trial.FrozenTrial,
-                 export_dir: Path, run_dir: Path, grid: Path, seconds: float) -> Path:
+def quickstart_plan(out: str | Path, config: QuickstartConfig) -> dict:
+    """The settings of every stage and the stages already done in ``out`` (``--dry-run``)."""
+    out = Path(out)
+    done = {"spectrum": (out / "1-spectrum" / "prior_spec.json").is_file(),
+            "export": (out / "3-export" / "report.md").is_file(), "samples": (out / "5-samples.png").is_file()}
+    return {"out": str(out), "quickstart": dataclasses.asdict(config),
+            "search": search_config_of(out, config).to_dict(), "train": train_config_of(config).to_dict(),
+            "done_earlier": [stage for stage, flag in done.items() if flag]}
+
+
+def report_stage(out: Path, config: QuickstartConfig, prior: MemeSpec, search: SearchConfig,
+                 best: optuna.trial.FrozenTrial, export_dir: Path, run_dir: Path, grid: Path, seconds: float) -> Path:
     """OUT/REPORT.md: what ran, what was found, where every artefact is."""
     spec = MemeSpec.from_json(best.user_attrs["spec"])
     cost = spec_cost(spec, 50)
@@ -206,11 +241,12 @@ Trained in `4-train/` for {val.get('images_seen', '?')} images: validation loss 
 (per quarter of [0, T): {', '.join(f'{v:.4f}' for v in val.get('val_loss_quarters', []))}).
 Trajectory MACs {cost.trajectory_macs / 1e9:.3f} G; params {cost.params:,}.
 
-![samples]({grid.name})
+Left: {config.sample_count} samples ({config.sample_steps} DDIM steps, EMA weights); right: as many training
+images; both upscaled {config.grid_scale}x (nearest neighbour).
+
+![samples beside training images]({grid.name})
 """
-    path = out / "REPORT.md"
-    path.write_text(text)
-    return path
+    return atomic_write_text(out / "REPORT.md", text)
 
 
 def run_quickstart(out: str | Path, config: QuickstartConfig | None = None) -> Path:
@@ -223,22 +259,22 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None) -> P
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     t = _stage("spectrum of the noisy inputs", 1)
-    prior = spectrum_stage(out, config)
-    _done(t, f"prior boundaries {list(prior.boundaries)}")
+    prior, skipped = spectrum_stage(out, config)
+    _done(t, f"prior boundaries {list(prior.boundaries)}", skipped)
     t = _stage(f"search: {config.trials} proxy trials", 2)
-    search = search_stage(out, config, prior)
+    search, skipped = search_stage(out, config, prior)
     best = best_trial(search)
-    _done(t, f"best trial #{best.number}: values {[round(v, 4) for v in best.values]}")
+    _done(t, f"best trial #{best.number}: values {[round(v, 4) for v in best.values]}", skipped)
     t = _stage("export the Pareto front", 3)
-    export_dir = export_stage(out, search)
-    _done(t, f"{export_dir}")
+    export_dir, skipped = export_stage(out, search)
+    _done(t, f"{export_dir}", skipped)
     t = _stage("train the best configuration", 4)
-    run_dir = train_stage(out, config, MemeSpec.from_json(best.user_attrs["spec"]))
-    _done(t, f"{run_dir}")
+    run_dir, skipped = train_stage(out, config, MemeSpec.from_json(best.user_attrs["spec"]))
+    _done(t, f"{run_dir}", skipped)
     t = _stage("sample", 5)
-    grid = sample_stage(out, config, run_dir)
-    _done(t, f"{grid}")
+    grid, skipped = sample_stage(out, config, run_dir)
+    _done(t, f"{grid}", skipped)
     t = _stage("report", 6)
-    report = report_stage(out, prior, search, best, export_dir, run_dir, grid, time.perf_counter() - start)
+    report = report_stage(out, config, prior, search, best, export_dir, run_dir, grid, time.perf_counter() - start)
     _done(t, f"{report}")
     return report

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from optuna.trial import FrozenTrial
 from scipy import stats
 
-from .export import LoadedStudy, trial_spec
-from .fidelity import choose_trials
-from .retrain import RetrainError, TrainJob, markers, save_record, train_jobs
-from .train import TrainResult
+from .results import LoadedStudy, trial_spec
+from .retrain import RetrainError, TrainJob, markers, save_record, top_trials, train_jobs
+from .train import TrainConfig, TrainResult
 
 RECORD = "rerank"
 
@@ -74,39 +74,68 @@ class RerankResult:
         return data
 
 
-def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, out: str | Path | None = None,
-           device: str | None = None, jobs: int = 1,
-           on_run: Callable[[int, TrainResult], None] | None = None) -> RerankResult:
-    """Retrain the K best feasible trials with ``seeds`` more seeds and rank them by mean val loss."""
+@dataclass(frozen=True)
+class RerankPlan:
+    """Which trials are retrained with which seeds, under which training config, into which folder."""
+
+    trials: tuple[FrozenTrial, ...]
+    config: TrainConfig
+    seeds: tuple[int, ...]  # the seeds trained now
+    reuse: bool  # the study's own proxy run counts as seed ``config.seed``
+    out: Path
+
+    def run_dir(self, trial: int, seed: int) -> Path:
+        return self.out / f"trial-{trial:05d}-images-{self.config.images}-seed-{seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": [t.number for t in self.trials], "seeds_trained": list(self.seeds),
+                "study_run_reused": self.reuse, "images": self.config.images, "out": str(self.out),
+                "runs": [str(self.run_dir(t.number, s)) for t in self.trials for s in self.seeds],
+                "train": self.config.to_dict()}
+
+
+def plan_rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, out: str | Path | None = None,
+                device: str | None = None) -> RerankPlan:
+    """The K best feasible trials, the seeds to train (S more than the study's own run, which counts
+    when ``images`` is the proxy budget) and the runs' folder; checked, nothing trained."""
     if seeds < 1:
         raise RetrainError(f"--seeds must be a positive integer, got {seeds}")
-    if jobs < 1:
-        raise RetrainError(f"--jobs must be a positive integer, got {jobs}")
     if loaded.study_dir is None and out is None:
         raise RetrainError("the study has no STUDY_DIR: give --out for the runs")
-    chosen = choose_trials(loaded, k, "top")
+    chosen = top_trials(loaded, k)
     config = loaded.config.proxy_config(device)
     if images is not None:
         if images < config.batch:
             raise RetrainError(f"--images {images} is smaller than one batch ({config.batch})")
         config = dataclasses.replace(config, images=images)
     reuse = config.images == loaded.config.proxy_images and loaded.quality_name == "val_loss"
-    all_seeds = [config.seed + i for i in range(1 if reuse else 0, seeds + 1)]
+    trained = tuple(config.seed + i for i in range(1 if reuse else 0, seeds + 1))
     folder = Path(out) if out is not None else loaded.study_dir / "fidelity" / "noise"
+    return RerankPlan(tuple(chosen), config, trained, reuse, folder)
+
+
+def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, out: str | Path | None = None,
+           device: str | None = None, jobs: int = 1,
+           on_run: Callable[[int, TrainResult], None] | None = None) -> RerankResult:
+    """Retrain the K best feasible trials with ``seeds`` more seeds and rank them by mean val loss
+    (:func:`plan_rerank`)."""
+    if jobs < 1:
+        raise RetrainError(f"--jobs must be a positive integer, got {jobs}")
+    plan = plan_rerank(loaded, k, seeds, images, out, device)
     work = []
-    for t in chosen:
+    for t in plan.trials:
         spec = trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
-        for seed in all_seeds:
-            run_dir = folder / f"trial-{t.number:05d}-images-{config.images}-seed-{seed}"
-            work.append(TrainJob(t.number, spec, dataclasses.replace(config, seed=seed), run_dir))
+        for seed in plan.seeds:
+            work.append(TrainJob(t.number, spec, dataclasses.replace(plan.config, seed=seed), plan.run_dir(t.number, seed)))
     trained = iter(train_jobs(work, jobs, progress=False, on_run=on_run))
     losses = []
-    for t in chosen:
-        own = [float(t.user_attrs.get("val_loss", t.values[0]))] if reuse else []
-        losses.append(tuple(own + [float(next(trained).val["val_loss"]) for _ in all_seeds]))
-    seed_list = ([config.seed] if reuse else []) + all_seeds
-    return RerankResult(tuple(t.number for t in chosen), tuple(t.user_attrs.get("warm_start", "") for t in chosen),
-                        tuple(seed_list), config.images, tuple(losses))
+    for t in plan.trials:
+        own = [float(t.user_attrs.get("val_loss", t.values[0]))] if plan.reuse else []
+        losses.append(tuple(own + [float(next(trained).val["val_loss"]) for _ in plan.seeds]))
+    seed_list = ([plan.config.seed] if plan.reuse else []) + list(plan.seeds)
+    return RerankResult(tuple(t.number for t in plan.trials),
+                        tuple(t.user_attrs.get("warm_start", "") for t in plan.trials), tuple(seed_list),
+                        plan.config.images, tuple(losses))
 
 
 def rerank_text(result: RerankResult) -> str:

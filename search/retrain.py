@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,17 +22,38 @@ from typing import Any
 
 import numpy as np
 import torch
+from optuna.trial import FrozenTrial
 
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write_json, atomic_write_text
 
-from .export import REPORT_FILE, LoadedStudy
+from .export import REPORT_FILE
+from .results import LoadedStudy, select_trials
 from .train import TrainConfig, TrainResult, train
 
 TARGETS = ("val", "kid", "fid")
+MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
 
 
 class RetrainError(MemekitError, ValueError):
     """Trials cannot be retrained or scored as asked (too few trials, a bad budget, ...)."""
+
+
+def ranked_trials(loaded: LoadedStudy, k: int) -> list[FrozenTrial]:
+    """Every feasible complete trial by proxy quality, best first; a one-line error unless there
+    are ``k >= MIN_TRIALS`` of them."""
+    if k < MIN_TRIALS:
+        raise RetrainError(f"K = {k}: the rank agreement needs K >= {MIN_TRIALS} trials")
+    ranked = select_trials(loaded.study, max(1, len(loaded.study.trials)))
+    if len(ranked) < k:
+        raise RetrainError(f"K = {k}, but study {loaded.study.study_name!r} has only {len(ranked)} feasible "
+                           "complete trials")
+    return ranked
+
+
+def top_trials(loaded: LoadedStudy, k: int) -> list[FrozenTrial]:
+    """The ``k`` best feasible complete trials by proxy quality (see :func:`ranked_trials`)."""
+    return ranked_trials(loaded, k)[:k]
 
 
 @dataclass(frozen=True)
@@ -110,21 +130,13 @@ def score_run(result: TrainResult, target: Target, device: str | None = None) ->
         metrics = sample_metrics(result.run_dir, target.reference, n=target.n, steps=target.steps, seeds=1,
                                  device=device)
         cached = {"step": result.steps, "reference": target.reference, **metrics.to_dict()}
-        write_json(path, cached)
+        atomic_write_json(path, cached)
     return float(cached[f"{target.kind}_mean"])
 
 
 def std(values: Sequence[float]) -> float:
     """Sample standard deviation (ddof 1); NaN for fewer than two values."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
-def write_json(path: Path, data: Any) -> None:
-    """``data`` as indented JSON, written atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -138,9 +150,7 @@ def replace_report_section(report: Path, name: str, markdown: str) -> None:
     begin, end = markers(name)
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
     text = pattern.sub("", report.read_text()).rstrip("\n") + "\n\n"
-    tmp = report.with_name(f".{report.name}.tmp{os.getpid()}")
-    tmp.write_text(text + markdown)
-    tmp.replace(report)
+    atomic_write_text(report, text + markdown)
 
 
 def save_record(loaded: LoadedStudy, name: str, data: dict[str, Any], markdown: str,
@@ -151,7 +161,7 @@ def save_record(loaded: LoadedStudy, name: str, data: dict[str, Any], markdown: 
     loaded.study.set_user_attr(name, data)
     written = []
     if loaded.study_dir is not None:
-        write_json(loaded.study_dir / f"{name}.json", data)
+        atomic_write_json(loaded.study_dir / f"{name}.json", data)
         written.append(loaded.study_dir / f"{name}.json")
     export = Path(export_dir) if export_dir is not None else (loaded.study_dir / "export" if loaded.study_dir else None)
     if export is not None and (export / REPORT_FILE).is_file():

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from memekit.analysis.data import resolve_device, to_uint8
+from memekit.analysis.data import to_uint8
+from memekit.analysis.device import autocast, resolve_device
 from memekit.space import Diffusion, MemeSpec, MultiExpert, sample
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write
+from memekit.space.progress import progress_bar
 
 from .checkpoint import CheckpointError, checkpoint_spec, load_checkpoint
 
@@ -32,23 +34,22 @@ def sample_images(model: torch.nn.Module, spec: MemeSpec, n: int, sampler: str =
     e = spec.experts[0]
     out = []
     n_batches = math.ceil(n / batch)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     device = torch.device(device)
-    cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    for k in tqdm(range(n_batches), desc="sampling", unit="batch", disable=not progress):
+    for k in progress_bar(range(n_batches), progress=progress, desc="sampling", unit="batch"):
         size = min(batch, n - k * batch)
         gen = torch.Generator().manual_seed(seed + k)
-        with cast:
+        with autocast(device, mixed_precision):
             x = sample(model, diffusion, (size, e.image_channels, e.resolution, e.resolution), sampler=sampler,
                        steps=steps, eta=eta, generator=gen, device=device)
         out.append(to_uint8(x))
     return np.concatenate(out)
 
 
-def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
-    """uint8 NHWC images -> one PNG grid (2 px gaps), written atomically."""
-    from PIL import Image
-
+def image_grid(images: np.ndarray, nrow: int | None = None, scale: int = 1) -> np.ndarray:
+    """uint8 NHWC images -> one uint8 HWC grid with 2 px white gaps; each image upscaled ``scale``
+    times by pixel repetition (nearest neighbour: no detail is invented)."""
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, c = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
@@ -56,12 +57,39 @@ def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = Non
     for i, img in enumerate(images):
         r, col = divmod(i, nrow)
         grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = img
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(tmp)
-    tmp.replace(path)
-    return path
+    return grid
+
+
+def _save_png(grid: np.ndarray, path: str | Path) -> Path:
+    from PIL import Image
+
+    image = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
+    """uint8 NHWC images -> one PNG grid (2 px gaps), written atomically."""
+    return _save_png(image_grid(images, nrow), path)
+
+
+def save_comparison_grid(samples: np.ndarray, real: np.ndarray, path: str | Path, scale: int = 4,
+                         titles: tuple[str, str] = ("samples", "training images")) -> Path:
+    """Two labelled grids side by side (``samples`` left, ``real`` right), each image upscaled
+    ``scale`` times (nearest neighbour), as one PNG written atomically."""
+    from PIL import Image, ImageDraw
+
+    grids = [image_grid(images, scale=scale) for images in (samples, real)]
+    height, label, gap = max(g.shape[0] for g in grids), 16, 12
+    canvas = np.full((height + label, grids[0].shape[1] + gap + grids[1].shape[1], 3), 255, dtype=np.uint8)
+    x = 0
+    for grid in grids:
+        canvas[label:label + grid.shape[0], x:x + grid.shape[1]] = grid if grid.shape[-1] == 3 else grid.repeat(3, -1)
+        x += grid.shape[1] + gap
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for title, left in zip(titles, (2, grids[0].shape[1] + gap + 2), strict=True):
+        draw.text((left, 2), title, fill=(0, 0, 0))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def save_images(images: np.ndarray, out: str | Path, overwrite: bool = False) -> Path:
@@ -72,11 +100,7 @@ def save_images(images: np.ndarray, out: str | Path, overwrite: bool = False) ->
     if out.suffix == ".npz":
         if out.exists() and not overwrite:
             raise MemekitError(f"{out} exists: choose another --out or pass --overwrite")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.tmp.npz")
-        np.savez(tmp, images=images)
-        tmp.replace(out)
-        return out
+        return atomic_write(out, lambda f: np.savez(f, images=images))
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MemekitError(f"{out} is not empty: choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +123,29 @@ def load_model(checkpoint: str | Path, use_ema: bool = True, device: torch.devic
     return model.to(device).eval(), spec, state
 
 
+def _check_out(out: Path, overwrite: bool) -> Path:
+    if out.exists() and out.suffix != ".npz" and not out.is_dir():
+        raise MemekitError(f"--out {out} is an existing file: give a folder or a .npz path")
+    if out.exists() and not overwrite and (out.suffix == ".npz" or any(out.iterdir())):
+        raise MemekitError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
+    return out
+
+
+def sample_plan(checkpoint: str | Path, out: str | Path, n: int = 64, sampler: str = "ddim", steps: int = 50,
+                eta: float = 0.0, seed: int = 0, batch: int = 64, device: str | None = None, use_ema: bool = True,
+                mixed_precision: str = "no", overwrite: bool = False) -> dict[str, Any]:
+    """What :func:`sample_checkpoint` would do with these arguments (checked, nothing sampled or written)."""
+    _check_out(Path(out), overwrite)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    spec = checkpoint_spec(state)
+    e = spec.experts[0]
+    return {"checkpoint": state["path"], "step": int(state["step"]), "weights": "EMA" if use_ema else "raw",
+            "spec": spec.name, "image_shape": [e.resolution, e.resolution, e.image_channels], "n": n,
+            "sampler": sampler, "steps": steps if sampler == "ddim" else spec.diffusion.timesteps, "eta": eta,
+            "seed": seed, "batch": batch, "device": str(resolve_device(device)), "mixed_precision": mixed_precision,
+            "out": str(out), "format": "npz" if Path(out).suffix == ".npz" else "png folder"}
+
+
 @dataclass
 class SampleReport:
     out: Path
@@ -115,11 +162,7 @@ def sample_checkpoint(checkpoint: str | Path, out: str | Path, n: int = 64, samp
                       progress: bool = True) -> SampleReport:
     """Sample ``n`` images from a run folder or checkpoint and save them; reports images/s."""
     device = resolve_device(device)
-    out = Path(out)
-    if out.exists() and out.suffix != ".npz" and not out.is_dir():
-        raise MemekitError(f"--out {out} is an existing file: give a folder or a .npz path")
-    if out.exists() and not overwrite and (out.suffix == ".npz" or any(out.iterdir())):
-        raise MemekitError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
+    out = _check_out(Path(out), overwrite)
     model, spec, state = load_model(checkpoint, use_ema=use_ema, device=device)
     start = time.perf_counter()
     images = sample_images(model, spec, n, sampler=sampler, steps=steps, eta=eta, seed=seed, device=device,

@@ -1,7 +1,7 @@
 """The search space as data, and the one function that turns an Optuna trial into a MemeSpec.
 
-A :class:`SearchSpace` is plain JSON. ``sample(trial, space, prior)`` is the only code that sees a
-trial; the best trial is rebuilt with ``sample(optuna.trial.FixedTrial(params), space, prior)``.
+A :class:`SearchSpace` is plain JSON. ``suggest_spec(trial, space, prior)`` is the only code that sees
+a trial; the best trial is rebuilt with ``suggest_spec(optuna.trial.FixedTrial(params), space, prior)``.
 
 Parameters (names as Optuna records them):
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,7 @@ def project_cuts(cuts: list[int], total: int, min_length: int) -> list[int]:
     return out
 
 
-def sample(trial: Any, space: SearchSpace, prior: MemeSpec | None = None) -> MemeSpec:
+def suggest_spec(trial: Any, space: SearchSpace, prior: MemeSpec | None = None) -> MemeSpec:
     """Draw a MemeSpec from ``space`` with ``trial`` (an Optuna Trial or FixedTrial)."""
     n = space.n_experts[0] if len(space.n_experts) == 1 else trial.suggest_categorical("n_experts", list(space.n_experts))
     boundaries = _boundaries(trial, space, n, prior)
@@ -310,7 +311,7 @@ def params_for(spec: MemeSpec, space: SearchSpace, prior: MemeSpec | None = None
     """Parameters of ``space`` that reproduce ``spec`` as closely as the space allows.
 
     Values outside the space are projected (nearest share / width choice, p clipped, boundary
-    shifts clipped to the prior radius); compare ``sample(FixedTrial(params))`` with ``spec`` to
+    shifts clipped to the prior radius); compare ``suggest_spec(FixedTrial(params))`` with ``spec`` to
     see whether the projection was exact.
     """
     n = spec.n_experts
@@ -351,3 +352,25 @@ def projection_gap(spec: MemeSpec, projected: MemeSpec) -> dict[str, float]:
     boundary_gap = max(abs(a - b) for a, b in zip(spec.boundaries, projected.boundaries, strict=False))
     p_gap = max(abs(a - b) for a, b in zip(spec.soft_assignment, projected.soft_assignment, strict=False))
     return {"share": share_gap, "boundary": float(boundary_gap), "p": p_gap}
+
+
+# ---- readable parameter names (plots, reports) --------------------------------------------------
+_LABELS = (
+    (re.compile(r"^boundary_u(\d+)$"), "length of interval {0} (Dirichlet u)"),
+    (re.compile(r"^boundary_shift(\d+)$"), "shift of boundary {0}"),
+    (re.compile(r"^share_e(\d+)_s(\d+)$"), "attention share, expert {0} stage {1}"),
+    (re.compile(r"^width_e(\d+)$"), "width of expert {0}"),
+    (re.compile(r"^p_e(\d+)$"), "p_n of expert {0} (own-interval probability)"),
+    (re.compile(r"^n_experts$"), "number of experts"),
+    (re.compile(r"^out_of_interval$"), "out-of-interval rule"),
+)
+
+
+def param_label(name: str) -> str:
+    """What a parameter of :func:`suggest_spec` means, in words (``share_e1_s2`` -> ``attention
+    share, expert 1 stage 2``); unknown names are returned as they are."""
+    for pattern, label in _LABELS:
+        match = pattern.match(name)
+        if match:
+            return label.format(*match.groups())
+    return name

@@ -1,71 +1,53 @@
-"""Optuna studies over the MEME design space: configuration, objective, workers, fault tolerance.
+"""Optuna studies over the MEME design space: the study's configuration, opening and preparing it.
 
 One study lives in a study folder (``STUDY_DIR``): ``search_config.json``, the journal file (unless
 ``--storage`` points elsewhere), ``prior_spec.json``, ``trials/trial-NNNNN/`` (proxy runs) and
 ``artifacts/`` (sample grids, visible in optuna-dashboard).
 
-Objective: cheap checks first (a MACs/params budget via ``trial.set_constraint``; an over-budget
-candidate never trains), then a proxy run of :func:`memekit.search.train.train` with the same data,
-seed and image budget for every trial, then quality (validation loss or FID) and cost (trajectory
-MACs or measured latency). Multi-objective (quality, cost) by default. **Optuna cannot prune
-multi-objective studies**: pruners act only with ``--objective single``.
-
-Fault tolerance: PostgreSQL studies use Optuna's heartbeat and ``RetryFailedTrialCallback``.
-Journal studies get memekit's heartbeat (the worker stamps ``memekit:heartbeat`` on its running
-trial every ``heartbeat_interval`` s) and a stale-trial sweep that fails a trial whose stamp is
-older than ``grace_period`` and re-enqueues its parameters. Trials that raise an unexpected error
-are retried up to ``max_retries`` times; out-of-memory is recorded as infeasible (constraint > 0);
-a NaN proxy ends PRUNED with the reason in ``failure_reason``.
+:class:`SearchConfig` is everything that defines a study; :func:`open_study` creates or loads it
+(refusing a study made with other settings) and :func:`prepare_study` checks the data, the space
+and the settings before it writes anything, then writes the config file, the measured
+preconditioning and the spectral prior and enqueues the warm start (:mod:`memekit.search.warmstart`).
+Resuming: :func:`search_config` starts from the settings stored in ``STUDY_DIR``; the identity
+settings (what a trial measures) never change, the others (trials, sampler, ...) only with
+``update=True``, recorded in the study's user attr ``memekit_changes``. Trials are run by the objective
+(:mod:`memekit.search.objective`) in workers (:mod:`memekit.search.workers`).
+**Optuna cannot prune multi-objective studies**: pruners act only with ``--objective single``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import threading
-import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
-from memekit.analysis.data import load_images
-from memekit.analysis.priors import prior_spec
-from memekit.space import (
-    ExpertSpec,
-    MemeSpec,
-    get_preset,
-    load_spec,
-    save_spec,
-    spec_cost,
-    uniform_intervals,
-)
+from memekit.analysis.data import check_data_source, load_images
+from memekit.analysis.device import MIXED_PRECISION, resolve_device
+from memekit.analysis.linear import preconditioned_for_data
+from memekit.space import DiffusionSpec, MemeSpec, load_spec, save_spec, spec_cost
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write_json
 from memekit.space.precondition import PRECONDITIONINGS
 
-from .searchspace import SearchSpace, load_search_space, params_for, projection_gap, sample
-from .storage import open_storage, redact_url, storage_kind
-from .train import MIXED_PRECISION, OutOfMemory, TrainConfig, TrainingDiverged, train
+from .searchspace import SearchSpace, load_search_space
+from .storage import journal_path, open_storage, redact_url, storage_kind
+from .train import TrainConfig, train
+from .warmstart import WARM_STARTS, enqueue_warm_start, make_prior
 
 OBJECTIVES = ("multi", "single")
 QUALITIES = ("val", "val-rel", "kid", "fid")
 COSTS = ("macs", "latency")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNERS = ("none", "median", "hyperband", "wilcoxon")
-WARM_STARTS = ("prior", "meme-paper", "multi-same", "single-large", "single-small")
-HEARTBEAT_KEY = "memekit:heartbeat"
-# validation figures recorded on every trial (proxy objectives that fidelity can compare)
-RECORDED_VALIDATION = ("val_loss", "val_loss_quarters", "val_rel", "val_rel_quarters", "val_rel_per_expert")
 STORAGE_ENV = "MEMEKIT_STORAGE"  # default --storage; also how workers receive the URL with its password
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # group=True, set_metric_names and artifacts are "experimental" in Optuna 5; memekit pins optuna<6
@@ -120,7 +102,7 @@ class SearchConfig:
         for name in ("gpus", "warm_start"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
-        choices = {"objective": OBJECTIVES, "quality": QUALITIES, "cost": COSTS, "sampler": SAMPLERS,
+        choices = {"objective": OBJECTIVES, "quality": QUALITIES, "cost": COSTS, "sampler": OPTUNA_SAMPLERS,
                    "pruner": PRUNERS, "mixed_precision": MIXED_PRECISION, "preconditioning": PRECONDITIONINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -138,16 +120,23 @@ class SearchConfig:
                               "or --pruner none")
         storage_kind(self.storage)  # validates the scheme
 
-    # keys that must match when a study is resumed or joined
+    # keys that must match when a study is resumed or joined: they decide what a trial measures
     IDENTITY = ("space", "resolution", "data", "objective", "quality", "preconditioning", "cost", "max_macs",
-                "max_params",
-                "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images", "val_images",
-                "fid_n", "fid_steps", "seed")
+                "max_params", "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images",
+                "val_images", "fid_n", "fid_steps", "seed")
+    # where and how one invocation runs: free to differ between invocations and machines
+    INVOCATION = ("study_dir", "study_name", "storage", "workers", "gpus", "machine_rank", "device")
 
     def identity(self) -> dict[str, Any]:
         """The settings that must match when a study is resumed or joined (studies made before a
         setting existed stored no value for it: they count as its default)."""
         return {k: getattr(self, k) for k in self.IDENTITY}
+
+    def settings(self) -> dict[str, Any]:
+        """The study's other settings (trials, sampler, pruner, warm start, retries, ...): changing
+        one of an existing study needs ``update=True`` and is recorded (:func:`prepare_study`)."""
+        fixed = {*self.IDENTITY, *self.INVOCATION}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in fixed}
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -161,12 +150,18 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        """The inverse of :meth:`to_dict`; a one-line :class:`SearchError` for a key it does not know."""
+        if not isinstance(data, dict):
+            raise SearchError(f"a search config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SearchError(f"unknown search setting {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
+        return cls(**data)
 
     def run_device(self) -> str:
         """``device``, or cuda when this machine has it, else cpu."""
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return self.device or str(resolve_device(None))
 
     def proxy_config(self, device: str | None = None) -> TrainConfig:
         """The proxy training every trial gets: same data, seed and image budget."""
@@ -204,10 +199,19 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def worker_seed(config: SearchConfig, index: int) -> int:
-    """Distinct sampler seed per worker: ``seed + 1000 * machine_rank + index`` (a worker that
-    joins or resumes a study with ``k`` ended trials adds ``100003 * k``, see :func:`run_worker`)."""
-    return config.seed + 1000 * config.machine_rank + index
+@dataclass(frozen=True)
+class Seams:
+    """The functions a study calls for its expensive or stateful parts: the proxy training, the cost
+    model, the storage and the sampler. Tests and benchmarks pass their own (a fake training, timed
+    wrappers) instead of patching module globals."""
+
+    train: Callable[..., Any] = train
+    spec_cost: Callable[..., Any] = spec_cost
+    open_storage: Callable[..., optuna.storages.BaseStorage] = open_storage
+    make_sampler: Callable[..., optuna.samplers.BaseSampler] = make_sampler
+
+
+DEFAULT_SEAMS = Seams()
 
 
 # ---- the study's space (with the measured preconditioning) -------------------------------------
@@ -224,342 +228,34 @@ def study_space(config: SearchConfig, study_dir: Path | None) -> SearchSpace:
     if not path.is_file():
         raise SearchError(f"{path} is missing: the study's preconditioning statistics are made by "
                           "'memekit search' when it prepares the study; rerun it")
-    from memekit.space import DiffusionSpec
-
     return dataclasses.replace(space, diffusion=DiffusionSpec.from_dict(json.loads(path.read_text())))
 
 
-def measure_preconditioning(config: SearchConfig, study_dir: Path) -> None:
-    """Write ``STUDY_DIR/diffusion.json``: the space's diffusion spec with ``config.preconditioning``
-    and its statistics measured from (at most :data:`STATS_IMAGES` of) the training split."""
-    path = study_dir / DIFFUSION_FILE
-    if config.preconditioning == "none" or path.is_file():
-        return
-    from memekit.analysis.linear import STATS_IMAGES, preconditioned
-
-    space = load_search_space(config.space, config.resolution)
-    images = load_images(config.data, space.base_expert.resolution, split="train", limit=STATS_IMAGES,
-                         progress=False)
-    diffusion = preconditioned(space.diffusion, config.preconditioning, images)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(diffusion.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
+CONFIG_FILE = "search_config.json"
+PRIOR_FILE = "prior_spec.json"
 
 
-# ---- the prior and the warm start -------------------------------------------------------------
-def load_or_make_prior(config: SearchConfig, space: SearchSpace, study_dir: Path) -> MemeSpec:
-    """The spectral prior spec of the training split, cached as ``prior_spec.json``."""
-    path = study_dir / "prior_spec.json"
-    if path.is_file():
-        return load_spec(path)
-    images = load_images(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
-    prior = prior_spec(images, space.n_experts[0], prior_base(space), min_length=space.min_length)
-    save_spec(prior, path)
-    return prior
+def worker_seed(config: SearchConfig, index: int) -> int:
+    """Distinct sampler seed per worker: ``seed + 1000 * machine_rank + index`` (a worker that
+    joins or resumes a study with ``k`` ended trials adds ``100003 * k``, see
+    :func:`memekit.search.workers.run_worker`)."""
+    return config.seed + 1000 * config.machine_rank + index
 
 
-def prior_base(space: SearchSpace) -> MemeSpec:
-    """``meme-paper``'s p_n and out-of-interval rule on the space's architecture and diffusion: the
-    base from which the spectral prior takes everything but its intervals and shares."""
-    base = get_preset("meme-paper", space.base_expert.resolution)
-    return dataclasses.replace(base, experts=(space.base_expert,) * base.n_experts, diffusion=space.diffusion)
+# ---- opening and preparing a study ------------------------------------------------------------------
+def study_storage(config: SearchConfig, seams: Seams = DEFAULT_SEAMS) -> optuna.storages.BaseStorage:
+    """The study's storage (``config.storage``, or ``STUDY_DIR/study.journal``)."""
+    return seams.open_storage(config.storage, Path(config.study_dir), config.workers, config.heartbeat_interval,
+                              config.grace_period, config.max_retries)
 
 
-def warm_start_specs(config: SearchConfig, space: SearchSpace, prior: MemeSpec | None) -> dict[str, MemeSpec]:
-    """Baselines to enqueue first, each rebuilt on the space's base expert and resolution."""
-    res = space.base_expert.resolution
-    out: dict[str, MemeSpec] = {}
-    for name in config.warm_start:
-        if name == "prior":
-            if prior is not None:
-                out[name] = prior
-            continue
-        preset = _with_n_experts(get_preset(name, res), space)
-        if preset is None:
-            continue
-        experts = tuple(_in_space(e, space) for e in preset.experts)
-        out[name] = dataclasses.replace(preset, experts=experts, diffusion=space.diffusion)
-    return out
-
-
-def _in_space(expert: ExpertSpec, space: SearchSpace) -> ExpertSpec:
-    """The space's architecture with the preset expert's shares, and its width when the space
-    searches widths (otherwise single-large and single-small coincide in the space)."""
-    shares = _fit_shares(expert.attention_share, space)
-    nearest = min(space.width_choices, key=lambda w: abs(w - expert.base_width)) if space.width_choices else None
-    return dataclasses.replace(space.base_expert, attention_share=shares,
-                               base_width=nearest or space.base_expert.base_width)
-
-
-def _with_n_experts(preset: MemeSpec, space: SearchSpace) -> MemeSpec | None:
-    """A multi-expert preset re-cut to the space's N (experts and p_n taken evenly from the
-    lowest- to the highest-noise one, uniform intervals); None when the space cannot hold it."""
-    if preset.n_experts in space.n_experts:
-        return preset
-    if preset.n_experts == 1 or 1 in space.n_experts and len(space.n_experts) == 1:
-        return None
-    n = max(space.n_experts)
-    pick = [round(i * (preset.n_experts - 1) / max(n - 1, 1)) for i in range(n)]
-    return dataclasses.replace(preset, experts=tuple(preset.experts[i] for i in pick),
-                               soft_assignment=tuple(preset.soft_assignment[i] for i in pick),
-                               intervals=uniform_intervals(preset.diffusion.timesteps, n))
-
-
-def _fit_shares(shares: tuple[float, ...], space: SearchSpace) -> tuple[float, ...]:
-    """A preset's per-stage shares resampled to the space's stage count (first/last kept)."""
-    n = space.base_expert.n_stages
-    if len(shares) == n:
-        return shares
-    idx = [round(i * (len(shares) - 1) / max(n - 1, 1)) for i in range(n)]
-    return tuple(shares[i] for i in idx)
-
-
-def enqueue_warm_start(study: optuna.Study, config: SearchConfig, space: SearchSpace, prior: MemeSpec | None) -> None:
-    for name, spec in warm_start_specs(config, space, prior).items():
-        params = params_for(spec, space, prior)
-        gap = projection_gap(spec, sample(optuna.trial.FixedTrial(params), space, prior))
-        study.enqueue_trial(params, user_attrs={"warm_start": name, "projection_gap": gap}, skip_if_exists=True)
-
-
-# ---- the objective ----------------------------------------------------------------------------------
-class SurplusTrial(Exception):
-    """The study already has its requested number of finished or running trials."""
-
-
-class Objective:
-    """``objective(trial) -> (quality, cost)`` (or ``quality`` in single-objective mode)."""
-
-    def __init__(self, config: SearchConfig, space: SearchSpace, prior: MemeSpec | None, study_dir: Path,
-                 artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None,
-                 sampler_seed: int | None = None) -> None:
-        self.config, self.space, self.prior, self.study_dir = config, space, prior, study_dir
-        self.sampler_seed = sampler_seed
-        self.artifact_store = artifact_store
-        self.device = config.run_device()
-
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        self._check_surplus(trial)
-        start = time.perf_counter()
-        spec = sample(trial, self.space, self.prior)
-        cost = spec_cost(spec, self.config.sampling_steps)
-        trial.set_user_attr("spec", spec.to_json(indent=None))
-        trial.set_user_attr("params_total", cost.params)
-        trial.set_user_attr("macs_per_step", cost.mean_macs_per_step)
-        trial.set_user_attr("trajectory_gmacs", cost.trajectory_macs / 1e9)
-        trial.set_user_attr("environment", environment(self.device))
-        trial.set_user_attr("seeds", {"proxy_training": self.config.seed, "sampler": self.sampler_seed})
-        over = self._budget_violation(cost.mean_macs_per_step, cost.params)
-        trial.set_constraint("budget", over)
-        if over > 0:  # cheap check first: an over-budget candidate never trains
-            trial.set_user_attr("skipped", "over budget")
-            trial.set_constraint("memory", -1.0)
-            return self._values(math.inf, cost.trajectory_macs / 1e9)
-        quality = self._proxy_quality(trial, spec)
-        trial.set_constraint("memory", -1.0 if quality is not None else 1.0)
-        if quality is None:  # out of memory: infeasible, so the sampler learns to avoid it
-            return self._values(math.inf, cost.trajectory_macs / 1e9)
-        cost_value = (cost.trajectory_macs / 1e9 if self.config.cost == "macs"
-                      else self._latency_ms(trial, spec))
-        trial.set_user_attr("wall_time_s", time.perf_counter() - start)
-        return self._values(quality, cost_value)
-
-    def _values(self, quality: float, cost: float) -> float | tuple[float, float]:
-        return (quality, cost) if self.config.objective == "multi" else quality
-
-    def _budget_violation(self, macs_per_step: float, params: int) -> float:
-        """max over budgets of (value / limit - 1): <= 0 is feasible (Optuna's convention)."""
-        ratios = [-1.0]
-        if self.config.max_macs:
-            ratios.append(macs_per_step / self.config.max_macs - 1.0)
-        if self.config.max_params:
-            ratios.append(params / self.config.max_params - 1.0)
-        return max(ratios)
-
-    def _check_surplus(self, trial: optuna.Trial) -> None:
-        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                 if t.number < trial.number]
-        if len(ahead) >= self.config.n_trials:
-            trial.set_user_attr("surplus", True)
-            raise SurplusTrial(f"the study already has {self.config.n_trials} trials")
-
-    def _proxy_quality(self, trial: optuna.Trial, spec: MemeSpec) -> float | None:
-        run_dir = self.study_dir / "trials" / f"trial-{trial.number:05d}"
-        try:
-            try:
-                result = train(spec, self.config.proxy_config(self.device), run_dir, progress=False,
-                               on_validation=self._pruning_callback(trial))
-            except OutOfMemory as err:
-                trial.set_user_attr("failure_reason", str(err))
-                return None
-            except TrainingDiverged as err:
-                trial.set_user_attr("failure_reason", str(err))
-                raise optuna.TrialPruned(str(err)) from None
-            for key in RECORDED_VALIDATION:
-                if key in result.val:
-                    trial.set_user_attr(key, result.val[key])
-            trial.set_user_attr("train_images_per_s", result.train_images_per_s)
-            self._upload_grid(trial, run_dir)
-            if self.config.quality in ("val", "val-rel"):
-                return float(result.val["val_loss" if self.config.quality == "val" else "val_rel"])
-            return self._sample_quality(trial, run_dir)
-        finally:
-            if not self.config.keep_proxy_checkpoints:
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-
-    def _pruning_callback(self, trial: optuna.Trial):
-        if self.config.objective == "multi" or self.config.pruner == "none":
-            return None
-        rounds = [0]
-
-        def report(step: int, val: dict[str, Any]) -> None:
-            if self.config.pruner == "wilcoxon":  # instances: (validation round, fixed t)
-                base = rounds[0] * len(val["val_loss_per_t"])
-                for k, loss in enumerate(val["val_loss_per_t"]):
-                    trial.report(loss, base + k)
-            else:
-                trial.report(val["val_loss"], step)
-            rounds[0] += 1
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step} (val loss {val['val_loss']:.4f})")
-
-        return report
-
-    def _upload_grid(self, trial: optuna.Trial, run_dir: Path) -> None:
-        grids = sorted((run_dir / "samples").glob("*.png"))
-        if self.artifact_store is None or not grids:
-            return
-        artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(grids[-1]),
-                                                       study_or_trial=trial, mimetype="image/png")
-        trial.set_user_attr("sample_grid_artifact", artifact_id)
-
-    def _sample_quality(self, trial: optuna.Trial, run_dir: Path) -> float:
-        """KID or FID of ``fid_n`` DDIM-``fid_steps`` samples of the proxy against the data's reference
-        split (both are recorded; reference features are cached by the metrics module)."""
-        from memekit.analysis.fid import data_source
-
-        from .metrics import sample_metrics
-
-        result = sample_metrics(run_dir, data_source(self.config.data), n=self.config.fid_n,
-                                steps=self.config.fid_steps, seeds=1, device=self.device)
-        trial.set_user_attr("sample_metrics", result.to_dict())
-        trial.set_user_attr(f"fid{self.config.fid_n}", result.fid_mean)
-        trial.set_user_attr(f"kid{self.config.fid_n}", result.kid_mean)
-        trial.set_user_attr("fid_weights", result.weights_label)
-        return float(result.kid_mean if self.config.quality == "kid" else result.fid_mean)
-
-    def _latency_ms(self, trial: optuna.Trial, spec: MemeSpec) -> float:
-        from memekit.space import Diffusion, MultiExpert, measure_latency, sample_ddim
-
-        model = MultiExpert(spec).to(self.device).eval()
-        e = spec.experts[0]
-        shape = (1, e.image_channels, e.resolution, e.resolution)
-        diffusion = Diffusion(spec.diffusion)
-        seconds = measure_latency(lambda: sample_ddim(model, diffusion, shape, steps=self.config.sampling_steps,
-                                                      device=self.device), warmup=1, repeats=3, device=self.device)
-        trial.set_user_attr("latency_device", environment(self.device)["device_name"])
-        return seconds * 1e3
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Library versions and device, recorded on every trial."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        memekit_version = version("memekit")
-    except PackageNotFoundError:
-        memekit_version = "unknown"
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
-            "memekit": memekit_version, "device": device, "device_name": name, "host": platform.node()}
-
-
-# ---- heartbeat, stale trials and retries (journal storage) ------------------------------------------
-class Heartbeat:
-    """Stamp ``memekit:heartbeat`` on the running trial every ``interval`` s from a thread."""
-
-    def __init__(self, study: optuna.Study, interval: float) -> None:
-        self.study, self.interval = study, interval
-        self._trial_id: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="memekit-heartbeat", daemon=True)
-
-    def start(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def watch(self, trial_id: int | None) -> None:
-        self._trial_id = trial_id
-        if trial_id is not None:
-            self._beat()
-
-    def _beat(self) -> None:
-        trial_id = self._trial_id
-        if trial_id is None:
-            return
-        try:
-            self.study._storage.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
-        except (RuntimeError, KeyError):  # the trial just finished
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._beat()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: int, reason: str) -> bool:
-    """Re-enqueue a failed trial's parameters unless it was retried ``max_retries`` times already."""
-    retries = int(trial.user_attrs.get("retries", 0))
-    if retries >= max_retries or trial.user_attrs.get("surplus"):
-        return False
-    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("warm_start", "projection_gap")}
-    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number, "retries": retries + 1,
-                                                  "retry_reason": reason})
-    return True
-
-
-def sweep_stale_trials(study: optuna.Study, grace_period: float, max_retries: int) -> list[int]:
-    """Fail RUNNING trials whose heartbeat is older than ``grace_period`` s, and retry them.
-
-    Exactly one sweeper wins each stale trial: failing an already-finished trial raises in Optuna.
-    """
-    swept = []
-    now = time.time()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = trial.system_attrs.get(HEARTBEAT_KEY)
-        if last is None:
-            last = trial.datetime_start.timestamp() if trial.datetime_start else now
-        if now - float(last) <= grace_period:
-            continue
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", "stale heartbeat: worker died")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except (RuntimeError, KeyError, optuna.exceptions.UpdateFinishedTrialError):
-            continue
-        retry_trial(study, trial, max_retries, "stale heartbeat")
-        swept.append(trial.number)
-    return swept
-
-
-def _retry_failed_callback(config: SearchConfig):
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
-            retry_trial(study, trial, config.max_retries, "raised an error")
-        elif trial.user_attrs.get("surplus") and trial.system_attrs.get("fixed_params"):
-            # a queued trial drawn as surplus goes back to the queue, so nothing queued is lost
-            study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items() if k != "surplus"})
-    return callback
-
-
-# ---- studies and workers ------------------------------------------------------------------------------
-def open_study(config: SearchConfig, seed: int, create: bool = True) -> optuna.Study:
-    """Create or load the study; refuse to resume one made with a different configuration."""
+def open_study(config: SearchConfig, seed: int, create: bool = True, seams: Seams = DEFAULT_SEAMS,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create or load the study (in ``storage``, default :func:`study_storage`) with the sampler
+    seeded ``seed``; refuse to resume one made with a different configuration."""
     study_dir = Path(config.study_dir)
-    storage = open_storage(config.storage, study_dir, config.workers, config.heartbeat_interval,
-                           config.grace_period, config.max_retries)
-    sampler, pruner = make_sampler(config.sampler, seed), make_pruner(config.pruner)
+    storage = storage if storage is not None else study_storage(config, seams)
+    sampler, pruner = seams.make_sampler(config.sampler, seed), make_pruner(config.pruner)
     directions = ["minimize", "minimize"] if config.objective == "multi" else ["minimize"]
     try:
         if create:
@@ -574,133 +270,135 @@ def open_study(config: SearchConfig, seed: int, create: bool = True) -> optuna.S
         study.set_user_attr("memekit_config", config.public_dict())
         study.set_metric_names(config.metric_names())
     else:
-        defaults = SearchConfig(study_dir="").identity()  # settings newer than the study: their defaults
-        wanted = json.loads(json.dumps(config.identity()))
-        diff = [k for k in config.IDENTITY if stored.get(k, defaults[k]) != wanted[k]]
-        if diff:
-            raise SearchError(f"study {config.study_name!r} exists with a different {diff[0]} "
-                              f"({stored.get(diff[0], defaults[diff[0]])!r}): use another --study-name or the "
-                              "same settings")
+        check_identity(config, stored)
     return study
 
 
-def count_trials(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trials, surplus trials excluded."""
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    finished = sum(t.state in FINISHED for t in trials)
-    return finished, len(trials) - finished
+def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (stored, wanted)}`` where they differ (a key the study did not store counts as its
+    default: the setting is newer than the study)."""
+    defaults = SearchConfig(study_dir="").to_dict()
+    wanted = json.loads(json.dumps(wanted))
+    return {k: (stored.get(k, defaults[k]), v) for k, v in wanted.items() if stored.get(k, defaults[k]) != v}
 
 
-def run_worker(config: SearchConfig, index: int = 0, progress: bool = True) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (several workers may share it)."""
-    study_dir = Path(config.study_dir)
-    study = open_study(config, worker_seed(config, index))
-    done = len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
-    sampler_seed = worker_seed(config, index) + 100_003 * done
-    if done:  # a resumed worker must not replay the proposals its seed made before the restart
-        study.sampler = make_sampler(config.sampler, sampler_seed)
-    space = study_space(config, study_dir)
-    prior = load_spec(study_dir / "prior_spec.json") if (study_dir / "prior_spec.json").is_file() else None
-    store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(study_dir / "artifacts")))
-    objective = Objective(config, space, prior, study_dir, store, sampler_seed)
-    journal = storage_kind(config.storage) == "journal"
-    heartbeat = Heartbeat(study, config.heartbeat_interval).start() if journal else None
-    callbacks = [_retry_failed_callback(config)]
-    if heartbeat is not None:
-        callbacks.append(lambda s, t: heartbeat.watch(None))
-
-    def watched(trial: optuna.Trial):
-        if heartbeat is not None:
-            heartbeat.watch(trial._trial_id)
-        return objective(trial)
-
-    try:
-        while True:
-            if journal:
-                sweep_stale_trials(study, config.grace_period, config.max_retries)
-            finished, running = count_trials(study)
-            if finished >= config.n_trials:
-                break
-            if finished + running >= config.n_trials:  # wait: a running trial may still die
-                if not journal:  # Optuna fails (and retries) heartbeat-stale RDB trials only on request
-                    optuna.storages.fail_stale_trials(study)
-                time.sleep(min(5.0, config.heartbeat_interval))
-                continue
-            study.optimize(watched, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    finally:
-        if heartbeat is not None:
-            heartbeat.stop()
+def check_identity(config: SearchConfig, stored: dict[str, Any]) -> None:
+    """A one-line :class:`SearchError` when ``config`` measures trials differently from the study
+    whose stored config is ``stored``."""
+    diff = _differences(config.identity(), stored)
+    if diff:
+        key, (old, new) = next(iter(diff.items()))
+        raise SearchError(f"study {config.study_name!r} exists with a different {key} ({old!r}, this command "
+                          f"gives {new!r}): use another --study-name or STUDY_DIR, or the same settings")
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def prepare_study(config: SearchConfig) -> optuna.Study:
-    """Create (or resume) the study: config file, prior spec, warm-start trials."""
-    study_dir = _mkdir(Path(config.study_dir))
-    config_file = study_dir / "search_config.json"
-    tmp = config_file.with_name(".search_config.json.tmp")
-    tmp.write_text(json.dumps(config.public_dict(), indent=2) + "\n")
-    tmp.replace(config_file)
-    study = open_study(config, worker_seed(config, 0))
-    measure_preconditioning(config, study_dir)
-    space = study_space(config, study_dir)
-    needs_prior = "prior" in config.warm_start or space.boundary_mode == "prior"
-    prior = load_or_make_prior(config, space, study_dir) if needs_prior else None
-    if not study.trials:
-        enqueue_warm_start(study, config, space, prior)
-    return study
-
-
-def cpu_threads_per_worker(config: SearchConfig) -> int | None:
-    """Torch threads for each of several local CPU workers, so that together they use the cores once
-    (oversubscribed torch threads slow every worker down several times); ``None`` (leave it to torch)
-    for GPU workers or when the user set ``OMP_NUM_THREADS`` themselves."""
-    if config.workers < 2 or not config.run_device().startswith("cpu") or "OMP_NUM_THREADS" in os.environ:
+def find_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS) -> optuna.Study | None:
+    """The study of ``config`` if it exists; creates nothing (a missing journal stays missing)."""
+    if storage_kind(config.storage) == "journal" and not journal_path(config.storage, Path(config.study_dir)).is_file():
         return None
-    return max(1, (os.cpu_count() or 1) // config.workers)
+    try:
+        return optuna.load_study(study_name=config.study_name, storage=study_storage(config, seams),
+                                 sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        return None
 
 
-def run_search(config: SearchConfig, progress: bool = True) -> optuna.Study:
-    """Prepare the study, then run ``workers`` worker processes (in this process when 1)."""
-    study = prepare_study(config)
-    if config.workers == 1:
-        if config.gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = config.gpus[0]
-        run_worker(config, 0, progress)
-        return study
-    procs = []
-    config_file = Path(config.study_dir) / "search_config.json"
-    threads = cpu_threads_per_worker(config)
-    for i in range(config.workers):
-        env = dict(os.environ)
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        if config.storage:  # the password travels in the environment, never in a file
-            env[STORAGE_ENV] = config.storage
-        if config.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = config.gpus[i % len(config.gpus)]
-        cmd = [sys.executable, "-m", "memekit.search.study", str(config_file), str(i)]
-        procs.append(subprocess.Popen(cmd, env=env))
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise SearchError(f"worker(s) exited with codes {codes}: see their output above; rerun the same command "
-                          "to resume the study")
+def check_resume(config: SearchConfig, study: optuna.Study, update: bool) -> dict[str, tuple[Any, Any]]:
+    """The settings ``config`` changes in the existing ``study``: identity settings never change, the
+    others only with ``update``; ``{key: (stored, new)}``."""
+    stored = study.user_attrs.get("memekit_config") or {}
+    check_identity(config, stored)
+    changes = _differences(config.settings(), stored)
+    if changes and not update:
+        key, (old, new) = next(iter(changes.items()))
+        raise SearchError(f"study {config.study_name!r} has {key} {old!r} and this command gives {new!r}: pass "
+                          "--update to change it (recorded in the study), or leave the option out to resume with "
+                          "the stored settings")
+    return changes
+
+
+def record_changes(study: optuna.Study, config: SearchConfig, changes: dict[str, tuple[Any, Any]]) -> None:
+    """Store ``config`` as the study's config and append ``changes`` (with the time) to the user
+    attr ``memekit_changes``."""
+    history = list(study.user_attrs.get("memekit_changes", []))
+    history.append({"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "changes": {k: [old, new] for k, (old, new) in changes.items()}})
+    study.set_user_attr("memekit_changes", history)
+    study.set_user_attr("memekit_config", config.public_dict())
+
+
+def stored_config(study_dir: str | Path) -> SearchConfig | None:
+    """The config ``memekit search`` saved in ``STUDY_DIR/search_config.json`` (None: no study there)."""
+    path = Path(study_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SearchError(f"{path} is not valid JSON ({err}): repair it or use another STUDY_DIR") from None
+    try:
+        return SearchConfig.from_dict(data)
+    except SearchError as err:
+        raise SearchError(f"{path}: {err}") from None
+
+
+def search_config(study_dir: str | Path, **given: Any) -> SearchConfig:
+    """The config of an invocation on ``study_dir``: the stored one (when the folder holds a study)
+    with the ``given`` settings replacing its own, else the defaults with ``given``; a stored
+    storage URL lost its password, so it must be given again (``--storage`` or ``$MEMEKIT_STORAGE``)."""
+    stored = stored_config(study_dir)
+    data = {**(stored.to_dict() if stored else {}), **given, "study_dir": str(study_dir)}
+    if data.get("storage") and ":***@" in data["storage"]:
+        raise SearchError("the study's storage URL is stored without its password: pass --storage URL "
+                          f"(or set {STORAGE_ENV})")
+    return SearchConfig.from_dict(data)
+
+
+def _plan(config: SearchConfig, study_dir: Path) -> tuple[DiffusionSpec | None, MemeSpec | None]:
+    """Check the space and the data, and make (or read) the measured diffusion spec and the prior;
+    writes nothing."""
+    space = load_search_space(config.space, config.resolution)
+    check_data_source(config.data)
+    for split in ("train", "reference"):  # both splits exist at the space's resolution
+        load_images(config.data, space.base_expert.resolution, split=split, limit=1, progress=False)
+    diffusion = None
+    if config.preconditioning != "none":
+        path = study_dir / DIFFUSION_FILE
+        diffusion = (DiffusionSpec.from_dict(json.loads(path.read_text())) if path.is_file() else
+                     preconditioned_for_data(space.diffusion, config.preconditioning, config.data,
+                                             space.base_expert.resolution))
+        space = dataclasses.replace(space, diffusion=diffusion)
+    prior = None
+    if "prior" in config.warm_start or space.boundary_mode == "prior":
+        path = study_dir / PRIOR_FILE
+        prior = load_spec(path) if path.is_file() else make_prior(config, space)
+    return diffusion, prior
+
+
+def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bool = False,
+                  say: Callable[[str], None] | None = None) -> optuna.Study:
+    """Check the settings, the space and the data, then create (or resume) the study: config file,
+    measured preconditioning, prior spec, warm-start trials. A refused invocation writes nothing.
+    Changing a setting of an existing study needs ``update`` and is recorded (:func:`record_changes`;
+    ``say`` hears about it); its identity settings never change."""
+    study_dir = Path(config.study_dir)
+    existing = find_study(config, seams)
+    changes = check_resume(config, existing, update) if existing is not None else {}
+    diffusion, prior = _plan(config, study_dir)
+    # ---- everything was checked: from here on the study is written
+    study_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(study_dir / CONFIG_FILE, config.public_dict())
+    study = open_study(config, worker_seed(config, 0), seams=seams)
+    if changes:
+        record_changes(study, config, changes)
+        if say is not None:
+            say("changed study settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    if diffusion is not None and not (study_dir / DIFFUSION_FILE).is_file():
+        atomic_write_json(study_dir / DIFFUSION_FILE, diffusion.to_dict())
+    if prior is not None and not (study_dir / PRIOR_FILE).is_file():
+        save_spec(prior, study_dir / PRIOR_FILE)
+    if not study.trials:
+        enqueue_warm_start(study, config, study_space(config, study_dir), prior)
     return study
 
 
-def _worker_main(argv: list[str]) -> int:
-    config = SearchConfig.from_dict(json.loads(Path(argv[0]).read_text()))
-    if os.environ.get(STORAGE_ENV):
-        config = dataclasses.replace(config, storage=os.environ[STORAGE_ENV])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(config, int(argv[1]), progress=False)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

@@ -18,61 +18,37 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import signal
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
-from memekit.analysis.data import load_images, resolve_device, to_model_range
-from memekit.analysis.linear import linear_denoiser_loss, ring_power
+from memekit.analysis.data import check_data_source, load_images, to_model_range
+from memekit.analysis.device import MIXED_PRECISION, autocast, resolve_device
+from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
-from memekit.space.errors import MemekitError
 
 from .checkpoint import checkpoint_spec, latest_checkpoint, load_checkpoint, save_checkpoint
+from .control import Dist, StopControl, init_distributed
+from .runfolder import RunFolder
 from .sampling import sample_images, save_image_grid
+from .status import TrainProgress
+from .train_errors import (
+    OutOfMemory,
+    TrainingDiverged,
+    TrainingError,
+    TrainingInterrupted,
+    TrainingPaused,
+)
+from .validation import LOGGED_VALIDATION, linear_reference, validation_loss
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
-VALIDATION_QUARTERS = 4  # the validation loss is also reported per quarter of [0, T)
-REFERENCE_IMAGES = 4096  # training images whose spectrum defines the linear reference of val_rel
-
-
-class TrainingError(MemekitError):
-    """Training cannot go on (bad configuration, divergence, out of memory)."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss became NaN or inf."""
-
-
-class OutOfMemory(TrainingError):
-    """The device ran out of memory."""
-
-
-class TrainingInterrupted(TrainingError):
-    """SIGINT/SIGTERM: a checkpoint was written, rerun to resume."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class TrainingPaused(TrainingInterrupted):
-    """The run's deadline passed: a checkpoint was written, rerun to resume."""
-
-
-LOGGED_VALIDATION = ("val_loss", "val_loss_quarters", "val_rel", "val_rel_quarters", "val_rel_per_expert")
-DEADLINE = 1_000  # a stop request past any signal number: the run's deadline passed
-STOP_SYNC_STEPS = 10  # several processes agree on stopping (signal, deadline) every this many steps
+__all__ = ["MIXED_PRECISION", "OutOfMemory", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged",
+           "TrainingError", "TrainingInterrupted", "TrainingPaused", "check_budget", "dry_run", "ema_warmup_avg_fn",
+           "learning_rate", "step_seed", "train", "with_preconditioning"]
 
 
 @dataclass(frozen=True)
@@ -135,8 +111,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; a one-line :class:`TrainingError` for a key it does not know."""
+        if not isinstance(data, dict):
+            raise TrainingError(f"a training config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise TrainingError(f"unknown training setting {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
+        return cls(**data)
 
 
 @dataclass
@@ -148,8 +130,10 @@ class TrainResult:
     val: dict[str, Any]
     checkpoint: Path | None
     wall_time_s: float
-    train_images_per_s: float
+    train_images_per_s: float  # of this call (0 when it trained nothing)
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None  # the step this call resumed from (None: a new run)
+    images_trained: int | None = None  # by this call (0: the run had reached its budget before)
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -178,104 +162,16 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * min(1.0, (step + 1) / warmup_steps)
 
 
-def validation_timesteps(timesteps: int, count: int) -> list[int]:
-    """The fixed validation grid ``t_k = floor((k + 1/2) T / K)``."""
-    return [int((k + 0.5) * timesteps / count) for k in range(count)]
-
-
-@torch.no_grad()
-def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.Tensor, count: int,
-                    batch: int = 256, seed: int = 2_147_483_647, reference: np.ndarray | None = None,
-                    intervals: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
-    """Mean loss on held-out ``images`` (uint8 NHWC) at fixed t and fixed noise.
-
-    Returns ``val_loss`` (mean over the grid of :func:`validation_timesteps`) and
-    ``val_loss_quarters``, the mean per quarter of [0, T). Deterministic: same model, same number.
-    With ``reference`` (the loss of the best linear denoiser at every t, shape (T,), see
-    :func:`memekit.analysis.linear.linear_denoiser_loss`) also ``val_rel``: the mean over the grid of
-    ``log(loss_t / reference_t)`` (negative: better than the Wiener filter; a 10 % gain counts the
-    same at every noise level, and each interval in proportion to its share of the uniform grid, i.e.
-    of the DDIM steps), with its quarters and, given ``intervals``, its mean per interval.
-    """
-    device = images.device
-    ts = validation_timesteps(diffusion.timesteps, count)
-    per_t = []
-    for k, t in enumerate(ts):
-        gen = torch.Generator(device="cpu").manual_seed(seed + k)
-        total = 0.0
-        for start in range(0, len(images), batch):
-            x0 = to_model_range(images[start:start + batch])
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            t_batch = torch.full((len(x0),), t, device=device, dtype=torch.long)
-            total += float(diffusion.loss(model, x0, t_batch, noise).sum())
-        per_t.append(total / len(images))
-    out = {"val_loss": sum(per_t) / len(per_t), "val_loss_quarters": _quarters(ts, per_t, diffusion.timesteps),
-           "val_loss_per_t": per_t, "val_timesteps": ts}
-    if reference is not None:
-        rel = [math.log(loss / float(reference[t])) for t, loss in zip(ts, per_t, strict=True)]
-        out.update(val_rel=sum(rel) / len(rel), val_rel_quarters=_quarters(ts, rel, diffusion.timesteps),
-                   val_rel_per_t=rel, val_reference_per_t=[float(reference[t]) for t in ts])
-        if intervals is not None:
-            out["val_rel_per_expert"] = [_mean([r for t, r in zip(ts, rel, strict=True) if lo <= t < hi])
-                                         for lo, hi in intervals]
-    return out
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _quarters(ts: Sequence[int], values: Sequence[float], timesteps: int) -> list[float]:
-    quarters: list[list[float]] = [[] for _ in range(VALIDATION_QUARTERS)]
-    for t, value in zip(ts, values, strict=True):
-        quarters[t * VALIDATION_QUARTERS // timesteps].append(value)
-    return [_mean(q) for q in quarters]
-
-
-def linear_reference(diffusion: Diffusion, train: np.ndarray, val: np.ndarray,
-                     limit: int = REFERENCE_IMAGES) -> np.ndarray:
-    """Per-t loss (T,) of the Wiener filter of the training images' spectrum on the validation images
-    (the reference of ``val_rel``)."""
-    power_train = ring_power(train[:limit])
-    return linear_denoiser_loss(power_train, int(train.shape[1]), diffusion.alpha_bar, diffusion.prediction,
-                                data_power=ring_power(val))
-
-
-def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
-    """``--device`` as given, else this process's GPU (``LOCAL_RANK``), else the CPU."""
-    if config.device is None and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return resolve_device(config.device)
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed() -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-    return _Dist(dist.get_rank(), dist.get_world_size(), local)
-
-
-def _autocast(device: torch.device, mixed_precision: str):
-    if mixed_precision == "no":
-        return nullcontext()
-    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def with_preconditioning(spec: MemeSpec, mode: str | None, data: str) -> MemeSpec:
+    """``spec`` preconditioned by ``mode`` (statistics measured from the training split of ``data``);
+    unchanged when ``mode`` is None or already the spec's."""
+    if mode is None:
+        return spec
+    check_data_source(data)
+    if mode == spec.diffusion.preconditioning:
+        return spec
+    diffusion = preconditioned_for_data(spec.diffusion, mode, data, spec.experts[0].resolution)
+    return dataclasses.replace(spec, diffusion=diffusion)
 
 
 def check_budget(spec: MemeSpec, config: TrainConfig, world: int = 1) -> None:
@@ -304,38 +200,32 @@ def dry_run(spec: MemeSpec, config: TrainConfig) -> dict[str, Any]:
 
 
 # ---- the training loop --------------------------------------------------------------------------
-class Trainer:
-    """One training run in ``run_dir``: build, resume, loop, validate, sample, checkpoint."""
+class TrainingState:
+    """What one optimiser step changes: the experts, their EMA, the optimiser, the loss scaler and the
+    counters, with their checkpoint form (:meth:`state_dict`). ``train_images`` (uint8 NHWC on the
+    device) must be set before :meth:`train_step`."""
 
-    def __init__(self, spec: MemeSpec, config: TrainConfig, run_dir: str | Path, progress: bool = True,
-                 on_validation: Callable[[int, dict[str, Any]], None] | None = None,
-                 deadline: float | None = None) -> None:
-        self.spec, self.config, self.run_dir = spec, config, Path(run_dir)
-        self.progress, self.on_validation = progress, on_validation
-        self.deadline = deadline  # time.time() after which the run checkpoints and stops
-        self.dist = _init_distributed()
-        self.device = _resolve_device(config, self.dist.local_rank)
-        n, per_step = spec.n_experts, self.dist.world * spec.n_experts
-        check_budget(spec, config, self.dist.world)
-        if config.mixed_precision != "no" and self.device.type != "cuda":
-            raise TrainingError(f"--mixed-precision {config.mixed_precision} needs a CUDA device: use 'no' on {self.device}")
+    def __init__(self, spec: MemeSpec, config: TrainConfig, device: torch.device, group: Dist) -> None:
+        self.spec, self.config, self.device, self.dist = spec, config, device, group
+        n, per_step = spec.n_experts, group.world * spec.n_experts
+        check_budget(spec, config, group.world)
+        if config.mixed_precision != "no" and device.type != "cuda":
+            raise TrainingError(f"--mixed-precision {config.mixed_precision} needs a CUDA device: use 'no' on {device}")
         self.sub_batch = config.batch // per_step  # images per expert per process per step
         self.diffusion = Diffusion(spec.diffusion)
         self.sampler = SoftIntervalSampler(spec)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
-        self.model = MultiExpert(spec).to(self.device)
-        self.channels_last = config.channels_last and self.device.type == "cuda"
+        self.model = MultiExpert(spec).to(device)
+        self.channels_last = config.channels_last and device.type == "cuda"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_warmup_avg_fn(config.ema_decay))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                           fused=self.device.type == "cuda")
+                                           fused=device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
         self.experts = self._wrap_experts()
-        self.step, self.images_per_expert = 0, [0] * n
-        self.history: list[dict[str, Any]] = []
+        self.step, self.images_seen, self.images_per_expert = 0, 0, [0] * n  # images: all processes
         self.last_val: dict[str, Any] = {}
-        self._stop_signal: int | None = None
 
     def _wrap_experts(self) -> list[torch.nn.Module]:
         experts: list[torch.nn.Module] = list(self.model.experts)
@@ -347,16 +237,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             experts = [DDP(e, device_ids=ids) for e in experts]
         return experts
-
-    # ---- data ------------------------------------------------------------------------------
-    def load_data(self) -> None:
-        res = self.spec.experts[0].resolution
-        show = self.progress and self.dist.main
-        train = load_images(self.config.data, res, limit=self.config.data_limit, split="train", progress=show)
-        val = load_images(self.config.data, res, limit=self.config.val_images, split="reference", progress=show)
-        self.train_images = torch.from_numpy(train).to(self.device)
-        self.val_images = torch.from_numpy(val).to(self.device)
-        self.reference = linear_reference(self.diffusion, train, val) if self.dist.main else None
 
     def _batch(self, gen: torch.Generator) -> torch.Tensor:
         total = self.sub_batch * self.spec.n_experts
@@ -381,7 +261,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = learning_rate(self.config, self.step)
         losses = []
-        with _autocast(self.device, self.config.mixed_precision):
+        with autocast(self.device, self.config.mixed_precision):
             for n, expert in enumerate(self.experts):
                 rows = slice(n * self.sub_batch, (n + 1) * self.sub_batch)
                 losses.append(self.diffusion.loss(expert, x0[rows], t[rows], noise[rows], weighted=True).mean())
@@ -397,23 +277,13 @@ class Trainer:
         self.ema.update_parameters(self.model)
         return loss_vec.detach()
 
-    def _check_finite(self, loss_vec: torch.Tensor) -> None:
-        if bool(torch.isfinite(loss_vec).all()):
-            return
-        n = int((~torch.isfinite(loss_vec)).nonzero()[0, 0])
-        lo, hi = self.spec.intervals[n]
-        last = latest_checkpoint(self.run_dir)
-        raise TrainingDiverged(
-            f"loss is {float(loss_vec[n])} at step {self.step + 1} in interval [{lo}, {hi}) (expert {n}); "
-            f"last good checkpoint: {last or 'none'}; lower --lr or --grad-clip, or use bf16 instead of fp16")
-
     # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "spec": self.spec.to_json(),
             "config": json.dumps(self.config.to_dict()),
             "step": self.step,
-            "images_seen": self.step * self.config.batch,
+            "images_seen": self.images_seen,
             "images_per_expert": list(self.images_per_expert),
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict(),
@@ -439,60 +309,92 @@ class Trainer:
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.images_seen = int(state.get("images_seen", self.step * self.config.batch))
         self.images_per_expert = [int(v) for v in state["images_per_expert"]]
         self.last_val = json.loads(state.get("val", "{}"))
+
+
+class Trainer(TrainingState):
+    """One training run in ``run_dir``: build, resume, loop, validate, sample, checkpoint."""
+
+    def __init__(self, spec: MemeSpec, config: TrainConfig, run_dir: str | Path, progress: bool = True,
+                 on_validation: Callable[[int, dict[str, Any]], None] | None = None,
+                 deadline: float | None = None, say: Callable[[str], None] | None = None,
+                 allow_config_change: bool = False) -> None:
+        group = init_distributed()
+        super().__init__(spec, config, resolve_device(config.device, group.local_rank), group)
+        self.progress, self.on_validation = progress, on_validation
+        self.say = say if group.main else None  # one-line messages (resuming, changed settings)
+        self.allow_config_change = allow_config_change  # resume with another batch, lr, budget, ...
+        self.folder = RunFolder(run_dir, group.main)
+        self.stop = StopControl(group, self.device, deadline)  # deadline: time.time() to checkpoint and stop
+        self.history: list[dict[str, Any]] = []
+        self.resumed_from: int | None = None
+        self.resumed_images = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    def load_data(self) -> None:
+        res = self.spec.experts[0].resolution
+        show = self.progress and self.dist.main
+        train = load_images(self.config.data, res, limit=self.config.data_limit, split="train", progress=show)
+        val = load_images(self.config.data, res, limit=self.config.val_images, split="reference", progress=show)
+        self.train_images = torch.from_numpy(train).to(self.device)
+        self.val_images = torch.from_numpy(val).to(self.device)
+        self.reference = linear_reference(self.diffusion, train, val) if self.dist.main else None
+
+    def _check_finite(self, loss_vec: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss_vec).all()):
+            return
+        n = int((~torch.isfinite(loss_vec)).nonzero()[0, 0])
+        lo, hi = self.spec.intervals[n]
+        last = latest_checkpoint(self.run_dir)
+        raise TrainingDiverged(
+            f"loss is {float(loss_vec[n])} at step {self.step + 1} in interval [{lo}, {hi}) (expert {n}); "
+            f"last good checkpoint: {last or 'none'}; lower --lr or --grad-clip, or use bf16 instead of fp16")
 
     def checkpoint(self) -> Path | None:
         path = None
         if self.dist.main:
             path = save_checkpoint(self.state_dict(), self.run_dir, self.config.keep_last)
-        if self.dist.world > 1:
-            dist.barrier()
+        self.dist.barrier()
         return path
 
     # ---- run folder and resume ----------------------------------------------------------------
     def prepare(self, resume: str | Path | None) -> None:
         """Create the run folder, or resume from ``resume`` / the folder's latest checkpoint."""
-        spec_file = self.run_dir / "spec.json"
-        latest = latest_checkpoint(self.run_dir)
-        if resume is not None and latest is not None and Path(resume).resolve() != latest.resolve():
-            raise TrainingError(f"{self.run_dir} already holds newer checkpoints (latest {latest.name}); resuming "
-                                f"from {resume} there would mix two runs: use a new --out folder")
-        source = resume or latest
-        if source is None and spec_file.is_file() and json.loads(spec_file.read_text()) != self.spec.to_dict():
-            raise TrainingError(f"{self.run_dir} already holds a run of another spec: use a new --out folder")
+        source = self.folder.resume_source(self.spec, resume)
         if source is not None:
-            self.load_state_dict(load_checkpoint(source, map_location=self.device))
+            state = load_checkpoint(source, map_location=self.device)
+            self.load_state_dict(state)  # another spec, or weights that do not fit: refused first
+            changes = self.folder.config_changes(state, self.config.to_dict(), self.allow_config_change)
+            self.resumed_from, self.resumed_images = self.step, self.images_seen
+            self._say(f"resuming {self.run_dir} from step {self.step:,} (checkpoint {source})")
             self.log_event({"event": "resumed", "from": str(source), "step": self.step})
-        if self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_text(spec_file, self.spec.to_json() + "\n")
-            _write_text(self.run_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
-            self._truncate_log()
+            if changes:
+                self._say("changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+                self.log_event({"event": "config_changed", "step": self.step,
+                                "changes": {k: list(v) for k, v in changes.items()}})
+        self.folder.start(self.spec, self.config.to_dict(), self.step)
 
-    def _truncate_log(self) -> None:
-        """Drop log lines past the resumed step so the log reads like one straight run."""
-        log = self.run_dir / "log.jsonl"
-        if not log.is_file():
-            return
-        kept = [line for line in log.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        _write_text(log, "".join(line + "\n" for line in kept))
+    def _say(self, line: str) -> None:
+        if self.say is not None:
+            self.say(line)
 
     def log_event(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if self.dist.main and self.run_dir.is_dir():
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.folder.append_log(record)
 
     # ---- periodic work -------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
         self.ema.module.eval()
-        with _autocast(self.device, self.config.mixed_precision):
+        with autocast(self.device, self.config.mixed_precision):
             val = validation_loss(self.ema.module, self.diffusion, self.val_images, self.config.val_timesteps,
                                   reference=self.reference, intervals=self.spec.intervals)
         self.last_val = {**val, "step": self.step}
-        self.log_event({"event": "validation", "step": self.step, "images_seen": self.step * self.config.batch,
+        self.log_event({"event": "validation", "step": self.step, "images_seen": self.images_seen,
                         **{k: val[k] for k in LOGGED_VALIDATION if k in val}})
         if self.on_validation is not None:
             self.on_validation(self.step, self.last_val)
@@ -511,28 +413,27 @@ class Trainer:
     def run(self, resume: str | Path | None = None) -> TrainResult:
         self.prepare(resume)
         total = self.config.steps
-        start_step, start_time = self.step, time.perf_counter()
+        start_time = time.perf_counter()
         if self.step >= total:
             self.log_event({"event": "complete", "step": self.step, "note": "budget already reached"})
-            return self._result(start_step, start_time, latest_checkpoint(self.run_dir))
+            return self._result(start_time, latest_checkpoint(self.run_dir))
         self.load_data()
-        bar = tqdm(total=total, initial=self.step, desc="train", unit="step",
-                   disable=not (self.progress and self.dist.main), dynamic_ncols=True)
+        bar = TrainProgress(total, self.step, self.progress and self.dist.main)
         window = torch.zeros(self.spec.n_experts, device=self.device)
         window_steps, window_start = 0, time.perf_counter()
-        with _signals_to(self):
+        with self.stop.handling_signals():
             while self.step < total:
-                stop = self._stop_requested()
-                if stop == DEADLINE:
-                    self._pause(bar)
-                if stop:
-                    self._interrupt(bar)
+                request = self.stop.requested(self.step)
+                if request:  # a signal or the deadline: checkpoint, then stop
+                    bar.close()
+                    raise self.stop.error(request, self.step, self.checkpoint())
                 loss_vec = self._guarded_step()
                 self.step += 1
+                self.images_seen += self.config.batch
                 self.images_per_expert = [v + self.sub_batch * self.dist.world for v in self.images_per_expert]
                 window += loss_vec
                 window_steps += 1
-                bar.update(1)
+                bar.update()
                 if self._due(self.config.log_every) or self.step == total:
                     self._log_train(window / window_steps, window_steps, window_start, bar)
                     window.zero_()
@@ -540,7 +441,7 @@ class Trainer:
                 self._periodic(total)
         bar.close()
         path = self.checkpoint()
-        return self._result(start_step, start_time, path)
+        return self._result(start_time, path)
 
     def _guarded_step(self) -> torch.Tensor:
         try:
@@ -561,87 +462,35 @@ class Trainer:
         if self._due(self.config.checkpoint_every) and not final:
             self.checkpoint()
 
-    def _log_train(self, mean_losses: torch.Tensor, steps: int, since: float, bar: tqdm) -> None:
+    def _log_train(self, mean_losses: torch.Tensor, steps: int, since: float, bar: TrainProgress) -> None:
         losses = [float(v) for v in mean_losses]
         ips = steps * self.config.batch / max(time.perf_counter() - since, 1e-9)
-        self.log_event({"event": "train", "step": self.step, "images_seen": self.step * self.config.batch,
-                        "images_per_expert": list(self.images_per_expert), "loss": sum(losses) / len(losses),
-                        "loss_per_interval": losses, "lr": learning_rate(self.config, self.step - 1),
-                        "images_per_s": ips})
-        bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", img_s=f"{ips:.0f}")
+        record = {"event": "train", "step": self.step, "images_seen": self.images_seen,
+                  "images_per_expert": list(self.images_per_expert), "loss": sum(losses) / len(losses),
+                  "loss_per_interval": losses, "lr": learning_rate(self.config, self.step - 1), "images_per_s": ips}
+        self.log_event(record)
+        bar.log(self.step, record["images_seen"], min(self.images_per_expert), record["loss"], record["lr"], ips)
 
-    def _stop_requested(self) -> int:
-        """0 to go on; a signal number (SIGINT/SIGTERM arrived) or :data:`DEADLINE` to stop at this step.
-        With several processes they decide together every :data:`STOP_SYNC_STEPS` steps (the largest
-        request of any rank wins), so all stop at the same step and none waits in a collective alone."""
-        local = self._stop_signal or (DEADLINE if self.deadline is not None and time.time() > self.deadline else 0)
-        if self.dist.world == 1:
-            return local
-        if self.step % STOP_SYNC_STEPS:
-            return 0
-        request = torch.tensor([local], device=self.device)
-        dist.all_reduce(request, op=dist.ReduceOp.MAX)
-        agreed = int(request.item())
-        if agreed and agreed != DEADLINE:
-            self._stop_signal = agreed
-        return agreed
-
-    def _interrupt(self, bar: tqdm) -> None:
-        bar.close()
-        path = self.checkpoint()
-        name = signal.Signals(self._stop_signal).name
-        raise TrainingInterrupted(f"{name} at step {self.step}: checkpoint written to {path}; rerun the same "
-                                  "command to resume", 128 + int(self._stop_signal))
-
-    def _pause(self, bar: tqdm) -> None:
-        bar.close()
-        path = self.checkpoint()
-        raise TrainingPaused(f"time limit reached at step {self.step}: checkpoint written to {path}; rerun to "
-                             "resume", 0)
-
-    def _result(self, start_step: int, start_time: float, path: Path | None) -> TrainResult:
+    def _result(self, start_time: float, path: Path | None) -> TrainResult:
         wall = time.perf_counter() - start_time
-        images = (self.step - start_step) * self.config.batch
-        if self.dist.world > 1:
-            dist.barrier()
-        return TrainResult(self.run_dir, self.step, self.step * self.config.batch, list(self.images_per_expert),
-                           dict(self.last_val), path, wall, images / wall if wall > 0 else 0.0, self.history)
-
-
-class _signals_to:
-    """Route SIGINT/SIGTERM to ``trainer._stop_signal`` (main thread only), restoring on exit."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer, self.previous = trainer, {}
-
-    def __enter__(self) -> None:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.trainer._stop_signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+        images = self.images_seen - self.resumed_images
+        self.dist.barrier()
+        return TrainResult(self.run_dir, self.step, self.images_seen, list(self.images_per_expert),
+                           dict(self.last_val), path, wall, images / wall if images and wall > 0 else 0.0,
+                           self.history, self.resumed_from, images)
 
 
 def train(spec: MemeSpec, config: TrainConfig, run_dir: str | Path, resume: str | Path | None = None,
           progress: bool = True, on_validation: Callable[[int, dict[str, Any]], None] | None = None,
-          deadline: float | None = None) -> TrainResult:
+          deadline: float | None = None, say: Callable[[str], None] | None = None,
+          allow_config_change: bool = False) -> TrainResult:
     """Train ``spec`` under ``config`` into ``run_dir`` (resuming automatically); see :class:`Trainer`.
 
+    ``progress``: a bar on a terminal, else a status line every ``log_every`` steps on stderr.
     ``deadline`` (a ``time.time()`` value): past it, write a checkpoint and raise
-    :class:`TrainingPaused`, for bounded chunks on time-limited allocations."""
-    return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation,
-                   deadline=deadline).run(resume)
+    :class:`TrainingPaused`, for bounded chunks on time-limited allocations. ``say`` receives
+    one-line messages (``resuming RUN_DIR from step N (checkpoint ...)``). Resuming with other
+    training settings than the checkpoint's (batch, learning rate, budget, ...) raises
+    :class:`TrainingError` unless ``allow_config_change`` (the change is logged)."""
+    return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation, deadline=deadline,
+                   say=say, allow_config_change=allow_config_change).run(resume)

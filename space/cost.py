@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .diffusion import ddim_timesteps
+from .errors import SpecError
 from .expert import build_expert
 from .spec import ExpertSpec, MemeSpec
 
@@ -99,19 +100,35 @@ def trajectory_steps(spec: MemeSpec, sampling_steps: int) -> list[int]:
     return counts
 
 
-def spec_cost(spec: MemeSpec, sampling_steps: int = 50) -> SpecCost:
-    """Parameters and MACs of every expert, and the MACs of an S-step sampling trajectory."""
+def spec_cost(spec: MemeSpec, sampling_steps: int = 50, device: str = "cpu") -> SpecCost:
+    """Parameters and MACs of every expert, and the MACs of an S-step sampling trajectory; the
+    experts are built on ``device`` (``"meta"``: shapes only, no memory, see :func:`check_spec`)."""
     steps = trajectory_steps(spec, sampling_steps)
     cache: dict[ExpertSpec, tuple[int, int]] = {}
     experts = []
     for n, expert in enumerate(spec.experts):
         if expert not in cache:
-            with torch.device("cpu"):
+            with torch.device(device):
                 model = build_expert(expert)
             cache[expert] = (count_params(model), expert_macs(expert, model))
         params, macs = cache[expert]
         experts.append(ExpertCost(spec.intervals[n], params, macs, steps[n]))
     return SpecCost(tuple(experts), sampling_steps)
+
+
+# beyond this no machine could build the network: 40 GB of fp32 weights, 4x that with gradients,
+# Adam's moments and the EMA copy, more than any accelerator's memory
+MAX_PARAMS = 10**10
+
+
+def check_spec(spec: MemeSpec, sampling_steps: int = 50) -> SpecCost:
+    """:func:`spec_cost` counted on PyTorch's meta device (shapes only: no memory, any size), or a
+    one-line :class:`SpecError` when the spec has more than :data:`MAX_PARAMS` parameters."""
+    cost = spec_cost(spec, sampling_steps, device="meta")
+    if cost.params > MAX_PARAMS:
+        raise SpecError(f"{cost.params:,} parameters ({cost.params / 1e9:,.0f} billion) exceed 10^10: no machine "
+                        "could build this network; lower base_width, channel_mult or blocks_per_stage")
+    return cost
 
 
 def measure_latency(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
@@ -129,3 +146,30 @@ def measure_latency(fn: Callable[[], object], warmup: int = 3, repeats: int = 10
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _fmt_share(shares: tuple[float, ...]) -> str:
+    return "/".join(f"{s:.2f}" for s in shares)
+
+
+def cost_table(spec: MemeSpec, steps: int, baseline: MemeSpec | None = None) -> str:
+    """Per-expert params, MACs per forward and trajectory MACs as text (:func:`check_spec`), against
+    ``baseline`` (the single model of the same resolution that the ratio compares with, e.g.
+    ``single-large``)."""
+    cost = check_spec(spec, steps)
+    lines = [f"{'expert':>6} {'interval':>12} {'p':>5} {'attention share (built)':>25} "
+             f"{'params':>10} {'MMACs/fwd':>10} {'steps':>5} {'GMACs/traj':>10}"]
+    for n, (e, c) in enumerate(zip(spec.experts, cost.experts, strict=True)):
+        lo, hi = c.interval
+        lines.append(f"{n:>6} {f'[{lo}, {hi})':>12} {spec.soft_assignment[n]:>5.2f} "
+                     f"{_fmt_share(e.effective_attention_share()):>25} {c.params:>10,} "
+                     f"{c.macs / 1e6:>10.1f} {c.steps:>5} {c.macs * c.steps / 1e9:>10.2f}")
+    lines.append(f"total params {cost.params:,}; trajectory ({steps} DDIM steps) "
+                 f"{cost.trajectory_macs / 1e9:.2f} GMACs, {cost.mean_macs_per_step / 1e6:.1f} MMACs/step")
+    if baseline is not None:
+        large = spec_cost(baseline, steps)
+        lines.append(f"{baseline.name} at {spec.experts[0].resolution} px: {large.trajectory_macs / 1e9:.2f} GMACs "
+                     f"-> trajectory MACs ratio {baseline.name} / this = "
+                     f"{large.trajectory_macs / cost.trajectory_macs:.2f}x")
+    lines.append(f"counter: {COUNTER_NAME}, batch 1")
+    return "\n".join(lines)

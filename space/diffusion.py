@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .errors import SpecError
 from .precondition import Preconditioner, ring_count
+from .progress import progress_bar
 from .spec import DiffusionSpec
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -157,7 +157,7 @@ def sample_ddim(denoiser: Denoiser, diffusion: Diffusion, shape: tuple[int, ...]
     DDPM ancestral sampling. The last step goes to ``alpha_bar = 1`` (the clean image)."""
     ts = ddim_timesteps(diffusion.timesteps, steps)
     x = _noise(shape, generator, device)
-    for i, t in enumerate(tqdm(ts, desc="ddim", disable=not progress, leave=False)):
+    for i, t in enumerate(progress_bar(ts, progress=progress, desc="ddim", leave=False)):
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
         ab = float(diffusion.alpha_bar[t])
         ab_prev = float(diffusion.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
@@ -180,7 +180,7 @@ def sample_ddpm(denoiser: Denoiser, diffusion: Diffusion, shape: tuple[int, ...]
     predicted x_0: mean ``c0 x0 + ct x_t`` and variance ``beta_tilde_t`` (Ho et al. 2020, eq. 7)."""
     x = _noise(shape, generator, device)
     betas, ab_all = diffusion.betas, diffusion.alpha_bar
-    for t in tqdm(range(diffusion.timesteps - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
+    for t in progress_bar(range(diffusion.timesteps - 1, -1, -1), progress=progress, desc="ddpm", leave=False):
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
         ab, ab_prev = float(ab_all[t]), (float(ab_all[t - 1]) if t > 0 else 1.0)
         beta = float(betas[t])

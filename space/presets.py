@@ -20,10 +20,11 @@ rounded to the head grid. Experts are listed from the lowest noise (small t) to 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from .assignment import PAPER_SOFT_ASSIGNMENT
 from .errors import SpecError
-from .spec import DiffusionSpec, ExpertSpec, MemeSpec, uniform_intervals
+from .spec import DiffusionSpec, ExpertSpec, MemeSpec, load_spec, uniform_intervals
 
 RESOLUTIONS = (32, 64)
 LDM_LIKE_SHARE = (0.0, 1.0, 1.0, 1.0)
@@ -115,3 +116,15 @@ def get_preset(name: str, resolution: int = 32) -> MemeSpec:
     if resolution in table:
         return table[resolution]
     return table[64 if resolution > 32 else 32].with_resolution(resolution)
+
+
+def resolve_spec(name_or_path: str, resolution: int | None = None) -> MemeSpec:
+    """A preset name or a spec JSON path -> MemeSpec (optionally re-targeted to ``resolution``)."""
+    if name_or_path in PRESETS:
+        return get_preset(name_or_path, resolution or 32)
+    if not Path(name_or_path).exists() and not name_or_path.endswith(".json"):
+        raise SpecError(
+            f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a spec JSON file"
+        )
+    spec = load_spec(name_or_path)
+    return spec.with_resolution(resolution) if resolution else spec

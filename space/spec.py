@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .files import atomic_write_text
 from .precondition import PRECONDITIONINGS, ring_count
 
 SPEC_FORMAT_VERSION = 1
@@ -411,12 +412,7 @@ def load_spec(path: str | Path) -> MemeSpec:
 
 def save_spec(spec: MemeSpec, path: str | Path) -> Path:
     """Write ``spec`` as JSON atomically (temp file + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(spec.to_json() + "\n")
-    tmp.replace(p)
-    return p
+    return atomic_write_text(path, spec.to_json() + "\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,8 +15,6 @@ from memekit.space import DiffusionSpec, ExpertSpec, MemeSpec, load_spec, save_s
 @pytest.fixture(autouse=True)
 def setup(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMEKIT_CACHE", str(tmp_path / "cache"))
-    if "cli_analysis" not in cli.COMMAND_MODULES:  # until search/cli.py registers it
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "cli_analysis"))
 
 
 @pytest.fixture

@@ -38,10 +38,9 @@ def fake_inception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def cli_main(monkeypatch: pytest.MonkeyPatch):
-    """memekit's CLI main with only the fid command registered (other commands are not under test)."""
+    """memekit's CLI main."""
     from memekit.search import cli
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("cli_fid",))
     return cli.main
 
 

@@ -15,7 +15,7 @@ import torch
 
 from memekit.analysis.data import dead_leaves, to_model_range
 from memekit.analysis.linear import linear_denoiser_loss, preconditioned, ring_power
-from memekit.search.train import validation_loss
+from memekit.search.validation import validation_loss
 from memekit.space import (
     Diffusion,
     DiffusionSpec,

@@ -110,10 +110,9 @@ def test_one_seed_has_no_spread(tiny_run: Path, fake_inception: Path) -> None:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[int, str, str]]:
-    """memekit's CLI with only the fid command: ``cli(*args) -> (exit code, stdout, stderr)``."""
+    """memekit's ``fid`` command: ``cli(*args) -> (exit code, stdout, stderr)``."""
     from memekit.search import cli as cli_module
 
-    monkeypatch.setattr(cli_module, "COMMAND_MODULES", ("cli_fid",))
 
     def run(*args: object) -> tuple[int, str, str]:
         code = cli_module.main(["fid", *map(str, args)])

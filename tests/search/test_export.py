@@ -20,16 +20,12 @@ import torch
 from conftest import assert_one_line_error
 from optuna.trial import TrialState
 
-from memekit.search.export import (
-    load_study,
-    plot_pareto,
-    select_trials,
-    trial_spec,
-    trials_frame,
-)
-from memekit.search.searchspace import load_search_space, sample
+from memekit.search.export import plot_importances, plot_pareto, trials_frame
+from memekit.search.results import load_study, select_trials, trial_spec
+from memekit.search.searchspace import load_search_space, param_label, suggest_spec
 from memekit.search.storage import open_storage
-from memekit.search.study import SearchConfig, run_search
+from memekit.search.study import SearchConfig
+from memekit.search.workers import run_search
 from memekit.space import MemeSpec, get_preset, load_spec, spec_cost
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -84,7 +80,7 @@ def fabricate_study(study_dir: Path, points: Sequence[dict], objective: str = "m
     space = load_search_space("tiny")
     for point in points:
         trial = study.ask()
-        spec = sample(trial, space)
+        spec = suggest_spec(trial, space)
         if point.get("tampered"):
             spec = dataclasses.replace(spec, soft_assignment=(1.0, 1.0))
         trial.set_user_attr("spec", spec.to_json(indent=None))
@@ -179,7 +175,7 @@ def test_spec_that_differs_from_its_params_is_reported(tmp_path: Path, cli: Cli)
     assert code == 0, err
     assert "warning: trial 0: spec differs in soft_assignment" in err
     trial = load_study(tmp_path / "study").study.trials[0]
-    rebuilt = sample(optuna.trial.FixedTrial(trial.params), load_search_space("tiny"))
+    rebuilt = suggest_spec(optuna.trial.FixedTrial(trial.params), load_search_space("tiny"))
     assert load_spec(out / "trial-00000.json").soft_assignment == (1.0, 1.0)  # what was trained
     assert load_spec(out / "trial-00000.rebuilt.json") == rebuilt
     assert rebuilt.soft_assignment != (1.0, 1.0)
@@ -193,7 +189,7 @@ def test_round_trip_params_to_spec_params_and_macs(real_study: Path) -> None:
     assert len(trials) == 3 and trials[0].user_attrs["warm_start"] == "meme-paper"
     space = load_search_space("tiny")
     for trial in trials:
-        rebuilt = sample(optuna.trial.FixedTrial(trial.params), space)
+        rebuilt = suggest_spec(optuna.trial.FixedTrial(trial.params), space)
         assert rebuilt == MemeSpec.from_json(trial.user_attrs["spec"])
         cost = spec_cost(rebuilt, loaded.config.sampling_steps)
         assert cost.params == trial.user_attrs["params_total"]
@@ -249,6 +245,16 @@ def test_pareto_plot_marks_and_labels_warm_starts(real_study: Path) -> None:
     assert len(stars) == 1
     trial = loaded.study.trials[0]
     assert stars[0].get_offsets().tolist() == [[trial.values[0], trial.values[1]]]
+
+
+def test_importance_plot_names_parameters_in_words(tmp_path: Path) -> None:
+    fabricate_study(tmp_path / "study", POINTS)
+    ax = plot_importances(load_study(tmp_path / "study")).axes[0]
+    labels = {t.get_text() for t in ax.get_yticklabels()}
+    raw = {name for t in load_study(tmp_path / "study").study.trials for name in t.params}
+    assert {param_label(name) for name in raw} == labels
+    assert "attention share, expert 0 stage 0" in labels and "length of interval 0 (Dirichlet u)" in labels
+    assert not labels & raw
 
 
 def test_storage_and_study_name_instead_of_study_dir(real_study: Path, tmp_path: Path, cli: Cli) -> None:

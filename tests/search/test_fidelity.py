@@ -16,8 +16,8 @@ from scipy import stats
 from test_export import fabricate_study
 
 import memekit.search.retrain as retrain_module
-from memekit.search.export import load_study
 from memekit.search.fidelity import FidelityError, proxy_fidelity, rank_agreement, spread_ranks
+from memekit.search.results import load_study
 from memekit.search.train import TrainConfig, TrainResult
 
 Cli = Callable[..., tuple[int, str, str]]

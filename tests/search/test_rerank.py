@@ -16,8 +16,8 @@ from test_export import fabricate_study
 from test_fidelity import POINTS
 
 import memekit.search.retrain as retrain_module
-from memekit.search.export import load_study
 from memekit.search.rerank import rerank, rerank_text, save_rerank
+from memekit.search.results import load_study
 from memekit.search.train import TrainConfig, TrainResult
 
 PROXY = 16  # fabricate_study's proxy budget; the best three feasible trials are 0, 3, 4 (proxy 1, 2, 3)

@@ -14,8 +14,8 @@ from memekit.search.searchspace import (
     p_range,
     params_for,
     projection_gap,
-    sample,
     share_choices,
+    suggest_spec,
 )
 from memekit.space import get_preset
 
@@ -49,19 +49,19 @@ def test_every_draw_stays_near_the_prior_and_the_prior_is_exact(prior) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
-        spec = sample(trial, space, prior)
+        spec = suggest_spec(trial, space, prior)
         study.tell(trial, 0.0)
         for e, (expert, centre) in enumerate(zip(spec.experts, prior.experts, strict=True)):
             for s, share in enumerate(expert.attention_share):
                 assert abs(GRID.index(share) - GRID.index(centre.attention_share[s])) <= 1
             assert abs(spec.soft_assignment[e] - prior.soft_assignment[e]) <= space.p_window + 1e-12
         assert all(abs(b - b0) <= radius for b, b0 in zip(spec.boundaries, prior.boundaries, strict=True))
-    rebuilt = sample(optuna.trial.FixedTrial(params_for(prior, space, prior)), space, prior)
+    rebuilt = suggest_spec(optuna.trial.FixedTrial(params_for(prior, space, prior)), space, prior)
     assert projection_gap(prior, rebuilt) == {"share": 0.0, "boundary": 0.0, "p": 0.0}
 
 
 def test_a_centred_space_needs_the_prior_and_prior_boundaries(prior) -> None:
     with pytest.raises(SearchSpaceError, match="needs a spectral prior"):
-        sample(optuna.trial.FixedTrial({}), load_search_space("cpu32-prior"), None)
+        suggest_spec(optuna.trial.FixedTrial({}), load_search_space("cpu32-prior"), None)
     with pytest.raises(SearchSpaceError, match="boundary_mode 'prior'"):
         dataclasses.replace(load_search_space("cpu32"), centre="prior")

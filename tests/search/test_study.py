@@ -1,8 +1,8 @@
 """In-process studies with a fake proxy training: reproducibility, budgets, OOM, NaN, retries.
 
-``memekit.search.study.train`` is replaced by :class:`FakeTrain`, whose validation loss is a fixed
-function of the spec (so TPE gets real feedback) and which can raise the errors the proxy run
-raises. Every study is the ``tiny`` space on 128 built-in images in a temporary folder, with the
+The proxy training is replaced by :class:`FakeTrain` through the study's seams
+(:class:`memekit.search.study.Seams`), whose validation loss is a fixed function of the spec (so TPE
+gets real feedback) and which can raise the errors the proxy run raises. Every study is the ``tiny`` space on 128 built-in images in a temporary folder, with the
 default journal storage.
 """
 
@@ -20,17 +20,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import memekit.search.study as study_module
-from memekit.search.searchspace import load_search_space, sample
-from memekit.search.study import (
-    SearchConfig,
-    SearchError,
-    open_study,
-    prepare_study,
-    run_search,
-    run_worker,
-)
+import memekit.search.workers as workers_module
+from memekit.search.searchspace import load_search_space, suggest_spec
+from memekit.search.study import Seams, SearchConfig, SearchError, open_study, prepare_study
 from memekit.search.train import OutOfMemory, TrainConfig, TrainingDiverged, TrainResult
+from memekit.search.workers import run_search, run_worker
 from memekit.space import MemeSpec, spec_cost
 
 # TPESampler(n_startup_trials=10) in make_sampler: trials 10.. are proposed by the TPE model
@@ -63,6 +57,8 @@ class FakeTrain:
                  fail: Callable[[MemeSpec, int], Exception | None] | None = None) -> None:
         self.loss, self.fail = loss, fail
         self.calls: list[MemeSpec] = []
+        # speed only: the cost model (FlopCounterMode) is deterministic per spec
+        self.seams = Seams(train=self, spec_cost=functools.lru_cache(maxsize=None)(spec_cost))
 
     def __call__(self, spec: MemeSpec, config: TrainConfig, run_dir: str | Path, *args: Any,
                  **kwargs: Any) -> TrainResult:
@@ -78,20 +74,11 @@ class FakeTrain:
 
 
 @pytest.fixture
-def fake_train(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FakeTrain]]:
-    """``fake_train(loss=..., fail=...)`` installs a FakeTrain as the study's ``train``."""
-
-    def install(**kwargs: Any) -> FakeTrain:
-        fake = FakeTrain(**kwargs)
-        monkeypatch.setattr(study_module, "train", fake)
-        return fake
-
+def fake_train() -> Iterator[Callable[..., FakeTrain]]:
+    """``fake_train(loss=..., fail=...)``: a FakeTrain, whose ``seams`` a study is run with."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # speed only: the cost model (FlopCounterMode) is deterministic per spec, and the
-    # per-trial gc.collect() skips the objects that exist before the study starts
-    monkeypatch.setattr(study_module, "spec_cost", functools.lru_cache(maxsize=None)(spec_cost))
-    gc.freeze()
-    yield install
+    gc.freeze()  # speed only: the per-trial gc.collect() skips the objects that exist before the study
+    yield FakeTrain
     gc.unfreeze()
 
 
@@ -103,14 +90,14 @@ def states(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def params_of(spec_params: dict[str, Any]) -> MemeSpec:
-    return sample(optuna.trial.FixedTrial(spec_params), load_search_space("tiny"))
+    return suggest_spec(optuna.trial.FixedTrial(spec_params), load_search_space("tiny"))
 
 
 # ---- 1. reproducibility -----------------------------------------------------------------------
 def _params_sequence(study_dir: Path, seed: int, loss: Callable[[MemeSpec], float], n_trials: int,
                      fake_train: Callable[..., FakeTrain]) -> list[dict[str, Any]]:
-    fake_train(loss=loss)
-    study = run_search(tiny_search(study_dir, n_trials=n_trials, seed=seed), progress=False)
+    fake = fake_train(loss=loss)
+    study = run_search(tiny_search(study_dir, n_trials=n_trials, seed=seed), progress=False, seams=fake.seams)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * n_trials
     return [t.params for t in trials]
@@ -133,9 +120,9 @@ def test_seeded_single_worker_study_is_reproducible(tmp_path: Path, fake_train) 
 def test_resumed_study_does_not_replay_earlier_proposals(tmp_path: Path, fake_train) -> None:
     """Rerunning the command with a larger --trials resumes the study; the restarted worker's
     sampler must not propose the parameters its seed proposed before the restart."""
-    fake_train()
-    run_search(tiny_search(tmp_path, n_trials=3, seed=3), progress=False)
-    study = run_search(tiny_search(tmp_path, n_trials=6, seed=3), progress=False)
+    fake = fake_train()
+    run_search(tiny_search(tmp_path, n_trials=3, seed=3), progress=False, seams=fake.seams)
+    study = run_search(tiny_search(tmp_path, n_trials=6, seed=3), progress=False, seams=fake.seams, update=True)
     params = [json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)]
     assert len(params) == 6
     assert len(set(params)) == 6, "a resumed worker replayed earlier proposals"
@@ -144,7 +131,7 @@ def test_resumed_study_does_not_replay_earlier_proposals(tmp_path: Path, fake_tr
 # ---- 2. budgets -------------------------------------------------------------------------------
 def test_over_budget_candidates_never_train(tmp_path: Path, fake_train) -> None:
     fake = fake_train()
-    study = run_search(tiny_search(tmp_path, n_trials=3, max_macs=1.0), progress=False)
+    study = run_search(tiny_search(tmp_path, n_trials=3, max_macs=1.0), progress=False, seams=fake.seams)
     assert fake.calls == []
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 3
@@ -168,10 +155,10 @@ def test_budget_separates_cheap_and_expensive_candidates(tmp_path: Path, fake_tr
     cheap, dear = sorted(range(2), key=lambda i: macs[i])
     max_macs = math.sqrt(macs[0] * macs[1])  # strictly between the two
     config = tiny_search(tmp_path, n_trials=2, max_macs=max_macs)
-    study = prepare_study(config)
+    study = prepare_study(config, fake.seams)
     for params in candidates:
         study.enqueue_trial(params)
-    run_worker(config, progress=False)
+    run_worker(config, progress=False, seams=fake.seams)
 
     assert [c.experts for c in fake.calls] == [params_of(candidates[cheap]).experts]
     by_share = {t.params["share_e0_s0"]: t for t in study.get_trials(deepcopy=False)}
@@ -186,7 +173,7 @@ def test_budget_separates_cheap_and_expensive_candidates(tmp_path: Path, fake_tr
 # ---- 3. out of memory ---------------------------------------------------------------------------
 def test_out_of_memory_is_infeasible_not_failed(tmp_path: Path, fake_train) -> None:
     fake = fake_train(fail=lambda spec, i: OutOfMemory("CUDA out of memory (simulated)") if i == 0 else None)
-    study = run_search(tiny_search(tmp_path, n_trials=3), progress=False)
+    study = run_search(tiny_search(tmp_path, n_trials=3), progress=False, seams=fake.seams)
     assert states(study) == {TrialState.COMPLETE: 3}  # no FAIL, and no retry of the OOM trial
     assert len(fake.calls) == 3
     oom = study.trials[0]
@@ -203,8 +190,8 @@ def test_out_of_memory_is_infeasible_not_failed(tmp_path: Path, fake_train) -> N
 # ---- 4. NaN proxy -------------------------------------------------------------------------------
 @pytest.mark.parametrize("objective", ["multi", "single"])
 def test_nan_proxy_is_pruned_with_reason(tmp_path: Path, fake_train, objective: str) -> None:
-    fake_train(fail=lambda spec, i: TrainingDiverged("loss is nan at step 3") if i == 1 else None)
-    study = run_search(tiny_search(tmp_path, n_trials=3, objective=objective), progress=False)
+    fake = fake_train(fail=lambda spec, i: TrainingDiverged("loss is nan at step 3") if i == 1 else None)
+    study = run_search(tiny_search(tmp_path, n_trials=3, objective=objective), progress=False, seams=fake.seams)
     assert states(study) == {TrialState.COMPLETE: 2, TrialState.PRUNED: 1}
     pruned = study.trials[1]
     assert pruned.state == TrialState.PRUNED
@@ -213,8 +200,8 @@ def test_nan_proxy_is_pruned_with_reason(tmp_path: Path, fake_train, objective: 
 
 # ---- 5. unexpected errors are retried -------------------------------------------------------------
 def test_transient_error_is_failed_then_retried(tmp_path: Path, fake_train) -> None:
-    fake_train(fail=lambda spec, i: RuntimeError("flaky file system") if i == 0 else None)
-    study = run_search(tiny_search(tmp_path, n_trials=3, max_retries=2), progress=False)
+    fake = fake_train(fail=lambda spec, i: RuntimeError("flaky file system") if i == 0 else None)
+    study = run_search(tiny_search(tmp_path, n_trials=3, max_retries=2), progress=False, seams=fake.seams)
     assert states(study) == {TrialState.FAIL: 1, TrialState.COMPLETE: 3}
     failed, retry = study.trials[0], study.trials[1]
     assert failed.state == TrialState.FAIL
@@ -231,9 +218,10 @@ def test_persistent_error_is_retried_max_retries_times(tmp_path: Path, fake_trai
             bad.append(spec)
         return RuntimeError("kernel bug for this architecture") if spec == bad[0] else None
 
-    fake_train(fail=fail)
+    fake = fake_train(fail=fail)
     max_retries = 2
-    study = run_search(tiny_search(tmp_path, n_trials=3, max_retries=max_retries), progress=False)
+    study = run_search(tiny_search(tmp_path, n_trials=3, max_retries=max_retries), progress=False,
+                       seams=fake.seams)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 + max_retries
     assert all(t.params == failed[0].params for t in failed)
@@ -303,8 +291,8 @@ def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
 
 def test_local_cpu_workers_split_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(study_module.os, "cpu_count", lambda: 16)
-    threads = study_module.cpu_threads_per_worker
+    monkeypatch.setattr(workers_module.os, "cpu_count", lambda: 16)
+    threads = workers_module.cpu_threads_per_worker
     assert threads(tiny_search(tmp_path, workers=4, device="cpu")) == 4
     assert threads(tiny_search(tmp_path, workers=3, device="cpu")) == 5
     assert threads(tiny_search(tmp_path, workers=32, device="cpu")) == 1

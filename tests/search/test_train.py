@@ -12,14 +12,8 @@ from conftest import assert_same, read_log, tiny_config, tiny_spec, tiny_trainer
 
 from memekit.search.checkpoint import list_checkpoints, load_checkpoint
 from memekit.search.sampling import load_model
-from memekit.search.train import (
-    Trainer,
-    TrainingDiverged,
-    TrainingPaused,
-    train,
-    validation_loss,
-    validation_timesteps,
-)
+from memekit.search.train import Trainer, TrainingDiverged, TrainingPaused, train
+from memekit.search.validation import validation_loss, validation_timesteps
 
 
 def test_short_run_lowers_validation_loss(tmp_path: Path) -> None:
@@ -97,10 +91,12 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
 
     # k steps (with the end-of-run validation and sample grid), then the same folder with budget n
     tiny_trainer(tmp_path / "cut", spec, images=8 * K_STEPS, **RESUME_FIELDS).run()
-    resumed = tiny_trainer(tmp_path / "cut", spec, images=8 * N_STEPS, **RESUME_FIELDS)
+    resumed = Trainer(spec, tiny_config(images=8 * N_STEPS, **RESUME_FIELDS), tmp_path / "cut", progress=False,
+                      allow_config_change=True)  # the budget grows from k to n steps
     resumed.run()
     events = resumed.history
     assert events[0]["event"] == "resumed" and events[0]["step"] == K_STEPS
+    assert events[1] == {"event": "config_changed", "step": K_STEPS, "changes": {"images": [8 * K_STEPS, 8 * N_STEPS]}}
     assert [e["step"] for e in events if e["event"] == "train"] == list(range(K_STEPS + 1, N_STEPS + 1))
     _assert_same_training_state(_final_state(tmp_path / "cut"), _final_state(tmp_path / "straight"))
 
@@ -120,12 +116,12 @@ def test_time_limit_pauses_with_a_checkpoint_and_resume_is_exact(tmp_path: Path)
 
     paused = Trainer(spec, tiny_config(images=8 * N_STEPS, **RESUME_FIELDS), tmp_path / "cut", progress=False,
                      deadline=1.0)
-    original = paused._stop_requested
+    original = paused.stop.requested
 
-    def late_after_k() -> int:  # deadline=1.0 (1970) has long passed: seen from step K on
-        return original() if paused.step >= K_STEPS else 0
+    def late_after_k(step: int) -> int:  # deadline=1.0 (1970) has long passed: seen from step K on
+        return original(step) if step >= K_STEPS else 0
 
-    paused._stop_requested = late_after_k
+    paused.stop.requested = late_after_k
     with pytest.raises(TrainingPaused) as info:
         paused.run()
     assert info.value.exit_code == 0 and "rerun to resume" in str(info.value)

@@ -1,9 +1,8 @@
 """Worker processes on one study: no lost or duplicated trials, and SIGKILLed workers recovered.
 
-Workers run as real processes: ``worker.py`` (written to the test's folder) replaces
-``memekit.search.study.train`` with a fake proxy run, then calls the worker entry point
-``memekit.search.study._worker_main([CONFIG, INDEX])`` exactly as ``python -m memekit.search.study
-CONFIG INDEX`` does. The fake logs every call (pid, trial folder) to ``$FAKE_TRAIN_CALLS``; with
+Workers run as real processes: ``worker.py`` (written to the test's folder) calls the worker entry
+point ``memekit.search.workers.worker_main([CONFIG, INDEX], seams)`` exactly as ``python -m
+memekit.search.workers CONFIG INDEX`` does, with a fake proxy run as the seams' ``train``. The fake logs every call (pid, trial folder) to ``$FAKE_TRAIN_CALLS``; with
 ``$FAKE_TRAIN_HANG`` set it writes that file and sleeps, so the test can SIGKILL it mid-trial.
 
 The scenario functions (``run_parallel_workers``, ``kill_worker_mid_trial``) take any storage;
@@ -27,7 +26,8 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from memekit.search.storage import storage_kind
-from memekit.search.study import FINISHED, SearchConfig, open_study, prepare_study, run_search
+from memekit.search.study import FINISHED, SearchConfig, open_study, prepare_study
+from memekit.search.workers import run_search
 
 WORKER_SCRIPT = '''\
 """A memekit search worker whose proxy training is a fake (tests only)."""
@@ -37,8 +37,9 @@ import sys
 import time
 from pathlib import Path
 
-import memekit.search.study as study
+from memekit.search.study import Seams
 from memekit.search.train import TrainResult
+from memekit.search.workers import worker_main
 
 
 def fake_train(spec, config, run_dir, *args, **kwargs):
@@ -58,8 +59,7 @@ def fake_train(spec, config, run_dir, *args, **kwargs):
                        wall_time_s=0.0, train_images_per_s=1.0)
 
 
-study.train = fake_train
-sys.exit(study._worker_main(sys.argv[1:]))
+sys.exit(worker_main(sys.argv[1:], Seams(train=fake_train)))
 '''
 
 
@@ -238,14 +238,14 @@ def test_sigkilled_journal_worker_trial_is_failed_and_retried(tmp_path: Path, wo
 
 def test_run_search_starts_three_worker_processes(tmp_path: Path, workers: Workers,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """run_search(workers=3) as shipped, except that the ``python -m memekit.search.study CONFIG
-    INDEX`` it starts is the fake-training worker.py: a launcher stands in for ``sys.executable``
+    """run_search(workers=3) as shipped, except that the ``python -m memekit.search.workers CONFIG
+    INDEX --quiet`` it starts is the fake-training worker.py: a launcher stands in for ``sys.executable``
     and refuses any other command line (exit 99)."""
     launcher = tmp_path / "python-launcher"
     launcher.write_text(f"""#!/bin/sh
-[ "$1" = "-m" ] && [ "$2" = "memekit.search.study" ] && [ "$#" -eq 4 ] || exit 99
+[ "$1" = "-m" ] && [ "$2" = "memekit.search.workers" ] && [ "$#" -eq 5 ] && [ "$5" = "--quiet" ] || exit 99
 echo "$4" >> "{tmp_path / 'launched.txt'}"
-exec "{sys.executable}" "{workers.script}" "$3" "$4"
+exec "{sys.executable}" "{workers.script}" "$3" "$4" "$5"
 """)
     launcher.chmod(0o755)
     monkeypatch.setenv("FAKE_TRAIN_CALLS", str(workers.calls_file))

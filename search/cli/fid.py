@@ -14,13 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from memekit.analysis.data import SPLITS
+from memekit.analysis.device import resolve_device
+from memekit.analysis.fid import (
+    features,
+    protocol_label,
+    resolve_inception_weights,
+    save_statistics,
+)
+from memekit.search.checkpoint import checkpoint_spec, load_checkpoint
+from memekit.search.metrics import compare_sets, is_run, sample_metrics, sampling_seed
 from memekit.space.errors import MemekitError
+from memekit.space.files import atomic_write_text
 
-from .cli_args import positive_int
+from .args import positive_int
 
 PROTOCOL_CHOICES = ("pytorch-fid", "clean")
 
@@ -32,8 +41,6 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _check(args: argparse.Namespace) -> bool:
     """Usage errors (one line); True when A is a run to sample."""
-    from .metrics import is_run
-
     if args.save_stats is not None and not args.save_stats.endswith(".npz"):
         raise MemekitError(f"--save-stats {args.save_stats!r}: the statistics file must end in .npz")
     if not is_run(args.a):
@@ -51,17 +58,12 @@ def _check(args: argparse.Namespace) -> bool:
 
 
 def _dry_run(args: argparse.Namespace, run: bool) -> int:
-    from memekit.analysis.fid import protocol_label, resolve_device, resolve_inception_weights
-
     weights = resolve_inception_weights(args.inception_weights, convert=False)
     config: dict[str, Any] = {"mode": "run" if run else "image sets", "a": args.a, "b": args.b, **_options(args)}
     config.update(device=str(resolve_device(args.device)), protocol_label=protocol_label(args.protocol),
                   weights=weights.label, weights_path=str(weights.path), kid_subsets=args.kid_subsets,
                   kid_subset_size=args.kid_subset_size, save_stats=args.save_stats, json=args.json)
     if run:
-        from .checkpoint import checkpoint_spec, load_checkpoint
-        from .metrics import sampling_seed
-
         state = load_checkpoint(args.a)
         seeds = args.seeds or 1
         config.update(split=args.split or "reference", checkpoint=state["path"],
@@ -85,8 +87,6 @@ def _lsd_text(lsd: float, low: float, mid: float, high: float) -> str:
 
 def _set_lines(m: Any) -> list[str]:
     """The printed result of :func:`memekit.search.metrics.compare_sets`."""
-    from memekit.analysis.fid import protocol_label
-
     result = m.fid
     lines = [str(result)]
     if m.kid_mean is not None:
@@ -100,8 +100,6 @@ def _set_lines(m: Any) -> list[str]:
 
 def _run_lines(m: Any) -> list[str]:
     """The printed result of :func:`memekit.search.metrics.sample_metrics`."""
-    from memekit.analysis.fid import protocol_label
-
     lines = []
     for s in m.per_seed:
         lsd = "" if math.isnan(s["lsd"]) else ", " + _lsd_text(s["lsd"], s["lsd_low"], s["lsd_mid"], s["lsd_high"])
@@ -123,16 +121,11 @@ def _run_lines(m: Any) -> list[str]:
 
 
 def _write_json(path: str, data: dict) -> None:
-    from memekit.analysis.inception import write_atomic
-
-    text = json.dumps(data, indent=2) + "\n"
-    write_atomic(Path(path), lambda f: f.write(text.encode()))
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     print(f"wrote {path}")
 
 
 def _save_only(args: argparse.Namespace) -> int:
-    from memekit.analysis.fid import features, save_statistics
-
     if args.save_stats is None:
         raise MemekitError("give two image sets A B, or one with --save-stats OUT.npz to save its statistics")
     feats = features(args.a, progress=True, **_options(args))
@@ -149,8 +142,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.b is None:
         return _save_only(args)
     if run:
-        from .metrics import sample_metrics
-
         metrics = sample_metrics(args.a, args.b, args.n, args.steps or 25, args.seeds or 1,
                                  resolution=args.resolution, split=args.split or "reference", protocol=args.protocol,
                                  batch=args.sample_batch or 250, device=args.device, weights=args.inception_weights,
@@ -159,10 +150,6 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(_run_lines(metrics)))
         data = {"a": args.a, "b": args.b, **metrics.to_dict()}
     else:
-        from memekit.analysis.fid import save_statistics
-
-        from .metrics import compare_sets
-
         metrics = compare_sets(args.a, args.b, progress=True, kid_subsets=args.kid_subsets,
                                kid_subset_size=args.kid_subset_size, **_options(args))
         print("\n".join(_set_lines(metrics)))
@@ -186,7 +173,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("b", metavar="B", nargs="?", default=None,
                    help="reference set; omit it to only save A's statistics with --save-stats")
     p.add_argument("--n", type=positive_int, default=None,
-                   help="use the first N images of each image set; with a run: images sampled per seed (required)")
+                   help="use the first N images of each image set (default: all); with a run: images sampled per "
+                        "seed (required)")
     p.add_argument("--batch", type=positive_int, default=50, help="Inception batch size")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--inception-weights", metavar="PATH", default=None,
@@ -199,7 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subset-size", type=positive_int, default=1000,
                    help="KID: rows per subset (at most the smaller set's size)")
     p.add_argument("--save-stats", metavar="OUT.npz", default=None,
-                   help="also save B's statistics and features (A's when B is omitted)")
+                   help="also save B's statistics and features (A's when B is omitted; default: not saved)")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="load data sources at this size (default: the other set's, or the run's)")
     p.add_argument("--split", choices=SPLITS, default=None,
@@ -210,6 +198,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "seed + k, so nearby seeds would share batches); prints mean +- std (default 1)")
     p.add_argument("--sample-batch", type=positive_int, default=None,
                    help="with a run: sampling batch size (default 250)")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write every number to this JSON file")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write every number to this JSON file (default: none)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and stop")
     p.set_defaults(run=_run)

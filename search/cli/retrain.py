@@ -1,5 +1,5 @@
-"""``memekit export`` (specs, table, plots and report of a study), ``memekit fidelity`` (proxy
-rank agreement with longer runs) and ``memekit rerank`` (the front-runners over several seeds)."""
+"""``memekit fidelity`` (proxy rank agreement with longer runs) and ``memekit rerank`` (the
+front-runners over several seeds): retraining a study's trials."""
 
 from __future__ import annotations
 
@@ -8,49 +8,22 @@ import dataclasses
 import json
 import sys
 
-from .cli_args import nonneg_int, positive_int
-from .retrain import TARGETS
+from memekit.analysis.fid import data_source
+from memekit.search.fidelity import (
+    fidelity_runs,
+    fidelity_text,
+    plan_fidelity,
+    result_record_name,
+    save_fidelity,
+)
+from memekit.search.rerank import plan_rerank, rerank, rerank_text, save_rerank
+from memekit.search.results import load_study
+from memekit.search.retrain import TARGETS, Target
 
-
-def _export(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .export import export_study, load_study, select_trials
-
-    loaded = load_study(args.study_dir, args.storage, args.study)
-    top = None if args.pareto else args.top
-    if args.dry_run:
-        chosen = [t.number for t in select_trials(loaded.study, top)]
-        print(json.dumps({"study_name": loaded.study.study_name, "storage": loaded.where,
-                          "config": loaded.config.to_dict(), "selection": "pareto" if top is None else f"top {top}",
-                          "trials": chosen, "out": args.out}, indent=2))
-        return 0
-    result = export_study(loaded, args.out, top=top, overwrite=args.overwrite)
-    for spec in result.specs:
-        if spec.differences:
-            print(f"memekit: warning: trial {spec.number}: {'; '.join(spec.differences)} (see report.md)",
-                  file=sys.stderr)
-    for note in result.notes:
-        print(f"memekit: note: {note}", file=sys.stderr)
-    print(f"exported {len(result.specs)} trial(s) of study {loaded.study.study_name!r} to {result.out}: "
-          f"{', '.join(f'trial-{s.number:05d}.json' for s in result.specs)}; report.md, trials.csv, plots")
-    return 0
+from .args import nonneg_int, positive_int
 
 
 def _fidelity(args: argparse.Namespace) -> int:
-    from memekit.analysis.fid import data_source
-
-    from .export import load_study
-    from .fidelity import (
-        fidelity_runs,
-        fidelity_text,
-        plan_fidelity,
-        result_record_name,
-        save_fidelity,
-    )
-    from .retrain import Target
-
     loaded = load_study(args.study_dir)
     select, k = ("spread", args.spread) if args.spread is not None else ("top", args.top)
     target = Target(args.target, args.target_n, args.target_steps, data_source(loaded.config.data))
@@ -74,10 +47,11 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 
 def _rerank(args: argparse.Namespace) -> int:
-    from .export import load_study
-    from .rerank import rerank, rerank_text, save_rerank
-
     loaded = load_study(args.study_dir)
+    if args.dry_run:
+        plan = plan_rerank(loaded, args.top, args.seeds, args.images, args.out, args.device)
+        print(json.dumps({"study_name": loaded.study.study_name, **plan.to_dict()}, indent=2))
+        return 0
 
     def on_run(number: int, result) -> None:
         print(f"trial {number}: seed {result.run_dir.name.rsplit('-', 1)[-1]}, val_loss {result.val['val_loss']:.5f}",
@@ -91,26 +65,14 @@ def _rerank(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="write a study's chosen specs, trials.csv, plots and report.md")
-    p.add_argument("study_dir", metavar="STUDY_DIR", nargs="?", default=None,
-                   help="study folder of 'memekit search' (its search_config.json names storage and study)")
-    p.add_argument("--storage", default=None, help="instead of STUDY_DIR: a journal file or postgresql://...")
-    p.add_argument("--study", default=None, help="study name (with --storage)")
-    p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--pareto", action="store_true", help="the feasible Pareto front (default)")
-    which.add_argument("--top", type=positive_int, default=None, help="the K best feasible trials by quality")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
-    p.add_argument("--dry-run", action="store_true", help="print the study and the chosen trials, write nothing")
-    p.set_defaults(run=_export)
-
     p = subparsers.add_parser("fidelity", help="retrain K trials longer; Kendall tau / Spearman rho with the proxy")
     _retraining_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top", type=int, default=5, help="the K best feasible trials by proxy quality (K >= 3; "
                                                           "default 5)")
     which.add_argument("--spread", type=int, default=None, metavar="K",
-                       help="K feasible trials at evenly spaced proxy ranks, best and worst included (K >= 3)")
+                       help="K feasible trials at evenly spaced proxy ranks, best and worst included (K >= 3; "
+                            "default: --top)")
     p.add_argument("--images", type=positive_int, required=True, help="long training budget (images, > proxy)")
     p.add_argument("--noise-seeds", type=nonneg_int, default=0, metavar="S",
                    help="also train the best chosen trial with S more seeds at both budgets: the seed noise of "
@@ -134,12 +96,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=positive_int, default=None, help="training budget (default: the proxy's)")
     p.add_argument("--out", default=None,
                    help="folder of the runs (default STUDY_DIR/fidelity/noise, shared with fidelity --noise-seeds)")
+    p.add_argument("--dry-run", action="store_true", help="print the chosen trials, seeds and runs, train nothing")
     p.set_defaults(run=_rerank)
 
 
 def _retraining_args(p: argparse.ArgumentParser) -> None:
     """What ``fidelity`` and ``rerank`` share: the study, parallel runs, the report, the device."""
-    p.add_argument("study_dir", metavar="STUDY_DIR")
+    p.add_argument("study_dir", metavar="STUDY_DIR", help="study folder of 'memekit search'")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="runs trained at once (spawned processes sharing the CPU threads or the device)")
     p.add_argument("--export", default=None, help="export whose report.md gets the result "

@@ -1,0 +1,177 @@
+"""Spectral analysis as files: what ``memekit spectrum`` and ``memekit features`` write and print.
+
+:class:`SpectrumJob` says what to measure; :func:`run_spectrum` loads the data, computes the
+:class:`~memekit.analysis.priors.SpectralReport` and writes its tables, arrays, plots and the prior
+spec (:func:`write_spectrum_report`); :func:`format_spectrum_summary` is the text printed after.
+:func:`write_feature_report` and :func:`format_feature_summary` do the same for feature spectra
+(:func:`memekit.analysis.features.feature_spectra`). Every folder also holds ``config.json``, the
+settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memekit.space import MemeSpec, resolve_spec, save_spec
+from memekit.space.files import atomic_write_json, prepare_output_dir
+
+from .data import load_images
+from .device import resolve_device
+from .priors import PriorError, SpectralReport, default_min_length, spectral_report
+
+DEFAULT_BASE = "meme-paper"
+SPECTRUM_FILES = ("summary.csv", "priors.csv", "spectrum.npz", "prior_spec.json", "config.json")
+FEATURE_FILES = ("features.csv", "spec.json", "config.json", "feature_spectra.png", "feature_delta.png")
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=120)
+
+
+# ---- spectra of the noisy inputs ------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpectrumJob:
+    """What ``memekit spectrum`` measures: ``data`` at ``resolution`` under the diffusion of the
+    ``base`` spec (preset or JSON; ``schedule`` replaces its beta schedule), cut into ``n_experts``
+    intervals of at least ``min_length`` steps (default ``T // (4 N)``), written into ``out``."""
+
+    data: str
+    out: str
+    resolution: int = 32
+    schedule: str | None = None
+    n_experts: int = 4
+    min_length: int | None = None
+    base: str = DEFAULT_BASE
+    batch_size: int = 256
+    limit: int | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    equal_mass: bool = False  # intervals of equal training mass under the paper's density
+
+    def base_spec(self) -> MemeSpec:
+        base = resolve_spec(self.base, self.resolution)
+        if self.schedule is not None:
+            base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, schedule=self.schedule))
+        return base
+
+    def config(self) -> dict[str, Any]:
+        """The resolved settings (``config.json``, ``--dry-run``); a one-line error when the
+        intervals cannot fit, before any pass over the data."""
+        base = self.base_spec()
+        T = base.diffusion.timesteps
+        min_length = self.min_length or default_min_length(T, self.n_experts)
+        if self.n_experts * min_length > T:
+            raise PriorError(f"{self.n_experts} intervals of at least {min_length} steps do not fit in T = {T}: "
+                             "lower --n-experts or --min-length")
+        return {"command": "spectrum", "data": self.data, "resolution": self.resolution, "limit": self.limit,
+                "base": self.base, "schedule": base.diffusion.schedule, "timesteps": T,
+                "n_experts": self.n_experts, "min_length": min_length, "equal_mass": self.equal_mass,
+                "batch_size": self.batch_size,
+                "device": self.device, "out": str(self.out)}
+
+
+def run_spectrum(job: SpectrumJob, progress: bool = True) -> tuple[SpectralReport, list[str]]:
+    """Measure ``job`` and write its files into ``job.out``; returns the report and the file names."""
+    config = job.config()
+    out = prepare_output_dir(job.out, job.overwrite)
+    images = load_images(job.data, job.resolution, limit=job.limit, progress=progress)
+    report = spectral_report(images, job.base_spec(), job.n_experts, min_length=job.min_length,
+                             equal_mass=job.equal_mass, batch_size=job.batch_size, device=resolve_device(job.device),
+                             progress=progress)
+    return report, write_spectrum_report(report, out, config)
+
+
+def write_spectrum_report(report: SpectralReport, out: Path, config: dict) -> list[str]:
+    """Write tables, arrays, plots and specs of ``report`` into ``out``; return the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from memekit.analysis import plots
+
+    profile = report.profile
+    f_c, _ = profile.crossover()
+    report.summary.to_csv(out / "summary.csv", index=False)
+    report.priors.to_csv(out / "priors.csv", index=False)
+    np.savez(out / "spectrum.npz", frequency=profile.frequency, counts=profile.counts,
+             data_power=profile.data_power, alpha_bar=profile.alpha_bar, expected_power=profile.expected_power,
+             snr=profile.snr, crossover_frequency=f_c, boundaries=np.array(report.prior.boundaries),
+             uniform_boundaries=np.array(report.uniform_boundaries), n_images=profile.n_images)
+    save_spec(report.prior, out / "prior_spec.json")
+    atomic_write_json(out / "config.json", config)
+    figures = {
+        "snr_heatmap.png": plots.plot_spectrum_heatmap(report.spectrum, "snr", report.summary,
+                                                       report.prior.boundaries),
+        "power_heatmap.png": plots.plot_spectrum_heatmap(report.spectrum, "expected_power"),
+        "data_power.png": plots.plot_data_power(report.spectrum, sample_timesteps(profile.timesteps)),
+        "crossover.png": plots.plot_crossover(report.summary, report.prior.boundaries, report.uniform_boundaries),
+        "band_fractions.png": plots.plot_band_fractions(report.summary),
+    }
+    for name, fig in figures.items():
+        _save_figure(fig, out / name)
+    return [*SPECTRUM_FILES, *figures]
+
+
+def sample_timesteps(T: int) -> list[int]:
+    """The time-steps the summary and the data-power plot show: 0, T/10, T/4, T/2, 3T/4, T-1."""
+    return sorted({0, T // 10, T // 4, T // 2, 3 * T // 4, T - 1})
+
+
+def _crossover_line(t: int, f_c: float, state: str) -> str:
+    if state == "above":
+        return f"  t = {t:>4}: f_c = f_max = {f_c:.4f}  (SNR >= 1 at every frequency)"
+    if state == "below":
+        return f"  t = {t:>4}: f_c = 0  (SNR < 1 at every frequency)"
+    return f"  t = {t:>4}: f_c = {f_c:.4f}  (period {1 / f_c:.1f} px)"
+
+
+def format_spectrum_summary(report: SpectralReport, source: str) -> str:
+    """The short text ``memekit spectrum`` prints."""
+    profile, spec = report.profile, report.prior
+    f_c, state = profile.crossover()
+    lines = [f"data {source}: {profile.n_images} images at {profile.resolution} px; schedule "
+             f"{spec.diffusion.schedule}, T = {profile.timesteps}",
+             "crossover frequency f_c(t) where SNR(t, f) = 1 (cycles/pixel, Nyquist 0.5):"]
+    lines += [_crossover_line(t, f_c[t], state[t]) for t in sample_timesteps(profile.timesteps)]
+    lines.append(f"proposed boundaries: {list(spec.boundaries)}")
+    lines.append(f"uniform boundaries:  {list(report.uniform_boundaries)}")
+    lines.append("spectral prior per expert (buried: share of each stage's frequency band below the noise, "
+                 "averaged over the interval; density: draws of one step per 1,000 images of the expert, "
+                 "meme-paper's in brackets):")
+    for row, expert in zip(report.priors.itertuples(index=False), spec.experts, strict=True):
+        n_stages = expert.n_stages
+        buried = "/".join(f"{getattr(row, f'buried_stage{s}'):.2f}" for s in range(n_stages))
+        shares = "/".join(f"{v:.3f}" for v in expert.effective_attention_share())
+        lines.append(f"  expert {row.expert}: [{row.start}, {row.end})  buried {buried}  attention share {shares}  "
+                     f"p = {row.p:g}  density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
+    return "\n".join(lines)
+
+
+# ---- spectra of an expert's features -------------------------------------------------------------
+def write_feature_report(frame: pd.DataFrame, spec: MemeSpec, config: dict, out: Path) -> list[str]:
+    """Write the feature spectra table, the spec, the config and two plots into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from memekit.analysis import plots
+
+    frame.to_csv(out / "features.csv", index=False)
+    save_spec(spec, out / "spec.json")
+    atomic_write_json(out / "config.json", config)
+    _save_figure(plots.plot_feature_spectra(frame), out / "feature_spectra.png")
+    _save_figure(plots.plot_feature_spectra(frame, "delta"), out / "feature_delta.png")
+    return list(FEATURE_FILES)
+
+
+def format_feature_summary(frame: pd.DataFrame, layers: list[str]) -> str:
+    """Change of relative log amplitude vs the input at the highest frequency, per layer and t."""
+    top = frame[frame["frequency"] == frame.groupby(["layer", "t"])["frequency"].transform("max")]
+    table = top.pivot_table(index="layer", columns="t", values="delta", sort=False)
+    table = table.reindex([name for name in layers if name in table.index])
+    return "delta log amplitude at the highest frequency vs the input (negative = low-pass):\n" + \
+        table.to_string(float_format=lambda v: f"{v:+.3f}")

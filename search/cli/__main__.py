@@ -1,0 +1,7 @@
+"""``python -m memekit.search.cli`` (and ``torchrun -m memekit.search.cli``): the memekit command line."""
+
+import sys
+
+from memekit.search.cli import main
+
+sys.exit(main())

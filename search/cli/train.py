@@ -1,0 +1,190 @@
+"""``memekit train`` and ``memekit sample``: thin commands over :func:`memekit.search.train.train` and
+:func:`memekit.search.sampling.sample_checkpoint`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from memekit.analysis.data import check_data_source
+from memekit.analysis.device import MIXED_PRECISION
+from memekit.search.sampling import sample_checkpoint, sample_plan
+from memekit.search.train import (
+    TrainConfig,
+    TrainingError,
+    TrainingPaused,
+    TrainResult,
+    check_budget,
+    dry_run,
+    train,
+    with_preconditioning,
+)
+from memekit.space import resolve_spec
+from memekit.space.diffusion import SAMPLERS
+from memekit.space.precondition import PRECONDITIONINGS
+
+from .args import nonneg_int, positive_float, positive_int
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.images is not None and args.steps is not None:
+        raise TrainingError("give the budget either as --images or as --steps (with --batch), not both")
+    images = args.images if args.images is not None else (args.steps or 0) * args.batch or 100_000
+    return TrainConfig(
+        data=args.data, images=images, batch=args.batch, lr=args.lr, warmup_images=args.warmup_images,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+        mixed_precision=args.mixed_precision, channels_last=args.channels_last, compile=args.compile,
+        seed=args.seed, hflip=not args.no_hflip, data_limit=args.data_limit, log_every=args.log_every,
+        val_every=args.val_every, val_images=args.val_images, sample_every=args.sample_every,
+        sample_steps=args.sample_steps, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+        device=args.device)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    spec = resolve_spec(args.spec, args.resolution)
+    config = config_from_args(args)
+    spec = with_preconditioning(spec, args.preconditioning, config.data)
+    if args.dry_run:
+        print(json.dumps(dry_run(spec, config), indent=2))
+        return 0
+    if args.out is None:
+        raise TrainingError("--out RUN_DIR is required (unless --dry-run)")
+    check_budget(spec, config, int(os.environ.get("WORLD_SIZE", "1")))
+    check_data_source(config.data)
+    n = spec.n_experts
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        per = config.steps * config.batch
+        _say(f"budget: {per:,} images in total = {per // n:,} per expert x {n} expert(s); {config.steps:,} "
+             f"steps of batch {config.batch} ({config.batch // n} per expert)")
+    deadline = time.time() + 60 * args.max_minutes if args.max_minutes is not None else None
+    try:
+        result = train(spec, config, args.out, resume=args.resume, progress=not args.quiet, deadline=deadline,
+                       say=_say, allow_config_change=args.allow_config_change)
+    except TrainingPaused as paused:  # a planned stop, not an error: exit 0 so that scripts go on
+        if main_rank:
+            _say(f"memekit: paused after --max-minutes {args.max_minutes:g}: {paused}")
+        return 0
+    if main_rank:
+        print(result_line(result))
+    return 0
+
+
+def result_line(result: TrainResult) -> str:
+    """What ``memekit train`` prints at the end: counts of the whole run, throughput of this call."""
+    per_expert = set(result.images_per_expert)
+    each = f"{per_expert.pop():,}" if len(per_expert) == 1 else str(result.images_per_expert)
+    val = result.val.get("val_loss")
+    tail = f"val loss {val if val is None else round(val, 5)}; checkpoint {result.checkpoint}"
+    if result.images_trained == 0:
+        return (f"{result.run_dir} was trained to step {result.steps:,} before ({result.images_seen:,} images in "
+                f"total, {each} per expert): nothing left to train; {tail}")
+    return (f"trained to step {result.steps:,}: {result.images_seen:,} images in total, {each} per expert; "
+            f"{result.images_trained:,} in this run at {result.train_images_per_s:.1f} img/s; {tail}")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    options = dict(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, batch=args.batch,
+                   device=args.device, use_ema=not args.no_ema, mixed_precision=args.mixed_precision,
+                   overwrite=args.overwrite)
+    if args.dry_run:
+        print(json.dumps(sample_plan(args.checkpoint, args.out, **options), indent=2))
+        return 0
+    report = sample_checkpoint(args.checkpoint, args.out, progress=not args.quiet, **options)
+    print(f"{report.n} images -> {report.out} in {report.seconds:.1f} s ({report.images_per_s:.2f} img/s; "
+          f"{args.sampler}, {args.steps if args.sampler == 'ddim' else 'all'} steps; checkpoint step "
+          f"{report.step}, {'raw' if args.no_ema else 'EMA'} weights)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_train(subparsers)
+    _register_sample(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    d = TrainConfig()
+    p = subparsers.add_parser("train", help="train a spec or preset (auto-resumes from RUN_DIR)",
+                              description="Train a spec or preset under an image budget. Rerunning the command "
+                                          "resumes from RUN_DIR's latest checkpoint and says so; resuming with "
+                                          "another batch, learning rate, budget, data or seed needs "
+                                          "--allow-config-change.")
+    p.add_argument("spec", metavar="SPEC.json|PRESET", help="a spec JSON (e.g. from memekit export) or a preset name")
+    p.add_argument("--data", default=d.data, help="image folder, .npz or builtin:shapes[:N]")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log.jsonl, samples (no default: "
+                                                     "required unless --dry-run)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image size (default: the spec's; presets: 32)")
+    p.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
+                   help="replace the spec's preconditioning: none, edm or wiener (statistics measured from the "
+                        "training split; default: the spec's own)")
+    p.add_argument("--images", type=positive_int, default=None,
+                   help="budget: images seen, all experts together (default: 100,000, or --steps x --batch)")
+    p.add_argument("--steps", type=positive_int, default=None, help="budget as optimiser steps (x --batch; "
+                                                                     "default: from --images)")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help="images per step, all experts together")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate after the warm-up")
+    p.add_argument("--warmup-images", type=nonneg_int, default=d.warmup_images,
+                   help="linear learning-rate warm-up over this many images")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="per-expert gradient-norm clip (0: none)")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay (with a warm-up)")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="autocast dtype (CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every expert")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights and of every step's randomness")
+    p.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--data-limit", type=positive_int, default=None,
+                   help="use the first K training images (default: all)")
+    p.add_argument("--log-every", type=positive_int, default=d.log_every,
+                   help="steps between log.jsonl records and, when stderr is no terminal, status lines")
+    p.add_argument("--val-every", type=nonneg_int, default=d.val_every, help="steps between validations (0: at "
+                                                                              "the end only)")
+    p.add_argument("--val-images", type=positive_int, default=d.val_images, help="held-out images of the "
+                                                                                  "validation loss")
+    p.add_argument("--sample-every", type=nonneg_int, default=d.sample_every,
+                   help="steps between sample grids (0: at the end only)")
+    p.add_argument("--sample-steps", type=positive_int, default=d.sample_steps, help="DDIM steps of the grids")
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=d.checkpoint_every,
+                   help="steps between checkpoints (0: at the end only)")
+    p.add_argument("--keep-last", type=positive_int, default=d.keep_last, help="checkpoints kept")
+    p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
+                   help="stop after M minutes of training with a checkpoint and exit 0; the same command "
+                        "resumes (time-limited or preemptible allocations; default: no limit)")
+    p.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                   help="resume from this checkpoint (default: RUN_DIR's latest)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although batch, learning rate, budget, data or seed differ from the checkpoint's "
+                        "(the change is logged)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and costs, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    p.set_defaults(run=_train)
+
+
+def _register_sample(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sample", help="sample images from a run folder or checkpoint")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="run folder (its latest checkpoint) or .pt file")
+    p.add_argument("--out", required=True, metavar="DIR|FILE.npz", help="a folder of PNGs or an .npz file")
+    p.add_argument("--n", type=positive_int, default=64, help="number of images")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="diffusion sampler")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (DDPM always takes all T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="batch k is drawn with seed + k")
+    p.add_argument("--batch", type=positive_int, default=64, help="images per sampling batch")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="autocast dtype (CUDA only)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--dry-run", action="store_true", help="print the checkpoint and the settings as JSON, write "
+                                                          "nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_sample)

@@ -1,0 +1,202 @@
+"""Reading a study made by ``memekit search``: open it, choose trials, rebuild their specs.
+
+:func:`load_study` opens a study from its ``STUDY_DIR`` (or a storage URL and a name) together
+with what is needed to rebuild its specs (:class:`LoadedStudy`); :func:`select_trials` picks trials
+(the feasible Pareto front, or the top K by quality); :func:`trial_spec` rebuilds a trial's MemeSpec
+with ``suggest_spec(FixedTrial(params), space, prior)`` and compares it with the spec, parameter count
+and MACs the trial recorded. Export, fidelity and rerank all start here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from memekit.space import MemeSpec, SpecCost, load_spec, spec_cost
+from memekit.space.errors import MemekitError, SpecError
+
+from .searchspace import SearchSpace, suggest_spec
+from .storage import journal_path, open_storage, redact_url, storage_kind
+from .study import CONFIG_FILE, STORAGE_ENV, SearchConfig, stored_config, study_space
+
+
+class ResultsError(MemekitError, ValueError):
+    """A study cannot be found or read, or its trials cannot be rebuilt."""
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study made by ``memekit search``, with what is needed to rebuild its specs."""
+
+    study: optuna.Study
+    config: SearchConfig
+    space: SearchSpace
+    prior: MemeSpec | None
+    study_dir: Path | None
+    where: str  # storage, passwords redacted
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.study.directions) > 1
+
+    @property
+    def quality_name(self) -> str:
+        return (self.study.metric_names or self.config.metric_names())[0]
+
+    @property
+    def cost_name(self) -> str:
+        """The second objective, or ``trajectory_gmacs`` (a user attr) in single-objective studies."""
+        names = self.study.metric_names or self.config.metric_names()
+        return names[1] if self.multi_objective and len(names) > 1 else "trajectory_gmacs"
+
+
+# ---- opening a study ------------------------------------------------------------------------------
+def _config_file(study_dir: Path) -> SearchConfig:
+    if not study_dir.is_dir():
+        raise ResultsError(f"study folder {str(study_dir)!r} does not exist: give the STUDY_DIR of "
+                          "'memekit search', or --storage URL --study NAME")
+    path = study_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ResultsError(f"{str(study_dir)!r} holds no study (no search_config.json): give the STUDY_DIR of "
+                          "'memekit search', or --storage URL --study NAME")
+    return stored_config(study_dir)
+
+
+def _open_storage(storage: str | None, study_dir: Path | None) -> optuna.storages.BaseStorage:
+    if storage_kind(storage) == "journal":
+        path = journal_path(storage, study_dir or Path.cwd())
+        if not path.is_file():  # opening a journal creates it: check first
+            raise ResultsError(f"no study journal at {str(path)!r}")
+    return open_storage(storage, study_dir or Path.cwd())
+
+
+def load_study(study_dir: str | Path | None = None, storage: str | None = None,
+               study_name: str | None = None) -> LoadedStudy:
+    """Open a memekit study from ``STUDY_DIR`` (its search_config.json names storage and study) or
+    from ``storage`` + ``study_name``; one-line :class:`ResultsError` when there is none."""
+    folder = Path(study_dir) if study_dir is not None else None
+    file_config = _config_file(folder) if folder is not None else None
+    storage = storage or os.environ.get(STORAGE_ENV) or (file_config.storage if file_config else None)
+    if storage is not None and ":***@" in storage:
+        raise ResultsError("the study's storage URL is stored without its password: pass --storage URL "
+                          "(or set MEMEKIT_STORAGE)")
+    name = study_name or (file_config.study_name if file_config else None)
+    if folder is None and (storage is None or name is None):
+        raise ResultsError("give STUDY_DIR, or both --storage URL and --study NAME")
+    backend = _open_storage(storage, folder)
+    where = redact_url(storage) if storage else str(journal_path(None, folder or Path.cwd()))
+    try:
+        study = optuna.load_study(study_name=name, storage=backend, sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        names = optuna.get_all_study_names(backend)
+        raise ResultsError(f"no study named {name!r} in {where} (studies there: "
+                          f"{', '.join(names) or 'none'})") from None
+    stored = study.user_attrs.get("memekit_config")
+    if stored is None and file_config is None:
+        raise ResultsError(f"study {name!r} has no memekit_config: it was not made by 'memekit search'")
+    config = SearchConfig.from_dict(stored) if stored is not None else file_config
+    folder = folder or (Path(config.study_dir) if config.study_dir else None)
+    config = dataclasses.replace(config, study_dir=str(folder or ""))
+    space = study_space(config, folder)
+    prior_file = folder / "prior_spec.json" if folder is not None else None
+    prior = load_spec(prior_file) if prior_file is not None and prior_file.is_file() else None
+    return LoadedStudy(study, config, space, prior, folder, where)
+
+
+# ---- choosing trials ------------------------------------------------------------------------------
+def is_feasible(trial: FrozenTrial) -> bool:
+    """COMPLETE, every constraint <= 0 (Optuna's convention) and finite objective values."""
+    return (trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.constraints.values())
+            and all(math.isfinite(v) for v in trial.values or [math.nan]))
+
+
+def trial_state(trial: FrozenTrial) -> str:
+    """``COMPLETE``, ``infeasible`` (complete but a constraint > 0), ``PRUNED``, ``FAIL``, ..."""
+    if trial.state == TrialState.COMPLETE and not is_feasible(trial):
+        return "infeasible"
+    return trial.state.name
+
+
+def select_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTrial]:
+    """``top=None``: the feasible Pareto front (``study.best_trials``; the best trial(s) of a
+    single-objective study); else the ``top`` feasible complete trials by the first objective.
+    Ordered by the first objective, then trial number."""
+    if top is not None and top < 1:
+        raise ResultsError(f"--top must be a positive integer, got {top}")
+    if top is None:
+        chosen = [t for t in study.best_trials if is_feasible(t)]
+    else:
+        chosen = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+    chosen.sort(key=lambda t: (t.values[0], t.number))
+    return chosen if top is None else chosen[:top]
+
+
+# ---- specs ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialSpec:
+    """A trial's spec rebuilt from its params, and how it compares with what the trial recorded."""
+
+    number: int
+    rebuilt: MemeSpec
+    recorded: MemeSpec | None
+    differences: tuple[str, ...]  # empty: rebuilt spec, params and MACs equal the recorded ones
+
+    @property
+    def rebuilt_differs(self) -> bool:
+        """The rebuilt spec is not the one the trial trained (e.g. the search space changed since)."""
+        return self.recorded is not None and self.recorded.to_dict() != self.rebuilt.to_dict()
+
+    @property
+    def spec(self) -> MemeSpec:
+        """The spec to export: the rebuilt one, unless it differs from the trained (recorded) one."""
+        return self.recorded if self.rebuilt_differs else self.rebuilt
+
+
+@functools.lru_cache(maxsize=512)
+def cost_of(spec: MemeSpec, sampling_steps: int) -> SpecCost:
+    """:func:`spec_cost`, memoised (specs are frozen; exports of one study repeat them)."""
+    return spec_cost(spec, sampling_steps)
+
+
+def trial_spec(trial: FrozenTrial, space: SearchSpace, prior: MemeSpec | None, sampling_steps: int,
+               check_cost: bool = True) -> TrialSpec:
+    """Rebuild ``trial``'s spec with ``suggest_spec(FixedTrial(params), space, prior)`` and compare it with
+    the user attr ``spec``, and (``check_cost``, :func:`spec_cost`) its parameter count and
+    trajectory MACs with the user attrs ``params_total`` and ``trajectory_gmacs``."""
+    try:
+        rebuilt = suggest_spec(optuna.trial.FixedTrial(trial.params), space, prior)
+    except (ValueError, SpecError) as err:
+        raise ResultsError(f"trial {trial.number}: cannot rebuild its spec from params ({err})") from None
+    recorded = MemeSpec.from_json(trial.user_attrs["spec"]) if "spec" in trial.user_attrs else None
+    differences = []
+    if recorded is None:
+        differences.append("no recorded spec")
+    elif recorded.to_dict() != rebuilt.to_dict():
+        keys = [k for k, v in rebuilt.to_dict().items() if recorded.to_dict().get(k) != v]
+        differences.append(f"spec differs in {', '.join(keys)}")
+    if not check_cost:
+        return TrialSpec(trial.number, rebuilt, recorded, tuple(differences))
+    cost = cost_of(rebuilt, sampling_steps)
+    if "params_total" in trial.user_attrs and trial.user_attrs["params_total"] != cost.params:
+        differences.append(f"params {cost.params} != recorded {trial.user_attrs['params_total']}")
+    gmacs = trial.user_attrs.get("trajectory_gmacs")
+    if gmacs is not None and not math.isclose(gmacs, cost.trajectory_macs / 1e9, rel_tol=1e-9):
+        differences.append(f"trajectory GMACs {cost.trajectory_macs / 1e9:.6g} != recorded {gmacs:.6g}")
+    return TrialSpec(trial.number, rebuilt, recorded, tuple(differences))
+
+
+def spec_of(trial: FrozenTrial, space: SearchSpace, prior: MemeSpec | None) -> MemeSpec | None:
+    """The spec a trial trained (recorded), else rebuilt from its params, else None."""
+    if "spec" in trial.user_attrs:
+        return MemeSpec.from_json(trial.user_attrs["spec"])
+    try:
+        return suggest_spec(optuna.trial.FixedTrial(trial.params), space, prior)
+    except (ValueError, SpecError, MemekitError):
+        return None
