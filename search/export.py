@@ -5,8 +5,11 @@ Data first, then drawing: the study is opened and its trials chosen and rebuilt 
 (:func:`plot_pareto`, :func:`plot_history`, :func:`plot_importances`) return Figures and never show
 or save; :func:`export_study` writes everything.
 
-The speed-up column is the trajectory MACs of ``single-large`` at the study's resolution (same
-number of DDIM steps, :func:`memekit.space.spec_cost`) divided by the trial's trajectory MACs.
+The speed-up column is the trajectory MACs of ``single-large`` **on the study's own backbone**
+(:func:`memekit.space.presets.backbone_presets` of the space's base expert: the same stages, blocks,
+head grid and pools at 1.75x the width, about 3x the MACs per step of one expert; same number of
+DDIM steps, :func:`memekit.space.spec_cost`) divided by the trial's trajectory MACs, so a study on
+a small CPU backbone is not credited with the cost of the full-width preset.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from memekit.space import MemeSpec, get_preset, save_spec
+from memekit.space import MemeSpec, save_spec
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_json, atomic_write_text, prepare_output_dir
+from memekit.space.presets import backbone_presets
 
 from .results import (
     LoadedStudy,
@@ -53,9 +57,14 @@ class ExportError(MemekitError, ValueError):
     """A study cannot be exported."""
 
 
+def baseline_spec(space: SearchSpace) -> MemeSpec:
+    """``single-large`` on the space's backbone (see the module docstring)."""
+    return backbone_presets(space.base_expert, space.diffusion)[SPEED_UP_BASELINE]
+
+
 def baseline_trajectory_macs(space: SearchSpace, sampling_steps: int) -> int:
-    """Trajectory MACs of ``single-large`` at the space's resolution (batch 1)."""
-    return cost_of(get_preset(SPEED_UP_BASELINE, space.base_expert.resolution), sampling_steps).trajectory_macs
+    """Trajectory MACs of :func:`baseline_spec` (batch 1)."""
+    return cost_of(baseline_spec(space), sampling_steps).trajectory_macs
 
 
 # ---- the table ----------------------------------------------------------------------------------------
@@ -98,7 +107,9 @@ def trials_frame(loaded: LoadedStudy, chosen: Sequence[int] = ()) -> pd.DataFram
     frame["n_experts"] = frame["n_experts"].astype("Int64")
     frame["params"] = frame["params"].astype("Int64")
     frame["exported"] = frame["trial"].isin(list(chosen))
+    large = baseline_spec(loaded.space).experts[0]
     frame.attrs.update(quality=loaded.quality_name, cost=loaded.cost_name, baseline=SPEED_UP_BASELINE,
+                       baseline_backbone=f"width {large.base_width}, {large.n_stages} stages, head_dim {large.head_dim}",
                        baseline_gmacs=baseline, sampling_steps=loaded.config.sampling_steps,
                        resolution=loaded.space.base_expert.resolution)
     return frame
@@ -232,7 +243,8 @@ def report_markdown(loaded: LoadedStudy, frame: pd.DataFrame, selection: str, sp
              f"{cfg.proxy_images:,} images; sampler {cfg.sampler}",
              "- trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
              f"- exported: {selection}",
-             f"- speed-up: trajectory MACs of `{frame.attrs['baseline']}` at {frame.attrs['resolution']} px "
+             f"- speed-up: trajectory MACs of `{frame.attrs['baseline']}` on this study's backbone "
+             f"({frame.attrs['baseline_backbone']}) at {frame.attrs['resolution']} px "
              f"({frame.attrs['baseline_gmacs']:.4g} GMACs over {frame.attrs['sampling_steps']} DDIM steps, "
              "memekit.space.spec_cost) / the trial's trajectory MACs", "",
              "## Exported trials", "",

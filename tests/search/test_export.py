@@ -26,7 +26,7 @@ from memekit.search.searchspace import load_search_space, param_label, suggest_s
 from memekit.search.storage import open_storage
 from memekit.search.study import SearchConfig
 from memekit.search.workers import run_search
-from memekit.space import MemeSpec, get_preset, load_spec, spec_cost
+from memekit.space import ExpertSpec, MemeSpec, load_spec, spec_cost
 
 Cli = Callable[..., tuple[int, str, str]]
 STUDY_DATA = "builtin:shapes:128"
@@ -217,7 +217,12 @@ def test_export_writes_specs_csv_plots_and_report(real_study: Path, tmp_path: Pa
     for name in ("pareto_front.png", "optimization_history.png", "param_importances.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
     report = (out / "report.md").read_text()
-    baseline = spec_cost(get_preset("single-large", 16), 50).trajectory_macs
+    # single-large on the tiny space's own backbone: width 1.75 x 16 on the head grid of 8 = 32, LDM-like shares
+    large = ExpertSpec(resolution=16, base_width=32, channel_mult=(1, 2), blocks_per_stage=(1, 1),
+                       attention_share=(0.0, 1.0), head_dim=8, attention_pool=(2, 1))
+    baseline = spec_cost(MemeSpec(experts=(large,), intervals=((0, 1000),), soft_assignment=(1.0,),
+                                  out_of_interval="uniform-all"), 50).trajectory_macs
+    assert "on this study's backbone (width 32, 2 stages, head_dim 8)" in report
     for trial in loaded.study.trials:
         speed_up = baseline / (trial.user_attrs["trajectory_gmacs"] * 1e9)
         row = next(line for line in report.splitlines() if line.startswith(f"| {trial.number} |"))
