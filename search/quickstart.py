@@ -26,11 +26,11 @@ import torch
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import spectral_report
 from memekit.analysis.reports import format_spectrum_summary, write_spectrum_report
-from memekit.space import MemeSpec, get_preset, load_spec, save_spec, spec_cost, uniform_intervals
+from memekit.space import MemeSpec, load_spec, save_spec, spec_cost, uniform_intervals
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
 
-from .export import export_study
+from .export import baseline_spec, export_study
 from .results import load_study
 from .sampling import sample_checkpoint, save_comparison_grid
 from .searchspace import load_search_space
@@ -204,7 +204,7 @@ def report_stage(out: Path, config: QuickstartConfig, prior: MemeSpec, search: S
     """OUT/REPORT.md: what ran, what was found, where every artefact is."""
     spec = MemeSpec.from_json(best.user_attrs["spec"])
     cost = spec_cost(spec, 50)
-    large = spec_cost(get_preset("single-large", spec.experts[0].resolution), 50)
+    large = spec_cost(baseline_spec(load_search_space(search.space, search.resolution)), 50)
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     val = next((r for r in reversed(records) if r.get("event") == "validation"), {})
     uniform = [iv[0] for iv in uniform_intervals(prior.diffusion.timesteps, prior.n_experts)] + [prior.diffusion.timesteps]
@@ -226,8 +226,8 @@ Spectral prior boundaries {list(prior.boundaries)} (uniform: {uniform}).
 {warm_start_sentences(search)}
 
 Best feasible Pareto trial: #{best.number} ({best.user_attrs.get('warm_start') or 'found by the sampler'}),
-proxy validation loss {best.values[0]:.4f}, trajectory {best.values[1]:.3f} GMACs (50 DDIM steps;
-single-large at this resolution: {large.trajectory_macs / 1e9:.3f} GMACs).
+proxy {(search.metric_names())[0]} {best.values[0]:.4f}, trajectory {best.values[1]:.3f} GMACs (50 DDIM steps;
+single-large on the search space's backbone: {large.trajectory_macs / 1e9:.3f} GMACs).
 Full export: [3-export/report.md](3-export/report.md).
 
 | expert | interval | p | attention share by stage (built) |
