@@ -240,7 +240,7 @@ def report_markdown(loaded: LoadedStudy, frame: pd.DataFrame, selection: str, sp
              f"- storage: `{loaded.where}`",
              f"- objective: {cfg.objective} ({', '.join(loaded.study.metric_names or cfg.metric_names())}, minimised); "
              f"space `{cfg.space}` at {frame.attrs['resolution']} px; data `{cfg.data}`; proxy "
-             f"{cfg.proxy_images:,} images; sampler {cfg.sampler}",
+             f"{cfg.proxy_images:,} images; preconditioning {cfg.preconditioning}; sampler {cfg.sampler}",
              "- trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
              f"- exported: {selection}",
              f"- speed-up: trajectory MACs of `{frame.attrs['baseline']}` on this study's backbone "

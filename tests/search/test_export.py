@@ -223,6 +223,7 @@ def test_export_writes_specs_csv_plots_and_report(real_study: Path, tmp_path: Pa
     baseline = spec_cost(MemeSpec(experts=(large,), intervals=((0, 1000),), soft_assignment=(1.0,),
                                   out_of_interval="uniform-all"), 50).trajectory_macs
     assert "on this study's backbone (width 32, 2 stages, head_dim 8)" in report
+    assert "(val_loss, trajectory_gmacs, minimised)" in report and "preconditioning none" in report
     for trial in loaded.study.trials:
         speed_up = baseline / (trial.user_attrs["trajectory_gmacs"] * 1e9)
         row = next(line for line in report.splitlines() if line.startswith(f"| {trial.number} |"))
