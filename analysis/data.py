@@ -15,6 +15,12 @@ Every image is center-cropped to a square and resized with an anti-aliased bicub
 cached under ``$MEMEKIT_CACHE`` (default ``~/.cache/memekit``)/data, keyed by the source
 fingerprint and the resolution.
 
+**Latent data sets** (``.npz`` files with a ``latents`` array, :mod:`memekit.analysis.latents`, made
+by ``memekit encode``) are read by :func:`load_data`: float32 ``(N, C, H, W)`` latents normalised to
+unit scale, at their own size. :func:`load_data` is what models train on (images or latents),
+:func:`to_model_input` what they see (images in [-1, 1], latents as they are), and
+:func:`check_data_for_spec` says in one line when a spec's channel count or size does not fit.
+
 Splits are fixed and documented: an image is in the **reference** split when
 ``crc32(key) % 10 == 0`` (about 10 %), and in the **train** split otherwise. The key is the
 image's relative path for folders, and its index (as text) for ``.npz`` and builtin sources, so
@@ -30,10 +36,12 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from memekit.space import PRESETS, MemeSpec, resolve_spec
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write
 from memekit.space.progress import progress_bar
@@ -155,6 +163,9 @@ def _load_folder(folder: Path, resolution: int, progress: bool) -> tuple[np.ndar
 def _load_npz(path: Path, resolution: int) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as data:
+            if "images" not in data.files and "latents" in data.files:
+                raise DataError(f"{str(path)!r} is a latent data set: this step needs images (give the image "
+                                "folder the latents were encoded from)")
             if "images" not in data.files:
                 raise DataError(f"{str(path)!r} has no 'images' array (found: {', '.join(data.files) or 'nothing'})")
             images = data["images"]
@@ -279,6 +290,125 @@ def _cached_load(source: str, resolution: int, progress: bool, use_cache: bool) 
     images, keys = _load_uncached(source, resolution, progress)
     atomic_write(path, lambda f: np.savez(f, images=images, keys=np.array(keys)))
     return images, keys
+
+
+def is_latent_source(source: str) -> bool:
+    """Whether ``source`` is a latent data set (an ``.npz`` with a ``latents`` array)."""
+    from .latents import is_latent_file
+
+    return not source.startswith(BUILTIN_PREFIX) and is_latent_file(source)
+
+
+class DataShape(NamedTuple):
+    """What a source gives a model: ``channels`` per sample at ``side`` x ``side`` (``None`` for
+    images, which load at any resolution); ``latent`` for latent data sets."""
+
+    channels: int
+    side: int | None
+    latent: bool
+
+
+def data_shape(source: str) -> DataShape:
+    """The :class:`DataShape` of ``source`` (a latent file's header is read, not its latents)."""
+    if is_latent_source(source):
+        from .latents import read_latent_header
+
+        header = read_latent_header(source)
+        return DataShape(header.channels, header.side, True)
+    return DataShape(3, None, False)
+
+
+def check_data_for_spec(source: str, channels: int, resolution: int) -> None:
+    """One-line :class:`DataError` when experts that see ``channels`` channels at ``resolution`` px
+    cannot train on ``source``."""
+    shape = data_shape(source)
+    if shape.latent and (shape.channels, shape.side) != (channels, resolution):
+        raise DataError(f"the spec's experts see {channels} channel(s) at {resolution} px but {source} holds "
+                        f"{shape.channels} x {shape.side} x {shape.side} latents: use a spec with image_channels "
+                        f"{shape.channels} at resolution {shape.side} (preset names are adapted to the data)")
+    if not shape.latent and channels != 3:
+        raise DataError(f"the spec's experts see {channels} channel(s) but {source} holds RGB images: use a spec "
+                        "with image_channels 3, or a latent file made by memekit encode")
+
+
+def spec_for_data(name_or_path: str, source: str, resolution: int | None = None) -> MemeSpec:
+    """The spec (preset name or JSON) that trains on ``source``: a preset is built for the data (at
+    ``resolution``, default 32 px, for images; at the latents' size and channel count for a latent
+    data set), a spec JSON must already fit it (:func:`check_data_for_spec`; one-line error)."""
+    shape = data_shape(source)
+    if shape.latent and resolution is not None and resolution != shape.side:
+        raise DataError(f"{source} holds {shape.channels} x {shape.side} x {shape.side} latents: --resolution must "
+                        f"be {shape.side} (or left out)")
+    if name_or_path in PRESETS:
+        spec = resolve_spec(name_or_path, shape.side if shape.latent else resolution)
+        return spec.with_image_channels(shape.channels) if shape.latent else spec
+    spec = resolve_spec(name_or_path, resolution)
+    expert = spec.experts[0]
+    check_data_for_spec(source, expert.image_channels, expert.resolution)
+    return spec
+
+
+def load_data(source: str, resolution: int, limit: int | None = None, split: str = "all",
+              progress: bool = True) -> np.ndarray:
+    """What a model trains on: :func:`load_images` (uint8 ``(N, r, r, 3)``), or for a latent data set
+    its latents normalised to unit scale, float32 ``(N, C, r, r)`` (``r`` must be their side)."""
+    if not is_latent_source(source):
+        return load_images(source, resolution, limit=limit, split=split, progress=progress)
+    from .latents import load_latents
+
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1, got {limit}")
+    latents, header = load_latents(source, split, limit)
+    if header.side != resolution:
+        raise DataError(f"{source} holds {header.channels} x {header.side} x {header.side} latents, not "
+                        f"{resolution} px data: use resolution {header.side}")
+    return latents
+
+
+def sample_side(batch: np.ndarray | torch.Tensor) -> int:
+    """The side of uint8 ``(N, r, r, C)`` images or of float ``(N, C, r, r)`` model inputs."""
+    return int(batch.shape[1] if batch.dtype in (np.uint8, torch.uint8) else batch.shape[-1])
+
+
+def to_model_input(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A batch of :func:`load_data`'s output as the model sees it: uint8 images -> float32
+    ``(N, C, H, W)`` in [-1, 1] (:func:`to_model_range`); float latents (already NCHW, unit scale)
+    -> float32 unchanged."""
+    if batch.dtype in (np.uint8, torch.uint8):
+        return to_model_range(batch)
+    return torch.as_tensor(batch).float()
+
+
+# ---- image files by key (memekit encode) ------------------------------------------------------------
+def source_keys(source: str) -> list[str]:
+    """The keys of ``source``'s images in source order (paths for folders, indices otherwise), without
+    decoding folder images."""
+    check_data_source(source)
+    if source.startswith(BUILTIN_PREFIX):
+        return [str(i) for i in range(parse_builtin(source)[1])]
+    path = Path(source)
+    if path.is_dir():
+        files = list_image_files(path)
+        if not files:
+            raise DataError(f"no .jpg/.jpeg/.png/.webp images found under {source!r}: point to a folder of images")
+        return [p.relative_to(path).as_posix() for p in files]
+    return [str(i) for i in range(len(_load_npz(path, 1)))]
+
+
+def read_images(source: str, keys: list[str], resolution: int) -> tuple[np.ndarray, list[str]]:
+    """The images of ``keys`` (from :func:`source_keys`) at ``resolution``, uint8 ``(n, r, r, 3)``, and
+    the keys that were read (unreadable files are skipped and logged)."""
+    path = Path(source)
+    if source.startswith(BUILTIN_PREFIX) or not path.is_dir():
+        images = load_images(source, resolution, progress=False)
+        return images[[int(k) for k in keys]], list(keys)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(lambda k: _read_file(path / k, resolution), keys))
+    good = [i for i, im in enumerate(decoded) if im is not None]
+    if len(good) < len(keys):
+        log.warning("skipped %d unreadable image file(s) under %s", len(keys) - len(good), path)
+    empty = np.zeros((0, resolution, resolution, 3), dtype=np.uint8)
+    return (np.stack([decoded[i] for i in good]) if good else empty), [keys[i] for i in good]
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:

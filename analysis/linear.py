@@ -28,6 +28,7 @@ from memekit.space import DiffusionSpec
 from memekit.space.errors import MemekitError
 from memekit.space.precondition import PRECONDITIONINGS, ring_counts, ring_index
 
+from .data import sample_side
 from .spectra import SpectrumError, _model_range_batches, _square_size
 
 STATS_IMAGES = 4096  # training images from which preconditioning statistics are measured
@@ -82,7 +83,7 @@ def preconditioned(spec: DiffusionSpec, mode: str, images: np.ndarray | torch.Te
     if mode == "none":
         return dataclasses.replace(spec, preconditioning="none", data_std=None, data_spectrum=None)
     power = ring_power(images)
-    size = int(images.shape[1] if images.dtype in (np.uint8, torch.uint8) else images.shape[-1])
+    size = sample_side(images)
     mean_square = float((power @ (ring_counts(size) / size**2)).mean())
     spectrum = tuple(tuple(float(f"{v:.6g}") for v in row) for row in power) if mode == "wiener" else None
     return dataclasses.replace(spec, preconditioning=mode, data_std=round(mean_square**0.5, 6),
@@ -92,7 +93,7 @@ def preconditioned(spec: DiffusionSpec, mode: str, images: np.ndarray | torch.Te
 def preconditioned_for_data(spec: DiffusionSpec, mode: str, data: str, resolution: int) -> DiffusionSpec:
     """:func:`preconditioned` with statistics from (at most :data:`STATS_IMAGES` of) the training split
     of the data source ``data`` at ``resolution``."""
-    from .data import load_images
+    from .data import load_data
 
-    images = load_images(data, resolution, split="train", limit=STATS_IMAGES, progress=False)
+    images = load_data(data, resolution, split="train", limit=STATS_IMAGES, progress=False)
     return preconditioned(spec, mode, images)

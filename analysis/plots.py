@@ -156,3 +156,51 @@ def _colormap():
     from matplotlib import colormaps
 
     return colormaps["viridis"]
+
+
+def plot_channel_power(power: pd.DataFrame, frequency: np.ndarray, mean_power: np.ndarray) -> Figure:
+    """Log-log data spectrum of every channel (thin lines; ``power``: ``channel, frequency,
+    data_power`` rows) and their mean P_0(f) (black), with the unit noise floor."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, (_, rows) in enumerate(power.groupby("channel")):
+        ax.loglog(rows["frequency"], rows["data_power"], lw=0.7, alpha=0.6, color="tab:blue",
+                  label="one channel" if i == 0 else None)
+    ax.loglog(frequency, mean_power, color="black", lw=2, label="channel mean P_0(f)")
+    ax.axhline(1.0, color="gray", ls=":", label="noise power 1")
+    _frequency_scale(ax, "x", np.asarray(frequency))
+    ax.set_xlabel("spatial frequency f (cycles / latent pixel)")
+    ax.set_ylabel("power (orthonormal FFT, unit-scale latents)")
+    ax.set_title(f"data spectrum of each of the {power['channel'].nunique()} channels")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_spectra_comparison(power: pd.DataFrame, crossover: pd.DataFrame,
+                            boundaries: dict[str, Sequence[int]] | None = None) -> Figure:
+    """Two panels for data sets side by side (frames of
+    :func:`memekit.analysis.reports.comparison_frames`): data spectra over cycles per image (the
+    channels' range shaded) with the unit noise floor, and the crossover ``f_c(t)`` as a fraction of
+    each grid's Nyquist frequency, with each data set's proposed interval boundaries."""
+    fig = _figure(11.0, 4.3)
+    left, right = fig.subplots(1, 2)
+    for i, (name, rows) in enumerate(power.groupby("name", sort=False)):
+        colour = f"C{i}"
+        left.loglog(rows["k"], rows["data_power"], color=colour, lw=2, label=f"{name}: channel mean")
+        if (rows["channel_max"] > rows["channel_min"]).any():
+            left.fill_between(rows["k"], rows["channel_min"], rows["channel_max"], color=colour, alpha=0.2,
+                              label=f"{name}: channel range")
+        curve = crossover[crossover["name"] == name]
+        right.plot(curve["t"], curve["fraction_of_nyquist"], color=colour, lw=1.5, label=name)
+        for j, b in enumerate(((boundaries or {}).get(name) or ())[1:-1]):
+            right.axvline(b, color=colour, ls="--", lw=1, label=f"{name}: proposed boundaries" if j == 0 else None)
+    left.axhline(1.0, color="gray", ls=":", label="noise power 1")
+    left.set_xlabel("spatial frequency (cycles per image)")
+    left.set_ylabel("P_0 (orthonormal FFT, model units)")
+    left.set_title("data spectrum")
+    left.legend(fontsize=7)
+    right.set_xlabel("time-step t")
+    right.set_ylabel("f_c(t) / Nyquist of the model's grid")
+    right.set_title("crossover frequency, where SNR(t, f) = 1")
+    right.legend(fontsize=7)
+    return fig

@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memekit.space import MemeSpec, resolve_spec, save_spec
+from memekit.space import MemeSpec, save_spec
 from memekit.space.files import atomic_write_json, prepare_output_dir
 
-from .data import load_images
+from .data import SPLITS, DataError, data_shape, load_data, spec_for_data
 from .device import resolve_device
 from .priors import PriorError, SpectralReport, default_min_length, spectral_report
+from .spectra import SpectralProfile, spectral_slope
 
 DEFAULT_BASE = "meme-paper"
 SPECTRUM_FILES = ("summary.csv", "priors.csv", "spectrum.npz", "prior_spec.json", "config.json")
+CHANNEL_FILES = ("channel_power.csv", "channel_crossover.csv", "channel_power.png")  # latent data only
 FEATURE_FILES = ("features.csv", "spec.json", "config.json", "feature_spectra.png", "feature_delta.png")
 
 
@@ -37,13 +39,15 @@ def _save_figure(fig: Any, path: Path) -> None:
 # ---- spectra of the noisy inputs ------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpectrumJob:
-    """What ``memekit spectrum`` measures: ``data`` at ``resolution`` under the diffusion of the
-    ``base`` spec (preset or JSON; ``schedule`` replaces its beta schedule), cut into ``n_experts``
-    intervals of at least ``min_length`` steps (default ``T // (4 N)``), written into ``out``."""
+    """What ``memekit spectrum`` measures: ``data`` (images, or a latent data set) at ``resolution``
+    (default: 32 px for images, the latents' own size) under the diffusion of the ``base`` spec (preset
+    or JSON, built for the data's channels; ``schedule`` replaces its beta schedule), cut into
+    ``n_experts`` intervals of at least ``min_length`` steps (default ``T // (4 N)``), written into
+    ``out``. ``split`` and ``limit`` choose the images (the first ``limit`` of the split)."""
 
     data: str
     out: str
-    resolution: int = 32
+    resolution: int | None = None
     schedule: str | None = None
     n_experts: int = 4
     min_length: int | None = None
@@ -53,9 +57,15 @@ class SpectrumJob:
     device: str = "auto"
     overwrite: bool = False
     equal_mass: bool = False  # intervals of equal training mass under the paper's density
+    split: str = "all"
+
+    @property
+    def latent(self) -> bool:
+        return data_shape(self.data).latent
 
     def base_spec(self) -> MemeSpec:
-        base = resolve_spec(self.base, self.resolution)
+        shape = data_shape(self.data)
+        base = spec_for_data(self.base, self.data, self.resolution or (None if shape.latent else 32))
         if self.schedule is not None:
             base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, schedule=self.schedule))
         return base
@@ -63,13 +73,17 @@ class SpectrumJob:
     def config(self) -> dict[str, Any]:
         """The resolved settings (``config.json``, ``--dry-run``); a one-line error when the
         intervals cannot fit, before any pass over the data."""
+        if self.split not in SPLITS:
+            raise DataError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
         base = self.base_spec()
         T = base.diffusion.timesteps
         min_length = self.min_length or default_min_length(T, self.n_experts)
         if self.n_experts * min_length > T:
             raise PriorError(f"{self.n_experts} intervals of at least {min_length} steps do not fit in T = {T}: "
                              "lower --n-experts or --min-length")
-        return {"command": "spectrum", "data": self.data, "resolution": self.resolution, "limit": self.limit,
+        expert = base.experts[0]
+        return {"command": "spectrum", "data": self.data, "latent": self.latent, "channels": expert.image_channels,
+                "resolution": expert.resolution, "split": self.split, "limit": self.limit,
                 "base": self.base, "schedule": base.diffusion.schedule, "timesteps": T,
                 "n_experts": self.n_experts, "min_length": min_length, "equal_mass": self.equal_mass,
                 "batch_size": self.batch_size,
@@ -80,15 +94,16 @@ def run_spectrum(job: SpectrumJob, progress: bool = True) -> tuple[SpectralRepor
     """Measure ``job`` and write its files into ``job.out``; returns the report and the file names."""
     config = job.config()
     out = prepare_output_dir(job.out, job.overwrite)
-    images = load_images(job.data, job.resolution, limit=job.limit, progress=progress)
+    images = load_data(job.data, config["resolution"], limit=job.limit, split=job.split, progress=progress)
     report = spectral_report(images, job.base_spec(), job.n_experts, min_length=job.min_length,
                              equal_mass=job.equal_mass, batch_size=job.batch_size, device=resolve_device(job.device),
                              progress=progress)
-    return report, write_spectrum_report(report, out, config)
+    return report, write_spectrum_report(report, out, config, per_channel=config["latent"])
 
 
-def write_spectrum_report(report: SpectralReport, out: Path, config: dict) -> list[str]:
-    """Write tables, arrays, plots and specs of ``report`` into ``out``; return the file names."""
+def write_spectrum_report(report: SpectralReport, out: Path, config: dict, per_channel: bool = False) -> list[str]:
+    """Write tables, arrays, plots and specs of ``report`` into ``out``; return the file names.
+    ``per_channel``: also every channel's spectrum and crossover (:func:`write_channel_report`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +116,9 @@ def write_spectrum_report(report: SpectralReport, out: Path, config: dict) -> li
     np.savez(out / "spectrum.npz", frequency=profile.frequency, counts=profile.counts,
              data_power=profile.data_power, alpha_bar=profile.alpha_bar, expected_power=profile.expected_power,
              snr=profile.snr, crossover_frequency=f_c, boundaries=np.array(report.prior.boundaries),
-             uniform_boundaries=np.array(report.uniform_boundaries), n_images=profile.n_images)
+             uniform_boundaries=np.array(report.uniform_boundaries), n_images=profile.n_images,
+             channel_power=profile.channel_power, resolution=profile.resolution, corner_power=profile.corner_power,
+             corner_counts=profile.corner_counts, channel_corner_power=profile.channel_corner_power)
     save_spec(report.prior, out / "prior_spec.json")
     atomic_write_json(out / "config.json", config)
     figures = {
@@ -114,7 +131,31 @@ def write_spectrum_report(report: SpectralReport, out: Path, config: dict) -> li
     }
     for name, fig in figures.items():
         _save_figure(fig, out / name)
-    return [*SPECTRUM_FILES, *figures]
+    return [*SPECTRUM_FILES, *figures, *(write_channel_report(profile, out) if per_channel else [])]
+
+
+def channel_frames(profile: SpectralProfile) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per channel: ``channel, frequency, data_power`` (C x K rows) and ``t, channel,
+    crossover_frequency`` at :func:`sample_timesteps` (its own ``f_c(t)``)."""
+    C, K = profile.channel_power.shape
+    power = pd.DataFrame({"channel": np.repeat(np.arange(C), K), "frequency": np.tile(profile.frequency, C),
+                          "data_power": profile.channel_power.ravel()})
+    ts = sample_timesteps(profile.timesteps)
+    f_c = profile.channel_crossover()[:, ts]  # (C, len(ts))
+    crossover = pd.DataFrame({"t": np.tile(ts, C), "channel": np.repeat(np.arange(C), len(ts)),
+                              "crossover_frequency": f_c.ravel()})
+    return power, crossover
+
+
+def write_channel_report(profile: SpectralProfile, out: Path) -> list[str]:
+    """``channel_power.csv``, ``channel_crossover.csv`` and ``channel_power.png`` into ``out``."""
+    from memekit.analysis import plots
+
+    power, crossover = channel_frames(profile)
+    power.to_csv(out / "channel_power.csv", index=False)
+    crossover.to_csv(out / "channel_crossover.csv", index=False)
+    _save_figure(plots.plot_channel_power(power, profile.frequency, profile.data_power), out / "channel_power.png")
+    return list(CHANNEL_FILES)
 
 
 def sample_timesteps(T: int) -> list[int]:
@@ -130,14 +171,30 @@ def _crossover_line(t: int, f_c: float, state: str) -> str:
     return f"  t = {t:>4}: f_c = {f_c:.4f}  (period {1 / f_c:.1f} px)"
 
 
-def format_spectrum_summary(report: SpectralReport, source: str) -> str:
-    """The short text ``memekit spectrum`` prints."""
+def _channel_lines(profile: SpectralProfile) -> list[str]:
+    """Per-channel spectral slopes and crossover frequencies: min / median / max over channels."""
+    slopes = [spectral_slope(p, profile.frequency) for p in profile.channel_power]
+    f_c = profile.channel_crossover()
+    lines = [f"spectral slope a of P_0(f) ~ f^-a: {spectral_slope(profile.data_power, profile.frequency):.2f} for the "
+             f"channel mean; per channel min / median / max {min(slopes):.2f} / {np.median(slopes):.2f} / "
+             f"{max(slopes):.2f}",
+             f"per-channel crossover f_c(t), min / median / max over the {len(slopes)} channels (cycles/pixel):"]
+    return lines + [f"  t = {t:>4}: {f_c[:, t].min():.4f} / {np.median(f_c[:, t]):.4f} / {f_c[:, t].max():.4f}"
+                    for t in sample_timesteps(profile.timesteps)]
+
+
+def format_spectrum_summary(report: SpectralReport, source: str, per_channel: bool = False) -> str:
+    """The short text ``memekit spectrum`` prints (``per_channel``: with the channels' spread)."""
     profile, spec = report.profile, report.prior
     f_c, state = profile.crossover()
-    lines = [f"data {source}: {profile.n_images} images at {profile.resolution} px; schedule "
-             f"{spec.diffusion.schedule}, T = {profile.timesteps}",
+    channels = profile.channel_power.shape[0]
+    what = f"latents of {channels} channels at {profile.resolution} x {profile.resolution}" if per_channel else \
+        f"images at {profile.resolution} px"
+    lines = [f"data {source}: {profile.n_images} {what}; schedule {spec.diffusion.schedule}, T = {profile.timesteps}",
              "crossover frequency f_c(t) where SNR(t, f) = 1 (cycles/pixel, Nyquist 0.5):"]
     lines += [_crossover_line(t, f_c[t], state[t]) for t in sample_timesteps(profile.timesteps)]
+    if per_channel:
+        lines += _channel_lines(profile)
     lines.append(f"proposed boundaries: {list(spec.boundaries)}")
     lines.append(f"uniform boundaries:  {list(report.uniform_boundaries)}")
     lines.append("spectral prior per expert (buried: share of each stage's frequency band below the noise, "
@@ -150,6 +207,41 @@ def format_spectrum_summary(report: SpectralReport, source: str) -> str:
         lines.append(f"  expert {row.expert}: [{row.start}, {row.end})  buried {buried}  attention share {shares}  "
                      f"p = {row.p:g}  density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
     return "\n".join(lines)
+
+
+# ---- two spectrum folders side by side (pixels vs latents) ----------------------------------------
+def read_profile(folder: str | Path) -> SpectralProfile:
+    """The :class:`SpectralProfile` that ``memekit spectrum`` saved in ``folder/spectrum.npz`` (folders
+    written before the channels and corner rings were saved give empty ones)."""
+    with np.load(Path(folder) / "spectrum.npz") as data:
+        frequency = data["frequency"]
+
+        def saved(key: str, empty: np.ndarray) -> np.ndarray:
+            return data[key] if key in data.files else empty
+
+        return SpectralProfile(frequency, data["counts"], data["data_power"], data["alpha_bar"],
+                               int(data["n_images"]), int(round(1 / frequency[0])),
+                               corner_power=saved("corner_power", np.zeros(0)),
+                               corner_counts=saved("corner_counts", np.zeros(0, dtype=np.int64)),
+                               channel_power=saved("channel_power", np.zeros((0, 0))),
+                               channel_corner_power=saved("channel_corner_power", np.zeros((0, 0))))
+
+
+def comparison_frames(profiles: dict[str, SpectralProfile]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Spectra of several data sets on common axes. ``power``: ``name, k`` (cycles per image, ``f R``),
+    ``frequency``, ``data_power`` and the channels' ``channel_min`` / ``channel_max``; ``crossover``:
+    ``name, t, crossover_frequency`` (cycles per pixel of the model's grid), ``cycles_per_image`` and
+    ``fraction_of_nyquist`` (``f_c / 0.5``)."""
+    power, crossover = [], []
+    for name, p in profiles.items():
+        channels = p.channel_power if p.channel_power.size else p.data_power[None]
+        power.append(pd.DataFrame({"name": name, "k": p.frequency * p.resolution, "frequency": p.frequency,
+                                   "data_power": p.data_power, "channel_min": channels.min(axis=0),
+                                   "channel_max": channels.max(axis=0)}))
+        f_c, _ = p.crossover()
+        crossover.append(pd.DataFrame({"name": name, "t": np.arange(p.timesteps), "crossover_frequency": f_c,
+                                       "cycles_per_image": f_c * p.resolution, "fraction_of_nyquist": f_c / 0.5}))
+    return pd.concat(power, ignore_index=True), pd.concat(crossover, ignore_index=True)
 
 
 # ---- spectra of an expert's features -------------------------------------------------------------

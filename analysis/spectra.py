@@ -2,8 +2,10 @@
 
 Conventions (one place, used everywhere in memekit):
 
-- Images are in the model range [-1, 1] (``memekit.analysis.data.to_model_range``), shape
-  ``(..., H, W)`` with ``H == W == R``; every channel is a separate 2-D signal.
+- Images are in the model range [-1, 1] (``memekit.analysis.data.to_model_range``), latents at unit
+  scale (:mod:`memekit.analysis.latents`), shape ``(..., H, W)`` with ``H == W == R``; every channel
+  (3 for images, C for latents) is a separate 2-D signal, and frequencies are in cycles per pixel of
+  the grid the model sees (for latents: per latent pixel).
 - The 2-D FFT is orthonormal (``norm="ortho"``), so Parseval holds, ``sum |X|^2 = sum x^2``, and
   white noise of variance ``s^2`` has ``E|X(k)|^2 = s^2`` at every frequency ``k``.
 - The image mean is removed on purpose before the FFT: it only changes the DC coefficient, which
@@ -43,7 +45,7 @@ from memekit.space.errors import MemekitError
 from memekit.space.precondition import ring_index
 from memekit.space.progress import progress_bar
 
-from .data import to_model_range
+from .data import sample_side, to_model_range
 
 # band edges in cycles per pixel: low [0, 1/8) (structures of 8 px and more), mid [1/8, 1/4),
 # high [1/4, 1/2] (2-4 px detail)
@@ -195,6 +197,33 @@ def data_power_spectrum(images: np.ndarray | torch.Tensor, batch_size: int = 256
     return _ring_sums(total, bins).cpu().numpy() / (count * bins.counts)
 
 
+def channel_power_spectrum(images: np.ndarray | torch.Tensor, batch_size: int = 256,
+                           device: torch.device | str = "cpu", progress: bool = False,
+                           corners: bool = False) -> np.ndarray:
+    """``P_0^c(f)``: the RAPSD of each channel c averaged over all images, float64 ``(C, K)``, from one
+    pass (as :func:`data_power_spectrum`, whose value is the mean over channels of this one)."""
+    total, count, bins = None, 0, None
+    batches = _model_range_batches(images, batch_size, device)
+    for x0 in progress_bar(batches, progress=progress, total=-(-len(images) // batch_size), desc="spectrum",
+                           unit="batch", leave=False):
+        bins = bins or radial_bins(_square_size(tuple(x0.shape)), corners)
+        power = _rfft_power(x0).sum(0).double()  # (C, R, R//2+1): sum over the batch
+        total = power if total is None else total + power
+        count += x0.shape[0]
+    assert total is not None and bins is not None
+    return _ring_sums(total, bins).cpu().numpy() / (count * bins.counts)
+
+
+def spectral_slope(power: np.ndarray, frequency: np.ndarray) -> float:
+    """The exponent ``a`` of a power law ``P(f) = c f^-a`` fitted by least squares to
+    ``log P = log c - a log f`` over every bin (natural images: about 2, white noise: 0)."""
+    f, p = np.asarray(frequency, dtype=np.float64), np.asarray(power, dtype=np.float64)
+    if f.shape != p.shape or len(f) < 2 or not (np.isfinite(p).all() and (p > 0).all() and (f > 0).all()):
+        raise SpectrumError(f"a spectral slope needs >= 2 bins of positive power, got {len(p)} bins")
+    log_f, log_p = np.log(f), np.log(p)
+    return float(-np.polyfit(log_f, log_p, 1)[0])
+
+
 def expected_noisy_spectrum(data_power: np.ndarray, alpha_bar: np.ndarray) -> np.ndarray:
     """``E P_t(f) = alpha_bar_t P_0(f) + (1 - alpha_bar_t)`` for every t: shape ``(T, K)``.
 
@@ -299,6 +328,8 @@ class SpectralProfile:
     resolution: int
     corner_power: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # rings past R // 2
     corner_counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    channel_power: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))  # (C, K) per channel
+    channel_corner_power: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))  # (C, rings past)
 
     @property
     def timesteps(self) -> int:
@@ -327,6 +358,10 @@ class SpectralProfile:
         """``(f_c(t), state(t))``, see :func:`crossover_frequency`."""
         return crossover_frequency(self.snr, self.frequency)
 
+    def channel_crossover(self) -> np.ndarray:
+        """``f_c(t)`` of every channel's own spectrum, shape (C, T) (:func:`crossover_frequency`)."""
+        return np.stack([crossover_frequency(snr(p, self.alpha_bar), self.frequency)[0] for p in self.channel_power])
+
     def with_alpha_bar(self, alpha_bar: np.ndarray) -> SpectralProfile:
         """The same data under another schedule (P_0 does not depend on the schedule)."""
         return dataclasses.replace(self, alpha_bar=np.asarray(alpha_bar, dtype=np.float64))
@@ -334,14 +369,17 @@ class SpectralProfile:
 
 def spectral_profile(images: np.ndarray | torch.Tensor, alpha_bar: np.ndarray, batch_size: int = 256,
                      device: torch.device | str = "cpu", progress: bool = False) -> SpectralProfile:
-    """One pass over ``images`` (see :func:`data_power_spectrum`) -> :class:`SpectralProfile`."""
-    size = int(images.shape[1] if images.dtype in (np.uint8, torch.uint8) else images.shape[-1])
+    """One pass over ``images`` (see :func:`channel_power_spectrum`) -> :class:`SpectralProfile`: the
+    channel mean is ``P_0``, the channels' own spectra are kept (``channel_power``)."""
+    size = sample_side(images)
     bins = radial_bins(size, corners=True)
-    power = data_power_spectrum(images, batch_size=batch_size, device=device, progress=progress, corners=True)
+    channels = channel_power_spectrum(images, batch_size=batch_size, device=device, progress=progress, corners=True)
+    power = channels.mean(axis=0)  # every channel has the same coefficient count
     k = size // 2
     return SpectralProfile(frequency=bins.frequency[:k], counts=bins.counts[:k], data_power=power[:k],
                            alpha_bar=np.asarray(alpha_bar, dtype=np.float64), n_images=len(images),
-                           resolution=size, corner_power=power[k:], corner_counts=bins.counts[k:])
+                           resolution=size, corner_power=power[k:], corner_counts=bins.counts[k:],
+                           channel_power=channels[:, :k], channel_corner_power=channels[:, k:])
 
 
 def summary_frame(profile: SpectralProfile, edges: tuple[float, float] = BAND_EDGES) -> pd.DataFrame:

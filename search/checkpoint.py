@@ -9,10 +9,13 @@ A checkpoint is a plain dict of tensors, numbers and strings (no pickled classes
     model         state dict of the MultiExpert
     ema           state dict of the EMA copy, ema_updates: number of EMA updates so far
     optimizer     AdamW state dict; scaler: GradScaler state dict (fp16) or {}
+    latent        (runs trained on latents only) the latent data's record as JSON text: shape, image
+                  resolution, autoencoder, normalisation (memekit.analysis.latents.LatentHeader.record)
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -98,3 +101,15 @@ def checkpoint_spec(state: dict[str, Any]) -> MemeSpec:
         return MemeSpec.from_json(state["spec"])
     except SpecError as err:
         raise CheckpointError(f"checkpoint {state.get('path', '?')!r} holds an invalid spec: {err}") from None
+
+
+def checkpoint_latent(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The latent record of a checkpoint trained on latents; None for a pixel-space run."""
+    text = state.get("latent")
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"checkpoint {state.get('path', '?')!r} holds an unreadable latent record") from None
+    return record if isinstance(record, dict) else None

@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from memekit.analysis.data import load_images, to_model_range
+from memekit.analysis.data import check_data_for_spec, load_data, spec_for_data, to_model_input
 from memekit.analysis.device import resolve_device
 from memekit.analysis.features import default_layers, feature_spectra
 from memekit.analysis.reports import write_feature_report
-from memekit.space import Diffusion, MemeSpec, build_expert, resolve_spec
+from memekit.space import Diffusion, MemeSpec, build_expert
 from memekit.space.errors import SpecError
 from memekit.space.files import prepare_output_dir
 
@@ -52,7 +52,7 @@ class FeatureJob:
     def spec(self) -> MemeSpec:
         if is_checkpoint(self.model):
             return checkpoint_spec(load_checkpoint(self.model))
-        return resolve_spec(self.model, self.resolution)
+        return spec_for_data(self.model, self.data, self.resolution)
 
     def plan(self) -> tuple[MemeSpec, dict[str, Any]]:
         """The model's spec and the resolved settings (``config.json``, ``--dry-run``); one-line
@@ -94,7 +94,9 @@ def run_feature_analysis(job: FeatureJob, progress: bool = True) -> FeatureRepor
         model = load_model(job.model, device=device)[0].experts[job.expert].eval()
     else:
         model = build_expert(spec.experts[job.expert]).to(device).eval()
-    x0 = to_model_range(load_images(job.data, config["resolution"], limit=job.limit, progress=progress)).to(device)
+    expert = spec.experts[job.expert]
+    check_data_for_spec(job.data, expert.image_channels, expert.resolution)
+    x0 = to_model_input(load_data(job.data, config["resolution"], limit=job.limit, progress=progress)).to(device)
     layers = list(job.layers) if job.layers else None
     frame = feature_spectra(model, x0, Diffusion(spec.diffusion), config["t"], layers=layers, seed=job.seed,
                             progress=progress)

@@ -190,7 +190,7 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
                    resolution: int | None = None, split: str = "reference", protocol: str = "pytorch-fid",
                    batch: int = 250, device: str | None = None, weights: str | None = None,
                    kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = False,
-                   inception_batch: int = 50, first_seed: int = 0) -> SampleMetrics:
+                   inception_batch: int = 50, first_seed: int = 0, autoencoder: str | None = None) -> SampleMetrics:
     """Sample ``n`` images ``seeds`` times from ``run`` (a run folder or checkpoint, EMA weights,
     DDIM with ``steps`` steps, sampling batch ``batch``) and measure each seed's images against
     ``reference`` (a source as :func:`memekit.analysis.fid.fid` takes it; data sources are loaded
@@ -201,7 +201,14 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
     features are computed once (and cached on disk for data sources). ``resolution``, if given,
     must equal the model's. ``first_seed``: the repeats are ``first_seed .. first_seed + seeds - 1``
     (so a driver can sample one seed at a time and resume).
+
+    A run trained on latents is scored on its decoded images (the recorded autoencoder, or the one in
+    the folder ``autoencoder``; a one-line error when it is not available), at the image resolution
+    the latents encode, against ``reference``'s images at that resolution.
     """
+    from memekit.analysis.latents import latent_decoder
+
+    from .checkpoint import checkpoint_latent
     from .sampling import load_model, sample_images
 
     check_protocol(protocol)
@@ -209,14 +216,16 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
         raise MemekitError(f"sample metrics need n >= 2, seeds >= 1 and steps >= 1, got {n}, {seeds} and {steps}")
     device = resolve_device(device)
     model, spec, state = load_model(run, device=device)
-    side = spec.experts[0].resolution
+    record = checkpoint_latent(state)
+    decoder = latent_decoder(record, autoencoder, device) if record is not None else None
+    side = spec.experts[0].resolution * (decoder.resolution_factor if decoder is not None else 1)
     if resolution is not None and resolution != side:
         raise MemekitError(f"{run} samples {side} px images: --resolution must be {side} (or left out)")
     ref, ref_power = _reference(reference, side, split, protocol, device, weights, inception_batch, progress)
     per_seed = []
     for repeat in range(first_seed, first_seed + seeds):
         images = sample_images(model, spec, n, steps=steps, seed=sampling_seed(repeat), device=device, batch=batch,
-                               progress=progress)
+                               progress=progress, decoder=decoder)
         values = _seed_metrics(images, ref, ref_power, protocol, device, weights, inception_batch, kid_subsets,
                                kid_subset_size)
         per_seed.append({"seed": repeat, "sampling_seed": sampling_seed(repeat), **values})

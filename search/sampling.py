@@ -1,9 +1,17 @@
-"""Sampling images from a model or a checkpoint, and saving them (PNG folder, .npz, grids)."""
+"""Sampling images from a model or a checkpoint, and saving them (PNG folder, .npz, grids).
+
+A model trained on latents (its checkpoint holds the ``latent`` record of its data,
+:meth:`memekit.analysis.latents.LatentHeader.record`) samples latents, which are decoded into images by
+the autoencoder the run recorded (or the one given as ``autoencoder``, which must have the same
+weights). When it is not available, :func:`sample_checkpoint` says so: into an ``.npz`` it writes the
+undecoded latents as a latent file (decodable later), into a PNG folder it refuses in one line.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,38 +19,56 @@ from typing import Any
 import numpy as np
 import torch
 
+from memekit.analysis.autoencoders import AutoencoderError
 from memekit.analysis.data import to_uint8
 from memekit.analysis.device import autocast, resolve_device
+from memekit.analysis.latents import (
+    LatentDecoder,
+    latent_decoder,
+    normalisation_from_record,
+    write_latents,
+)
 from memekit.space import Diffusion, MemeSpec, MultiExpert, sample
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write
 from memekit.space.progress import progress_bar
 
-from .checkpoint import CheckpointError, checkpoint_spec, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_latent, checkpoint_spec, load_checkpoint
 
 
 @torch.no_grad()
-def sample_images(model: torch.nn.Module, spec: MemeSpec, n: int, sampler: str = "ddim", steps: int = 50,
-                  eta: float = 0.0, seed: int = 0, device: torch.device | str = "cpu", batch: int = 64,
-                  mixed_precision: str = "no", progress: bool = True) -> np.ndarray:
-    """``n`` images (uint8 NHWC) from ``model``; batch k uses the CPU generator seeded ``seed + k``,
-    so the images do not depend on the device."""
+def sample_batches(model: torch.nn.Module, spec: MemeSpec, n: int, sampler: str = "ddim", steps: int = 50,
+                   eta: float = 0.0, seed: int = 0, device: torch.device | str = "cpu", batch: int = 64,
+                   mixed_precision: str = "no", progress: bool = True) -> Iterator[torch.Tensor]:
+    """``n`` samples of ``model`` in the space it models (images in [-1, 1] or unit-scale latents),
+    float ``(b, C, r, r)`` batches; batch k uses the CPU generator seeded ``seed + k``, so the samples
+    do not depend on the device."""
     if n < 1 or batch < 1:
         raise MemekitError(f"--n and --batch must be >= 1, got {n} and {batch}")
     model.eval()
     diffusion = Diffusion(spec.diffusion)
     e = spec.experts[0]
-    out = []
-    n_batches = math.ceil(n / batch)
     device = torch.device(device)
-    for k in progress_bar(range(n_batches), progress=progress, desc="sampling", unit="batch"):
+    for k in progress_bar(range(math.ceil(n / batch)), progress=progress, desc="sampling", unit="batch"):
         size = min(batch, n - k * batch)
         gen = torch.Generator().manual_seed(seed + k)
         with autocast(device, mixed_precision):
-            x = sample(model, diffusion, (size, e.image_channels, e.resolution, e.resolution), sampler=sampler,
-                       steps=steps, eta=eta, generator=gen, device=device)
-        out.append(to_uint8(x))
-    return np.concatenate(out)
+            yield sample(model, diffusion, (size, e.image_channels, e.resolution, e.resolution), sampler=sampler,
+                         steps=steps, eta=eta, generator=gen, device=device)
+
+
+def sample_images(model: torch.nn.Module, spec: MemeSpec, n: int, sampler: str = "ddim", steps: int = 50,
+                  eta: float = 0.0, seed: int = 0, device: torch.device | str = "cpu", batch: int = 64,
+                  mixed_precision: str = "no", progress: bool = True,
+                  decoder: LatentDecoder | None = None) -> np.ndarray:
+    """``n`` images (uint8 NHWC) from ``model`` (:func:`sample_batches`); a latent model's samples are
+    decoded by ``decoder`` (:func:`memekit.analysis.latents.latent_decoder`)."""
+    channels = spec.experts[0].image_channels
+    if decoder is None and channels not in (1, 3):
+        raise MemekitError(f"the model samples {channels}-channel latents: images need their autoencoder "
+                           "(a LatentDecoder)")
+    batches = sample_batches(model, spec, n, sampler, steps, eta, seed, device, batch, mixed_precision, progress)
+    return np.concatenate([decoder(x) if decoder is not None else to_uint8(x) for x in batches])
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, scale: int = 1) -> np.ndarray:
@@ -131,19 +157,39 @@ def _check_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def _decoder_or_reason(record: dict[str, Any] | None, autoencoder: str | None,
+                       device: torch.device) -> tuple[LatentDecoder | None, str | None]:
+    """The decoder of a latent run (None, None for a pixel run), or None and why it is not available."""
+    if record is None:
+        return None, None
+    try:
+        return latent_decoder(record, autoencoder, device), None
+    except AutoencoderError as err:
+        return None, str(err)
+
+
 def sample_plan(checkpoint: str | Path, out: str | Path, n: int = 64, sampler: str = "ddim", steps: int = 50,
                 eta: float = 0.0, seed: int = 0, batch: int = 64, device: str | None = None, use_ema: bool = True,
-                mixed_precision: str = "no", overwrite: bool = False) -> dict[str, Any]:
+                mixed_precision: str = "no", overwrite: bool = False, autoencoder: str | None = None) -> dict[str, Any]:
     """What :func:`sample_checkpoint` would do with these arguments (checked, nothing sampled or written)."""
     _check_out(Path(out), overwrite)
     state = load_checkpoint(checkpoint, map_location="cpu")
     spec = checkpoint_spec(state)
     e = spec.experts[0]
-    return {"checkpoint": state["path"], "step": int(state["step"]), "weights": "EMA" if use_ema else "raw",
+    plan = {"checkpoint": state["path"], "step": int(state["step"]), "weights": "EMA" if use_ema else "raw",
             "spec": spec.name, "image_shape": [e.resolution, e.resolution, e.image_channels], "n": n,
             "sampler": sampler, "steps": steps if sampler == "ddim" else spec.diffusion.timesteps, "eta": eta,
             "seed": seed, "batch": batch, "device": str(resolve_device(device)), "mixed_precision": mixed_precision,
             "out": str(out), "format": "npz" if Path(out).suffix == ".npz" else "png folder"}
+    record = checkpoint_latent(state)
+    if record is not None:
+        decoder, reason = _decoder_or_reason(record, autoencoder, torch.device("cpu"))
+        side = record.get("resolution")
+        plan.update(latent_shape=[e.image_channels, e.resolution, e.resolution],
+                    image_shape=[side, side, 3] if decoder is not None else None,
+                    autoencoder=str(decoder.autoencoder.info.path) if decoder is not None else None,
+                    decoding="decoded to images" if decoder is not None else f"not decoded: {reason}")
+    return plan
 
 
 @dataclass
@@ -154,19 +200,32 @@ class SampleReport:
     images_per_s: float
     checkpoint: str
     step: int
+    undecoded: str | None = None  # a latent run whose autoencoder was not available: why (latents written)
 
 
 def sample_checkpoint(checkpoint: str | Path, out: str | Path, n: int = 64, sampler: str = "ddim", steps: int = 50,
                       eta: float = 0.0, seed: int = 0, batch: int = 64, device: str | None = None,
                       use_ema: bool = True, mixed_precision: str = "no", overwrite: bool = False,
-                      progress: bool = True) -> SampleReport:
-    """Sample ``n`` images from a run folder or checkpoint and save them; reports images/s."""
+                      progress: bool = True, autoencoder: str | None = None) -> SampleReport:
+    """Sample ``n`` images from a run folder or checkpoint and save them; reports images/s. A latent
+    run's samples are decoded (module docstring); ``autoencoder`` replaces the folder it recorded."""
     device = resolve_device(device)
     out = _check_out(Path(out), overwrite)
     model, spec, state = load_model(checkpoint, use_ema=use_ema, device=device)
+    record = checkpoint_latent(state)
+    decoder, reason = _decoder_or_reason(record, autoencoder, device)
+    if reason is not None and out.suffix != ".npz":
+        raise AutoencoderError(f"{reason}; pass --autoencoder PATH, or --out FILE.npz to keep the undecoded latents")
     start = time.perf_counter()
-    images = sample_images(model, spec, n, sampler=sampler, steps=steps, eta=eta, seed=seed, device=device,
-                           batch=batch, mixed_precision=mixed_precision, progress=progress)
+    options = dict(sampler=sampler, steps=steps, eta=eta, seed=seed, device=device, batch=batch,
+                   mixed_precision=mixed_precision, progress=progress)
+    if reason is not None:
+        latents = torch.cat([x.float().cpu() for x in sample_batches(model, spec, n, **options)])
+        normalisation = normalisation_from_record(record)
+        write_latents(out, normalisation.invert(latents).numpy(), [str(i) for i in range(n)], normalisation,
+                      {"autoencoder": record.get("autoencoder"), "resolution": record.get("resolution"),
+                       "samples_of": state["path"], "normalisation": {"mode": normalisation.mode}})
+    else:
+        save_images(sample_images(model, spec, n, decoder=decoder, **options), out, overwrite=overwrite)
     seconds = time.perf_counter() - start
-    save_images(images, out, overwrite=overwrite)
-    return SampleReport(out, n, seconds, n / seconds, state["path"], int(state["step"]))
+    return SampleReport(out, n, seconds, n / seconds, state["path"], int(state["step"]), reason)

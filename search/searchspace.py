@@ -187,8 +187,9 @@ SPACE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_search_space(name_or_path: str, resolution: int | None = None) -> SearchSpace:
-    """A named search space (``SPACE_PRESETS``) or a JSON file, optionally at ``resolution``."""
+def load_search_space(name_or_path: str, resolution: int | None = None, channels: int | None = None) -> SearchSpace:
+    """A named search space (``SPACE_PRESETS``) or a JSON file, optionally at ``resolution`` and with
+    experts that see ``channels`` input channels (latents)."""
     if name_or_path in SPACE_PRESETS:
         data = dict(SPACE_PRESETS[name_or_path], name=name_or_path)
     else:
@@ -204,7 +205,10 @@ def load_search_space(name_or_path: str, resolution: int | None = None) -> Searc
             raise SearchSpaceError(f"{path.name} must hold a JSON object")
     if resolution is not None:
         data["resolution"] = resolution
-    return SearchSpace.from_dict(data)
+    space = SearchSpace.from_dict(data)
+    if channels is None or channels == space.base_expert.image_channels:
+        return space
+    return dataclasses.replace(space, base_expert=dataclasses.replace(space.base_expert, image_channels=channels))
 
 
 # ---- trial -> spec -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from memekit.analysis.data import check_data_source, load_images
+from memekit.analysis.data import check_data_source, data_shape, load_data
 from memekit.analysis.device import MIXED_PRECISION, resolve_device
 from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import DiffusionSpec, MemeSpec, load_spec, save_spec, spec_cost
@@ -218,10 +218,22 @@ DEFAULT_SEAMS = Seams()
 DIFFUSION_FILE = "diffusion.json"
 
 
+def data_space(config: SearchConfig) -> SearchSpace:
+    """``config.space`` built for the study's data: at ``config.resolution`` for images, at the latents'
+    size and channel count for a latent data set."""
+    shape = data_shape(config.data)
+    if not shape.latent:
+        return load_search_space(config.space, config.resolution)
+    if config.resolution not in (None, shape.side):
+        raise SearchError(f"{config.data} holds {shape.channels} x {shape.side} x {shape.side} latents: --resolution "
+                          f"must be {shape.side} (or left out)")
+    return load_search_space(config.space, shape.side, shape.channels)
+
+
 def study_space(config: SearchConfig, study_dir: Path | None) -> SearchSpace:
-    """The study's search space: ``config.space`` at ``config.resolution``, with the diffusion spec
-    of ``STUDY_DIR/diffusion.json`` (the measured preconditioning) when the study preconditions."""
-    space = load_search_space(config.space, config.resolution)
+    """The study's search space: :func:`data_space`, with the diffusion spec of
+    ``STUDY_DIR/diffusion.json`` (the measured preconditioning) when the study preconditions."""
+    space = data_space(config)
     if config.preconditioning == "none":
         return space
     path = (study_dir or Path(config.study_dir)) / DIFFUSION_FILE
@@ -357,10 +369,10 @@ def search_config(study_dir: str | Path, **given: Any) -> SearchConfig:
 def _plan(config: SearchConfig, study_dir: Path) -> tuple[DiffusionSpec | None, MemeSpec | None]:
     """Check the space and the data, and make (or read) the measured diffusion spec and the prior;
     writes nothing."""
-    space = load_search_space(config.space, config.resolution)
     check_data_source(config.data)
+    space = data_space(config)
     for split in ("train", "reference"):  # both splits exist at the space's resolution
-        load_images(config.data, space.base_expert.resolution, split=split, limit=1, progress=False)
+        load_data(config.data, space.base_expert.resolution, split=split, limit=1, progress=False)
     diffusion = None
     if config.preconditioning != "none":
         path = study_dir / DIFFUSION_FILE

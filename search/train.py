@@ -8,6 +8,11 @@ Each expert n draws its time-steps from :class:`~memekit.space.SoftIntervalSampl
 interval with probability p_n, otherwise the spec's out-of-interval distribution), its loss is
 the mean MSE of its own sub-batch, and its gradient is clipped on its own (as if trained alone).
 
+Latent data sets (:mod:`memekit.analysis.latents`) train like images: the experts see unit-scale
+latents instead of images in [-1, 1] (never flipped: a flipped latent is not the latent of the
+flipped image), the run records the latents' autoencoder and normalisation (``RUN_DIR/latents.json``
+and every checkpoint), and sample grids are decoded when that autoencoder is available.
+
 Reproducibility: all randomness of step k (data indices, flips, time-steps, noise, dropout) comes
 from generators seeded with ``(seed, rank, k)``, so k steps + resume + (n - k) steps equals n
 straight steps bit for bit on the CPU (weights, EMA and optimiser state).
@@ -17,26 +22,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from memekit.analysis.data import check_data_source, load_images, to_model_range
+from memekit.analysis.autoencoders import AutoencoderError
+from memekit.analysis.data import check_data_for_spec, check_data_source, load_data, to_model_input
 from memekit.analysis.device import MIXED_PRECISION, autocast, resolve_device
+from memekit.analysis.latents import LatentDecoder, autoencoder_cost, latent_decoder, latent_record
 from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
+from memekit.space.files import atomic_write_json
 
 from .checkpoint import checkpoint_spec, latest_checkpoint, load_checkpoint, save_checkpoint
 from .control import Dist, StopControl, init_distributed
 from .runfolder import RunFolder
 from .sampling import sample_images, save_image_grid
 from .status import TrainProgress
+from .train_config import TrainConfig, TrainResult
 from .train_errors import (
     OutOfMemory,
     TrainingDiverged,
@@ -49,91 +56,6 @@ from .validation import LOGGED_VALIDATION, linear_reference, validation_loss
 __all__ = ["MIXED_PRECISION", "OutOfMemory", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged",
            "TrainingError", "TrainingInterrupted", "TrainingPaused", "check_budget", "dry_run", "ema_warmup_avg_fn",
            "learning_rate", "step_seed", "train", "with_preconditioning"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run besides the spec (saved as config.json)."""
-
-    data: str = "builtin:shapes"
-    images: int = 100_000  # total images seen, all experts together
-    batch: int = 64  # images per optimiser step, all experts together
-    lr: float = 2e-4
-    warmup_images: int = 10_000  # linear learning-rate warm-up, then constant
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # per-expert gradient-norm clip (0 disables)
-    ema_decay: float = 0.999  # with warm-up: decay_k = min(ema_decay, (1 + k) / (10 + k))
-    mixed_precision: str = "no"
-    channels_last: bool = True  # used on CUDA only
-    compile: bool = False
-    seed: int = 0
-    hflip: bool = True
-    data_limit: int | None = None
-    log_every: int = 50
-    val_every: int = 500  # steps; 0 = only at the end
-    val_images: int = 256
-    val_timesteps: int = 16
-    sample_every: int = 1000  # steps; 0 = only at the end
-    sample_count: int = 16
-    sample_steps: int = 50
-    checkpoint_every: int = 1000  # steps; 0 = only at the end
-    keep_last: int = 3
-    device: str | None = None  # None = cuda if available, else cpu
-
-    def __post_init__(self) -> None:
-        positive = ("images", "batch", "log_every", "val_images", "val_timesteps", "sample_count",
-                    "sample_steps", "keep_last")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise TrainingError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("warmup_images", "val_every", "sample_every", "checkpoint_every", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise TrainingError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainingError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise TrainingError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise TrainingError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not self.grad_clip >= 0:  # inf: no clipping, as 0
-            raise TrainingError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise TrainingError(f"unknown mixed precision {self.mixed_precision!r}: choose no, bf16 or fp16")
-        if self.images < self.batch:
-            raise TrainingError(f"the budget of {self.images} images is smaller than one batch ({self.batch})")
-
-    @property
-    def steps(self) -> int:
-        return self.images // self.batch
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The inverse of :meth:`to_dict`; a one-line :class:`TrainingError` for a key it does not know."""
-        if not isinstance(data, dict):
-            raise TrainingError(f"a training config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise TrainingError(f"unknown training setting {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
-        return cls(**data)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    images_seen: int
-    images_per_expert: list[int]
-    val: dict[str, Any]
-    checkpoint: Path | None
-    wall_time_s: float
-    train_images_per_s: float  # of this call (0 when it trained nothing)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    resumed_from: int | None = None  # the step this call resumed from (None: a new run)
-    images_trained: int | None = None  # by this call (0: the run had reached its budget before)
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -196,7 +118,21 @@ def dry_run(spec: MemeSpec, config: TrainConfig) -> dict[str, Any]:
                     for c in cost.experts],
         "trajectory_macs": cost.trajectory_macs,
         "trajectory_steps": config.sample_steps,
+        **_latent_cost(config.data, cost.trajectory_macs),
     }
+
+
+def _latent_cost(data: str, trajectory_macs: int) -> dict[str, Any]:
+    """For latent data: the latents' record and the autoencoder's cost next to the experts' (one decode
+    per sampled trajectory); nothing for images."""
+    record = latent_record(data)
+    if record is None:
+        return {}
+    cost = autoencoder_cost(record)
+    out: dict[str, Any] = {"latent": {k: record[k] for k in ("path", "shape", "resolution", "autoencoder")}, **cost}
+    if cost["autoencoder_available"]:
+        out["trajectory_macs_with_decode"] = trajectory_macs + cost["decode_macs_per_image"]
+    return out
 
 
 # ---- the training loop --------------------------------------------------------------------------
@@ -226,6 +162,7 @@ class TrainingState:
         self.experts = self._wrap_experts()
         self.step, self.images_seen, self.images_per_expert = 0, 0, [0] * n  # images: all processes
         self.last_val: dict[str, Any] = {}
+        self.latent = latent_record(config.data)  # the latent data's record; None for images
 
     def _wrap_experts(self) -> list[torch.nn.Module]:
         experts: list[torch.nn.Module] = list(self.model.experts)
@@ -241,8 +178,8 @@ class TrainingState:
     def _batch(self, gen: torch.Generator) -> torch.Tensor:
         total = self.sub_batch * self.spec.n_experts
         idx = torch.randint(0, len(self.train_images), (total,), generator=gen, device=self.device)
-        x0 = to_model_range(self.train_images[idx])
-        if self.config.hflip:
+        x0 = to_model_input(self.train_images[idx])
+        if self.config.hflip and self.latent is None:
             flip = torch.rand(total, generator=gen, device=self.device) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
         return x0
@@ -291,6 +228,7 @@ class TrainingState:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "val": json.dumps(self.last_val),
+            **({"latent": json.dumps(self.latent)} if self.latent is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -331,16 +269,20 @@ class Trainer(TrainingState):
         self.history: list[dict[str, Any]] = []
         self.resumed_from: int | None = None
         self.resumed_images = 0
+        self._decoder: LatentDecoder | None = None
+        self._no_decoder: str | None = None  # why a latent run's grids cannot be decoded
 
     @property
     def run_dir(self) -> Path:
         return self.folder.path
 
     def load_data(self) -> None:
-        res = self.spec.experts[0].resolution
+        expert = self.spec.experts[0]
+        res = expert.resolution
+        check_data_for_spec(self.config.data, expert.image_channels, res)
         show = self.progress and self.dist.main
-        train = load_images(self.config.data, res, limit=self.config.data_limit, split="train", progress=show)
-        val = load_images(self.config.data, res, limit=self.config.val_images, split="reference", progress=show)
+        train = load_data(self.config.data, res, limit=self.config.data_limit, split="train", progress=show)
+        val = load_data(self.config.data, res, limit=self.config.val_images, split="reference", progress=show)
         self.train_images = torch.from_numpy(train).to(self.device)
         self.val_images = torch.from_numpy(val).to(self.device)
         self.reference = linear_reference(self.diffusion, train, val) if self.dist.main else None
@@ -378,6 +320,10 @@ class Trainer(TrainingState):
                 self.log_event({"event": "config_changed", "step": self.step,
                                 "changes": {k: list(v) for k, v in changes.items()}})
         self.folder.start(self.spec, self.config.to_dict(), self.step)
+        if self.latent is not None and self.dist.main:
+            atomic_write_json(self.run_dir / "latents.json", self.latent)
+            if self.config.hflip:
+                self._say("latent data: no horizontal flips (a flipped latent is not the latent of the flipped image)")
 
     def _say(self, line: str) -> None:
         if self.say is not None:
@@ -400,10 +346,25 @@ class Trainer(TrainingState):
             self.on_validation(self.step, self.last_val)
         return val
 
-    def sample_grid(self) -> Path:
+    def grid_decoder(self) -> LatentDecoder | None:
+        """The decoder of a latent run's sample grids (loaded once); None, said and logged once, when
+        its autoencoder is not available."""
+        if self._decoder is None and self._no_decoder is None:
+            try:
+                self._decoder = latent_decoder(self.latent, device=self.device)
+            except AutoencoderError as err:
+                self._no_decoder = str(err)
+                self._say(f"no sample grids: {err}")
+                self.log_event({"event": "no_sample_grids", "step": self.step, "reason": str(err)})
+        return self._decoder
+
+    def sample_grid(self) -> Path | None:
+        decoder = self.grid_decoder() if self.latent is not None else None
+        if self.latent is not None and decoder is None:
+            return None
         images = sample_images(self.ema.module, self.spec, self.config.sample_count, steps=self.config.sample_steps,
                                seed=0, device=self.device, batch=self.config.sample_count,
-                               mixed_precision=self.config.mixed_precision, progress=False)
+                               mixed_precision=self.config.mixed_precision, progress=False, decoder=decoder)
         return save_image_grid(images, self.run_dir / "samples" / f"step-{self.step:09d}.png")
 
     def _due(self, every: int) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memekit.analysis.data import to_model_range
+from memekit.analysis.data import sample_side, to_model_input
 from memekit.analysis.linear import linear_denoiser_loss, ring_power
 from memekit.space import Diffusion
 
@@ -32,7 +32,7 @@ def validation_timesteps(timesteps: int, count: int) -> list[int]:
 def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.Tensor, count: int,
                     batch: int = 256, seed: int = 2_147_483_647, reference: np.ndarray | None = None,
                     intervals: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
-    """Mean loss on held-out ``images`` (uint8 NHWC) at fixed t and fixed noise.
+    """Mean loss on held-out ``images`` (uint8 NHWC, or unit-scale latents NCHW) at fixed t and fixed noise.
 
     Returns ``val_loss`` (mean over the grid of :func:`validation_timesteps`) and
     ``val_loss_quarters``, the mean per quarter of [0, T). Deterministic: same model, same number.
@@ -49,7 +49,7 @@ def validation_loss(model: torch.nn.Module, diffusion: Diffusion, images: torch.
         gen = torch.Generator(device="cpu").manual_seed(seed + k)
         total = 0.0
         for start in range(0, len(images), batch):
-            x0 = to_model_range(images[start:start + batch])
+            x0 = to_model_input(images[start:start + batch])
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t_batch = torch.full((len(x0),), t, device=device, dtype=torch.long)
             total += float(diffusion.loss(model, x0, t_batch, noise).sum())
@@ -82,5 +82,5 @@ def linear_reference(diffusion: Diffusion, train: np.ndarray, val: np.ndarray,
     """Per-t loss (T,) of the Wiener filter of the training images' spectrum on the validation images
     (the reference of ``val_rel``)."""
     power_train = ring_power(train[:limit])
-    return linear_denoiser_loss(power_train, int(train.shape[1]), diffusion.alpha_bar, diffusion.prediction,
+    return linear_denoiser_loss(power_train, sample_side(train), diffusion.alpha_bar, diffusion.prediction,
                                 data_power=ring_power(val))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from memekit.analysis.data import load_images
+from memekit.analysis.data import load_data
 from memekit.analysis.priors import prior_spec
 from memekit.space import ExpertSpec, MemeSpec, get_preset, uniform_intervals
 
@@ -28,14 +28,14 @@ WARM_STARTS = ("prior", "meme-paper", "multi-same", "single-large", "single-smal
 def make_prior(config: SearchConfig, space: SearchSpace) -> MemeSpec:
     """The spectral prior spec of (at most 2048 images of) the study's training split, on the space's
     architecture and diffusion (:func:`prior_base`), with the space's N and minimum length."""
-    images = load_images(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
+    images = load_data(config.data, space.base_expert.resolution, split="train", limit=2048, progress=False)
     return prior_spec(images, space.n_experts[0], prior_base(space), min_length=space.min_length)
 
 
 def prior_base(space: SearchSpace) -> MemeSpec:
     """``meme-paper``'s p_n and out-of-interval rule on the space's architecture and diffusion: the
     base from which the spectral prior takes everything but its intervals and shares."""
-    base = get_preset("meme-paper", space.base_expert.resolution)
+    base = get_preset("meme-paper", space.base_expert.resolution).with_image_channels(space.base_expert.image_channels)
     return dataclasses.replace(base, experts=(space.base_expert,) * base.n_experts, diffusion=space.diffusion)
 
 
@@ -48,7 +48,7 @@ def warm_start_specs(config: SearchConfig, space: SearchSpace, prior: MemeSpec |
             if prior is not None:
                 out[name] = prior
             continue
-        preset = _with_n_experts(get_preset(name, res), space)
+        preset = _with_n_experts(get_preset(name, res).with_image_channels(space.base_expert.image_channels), space)
         if preset is None:
             continue
         experts = tuple(_in_space(e, space) for e in preset.experts)

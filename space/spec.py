@@ -380,6 +380,12 @@ class MemeSpec:
         experts = tuple(e.with_resolution(resolution) for e in self.experts)
         return dataclasses.replace(self, experts=experts)
 
+    def with_image_channels(self, channels: int) -> MemeSpec:
+        """The same spec with every expert seeing ``channels`` input channels, e.g. an autoencoder's
+        latent channels (re-validated)."""
+        experts = tuple(dataclasses.replace(e, image_channels=channels) for e in self.experts)
+        return dataclasses.replace(self, experts=experts)
+
 
 def uniform_intervals(timesteps: int, n: int) -> tuple[tuple[int, int], ...]:
     """The paper's uniform split: interval n is ``[n*T//N, (n+1)*T//N)``."""

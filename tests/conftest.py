@@ -12,6 +12,15 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def taef2_folder(tmp_path):
+    """A randomly initialised autoencoder of the TAEF2 layout (tests/latent_helpers.py)."""
+    from latent_helpers import save_tiny_taef2
+
+    return save_tiny_taef2(tmp_path / "taef2")

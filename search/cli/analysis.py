@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from memekit.analysis.data import SPLITS
 from memekit.analysis.reports import (
     DEFAULT_BASE,
     SpectrumJob,
@@ -25,12 +26,12 @@ from .args import positive_int
 
 def _spectrum(args: argparse.Namespace) -> int:
     job = SpectrumJob(args.data, args.out, args.resolution, args.schedule, args.n_experts, args.min_length, args.base,
-                      args.batch_size, args.limit, args.device, args.overwrite, args.equal_mass)
+                      args.batch_size, args.limit, args.device, args.overwrite, args.equal_mass, split=args.split)
     if args.dry_run:
         print(json.dumps(job.config(), indent=2))
         return 0
     report, written = run_spectrum(job)
-    print(format_spectrum_summary(report, args.data))
+    print(format_spectrum_summary(report, args.data, per_channel=job.latent))
     print(f"wrote {Path(args.out)}/: {', '.join(written)}")
     return 0
 
@@ -58,9 +59,14 @@ def _common(p: argparse.ArgumentParser, limit: int | None) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("spectrum", help="spectra of noisy inputs, crossover frequencies, prior spec")
-    p.add_argument("data", metavar="DATA", help="image folder, .npz, or builtin:shapes[:N]")
-    p.add_argument("--resolution", type=positive_int, default=32, help="image size in pixels (default 32)")
+    p = subparsers.add_parser("spectrum", help="spectra of noisy inputs, crossover frequencies, prior spec",
+                              description="Spectra of the noisy inputs x_t of images or of latents (a latent .npz "
+                                          "made by memekit encode: per-channel spectra and crossovers as well), the "
+                                          "crossover frequencies and the spectral prior spec they propose.")
+    p.add_argument("data", metavar="DATA", help="image folder, .npz, builtin:shapes[:N], or a latent .npz")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image size in pixels (default 32; latents: their own size, which is the only one allowed)")
+    p.add_argument("--split", choices=SPLITS, default="all", help="which images or latents to measure")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="beta schedule (default: the base spec's)")
     p.add_argument("--n-experts", type=positive_int, default=4, help="number of intervals / experts (default 4)")
     p.add_argument("--min-length", type=positive_int, default=None,

@@ -4,7 +4,8 @@ samples against a reference set.
 - ``memekit fid A B``: FID (``FID 12.345 (n=1000 vs 1000; protocol ...; weights: ...)``), KID when
   both sides have per-image features, LSD when both are image sets of one size.
 - ``memekit fid RUN B --n N [--steps K] [--seeds S]``: A is a run folder or checkpoint; N images
-  are sampled per seed and measured against B; each seed's numbers and mean +- std over seeds.
+  are sampled per seed and measured against B; each seed's numbers and mean +- std over seeds. A
+  run trained on latents is decoded by its autoencoder (``--autoencoder`` to point elsewhere).
 - ``--save-stats OUT.npz`` writes B's statistics and features (A's when B is omitted, then no FID),
   so a later run can pass OUT.npz as B; ``--json OUT`` writes every number.
 """
@@ -24,7 +25,7 @@ from memekit.analysis.fid import (
     resolve_inception_weights,
     save_statistics,
 )
-from memekit.search.checkpoint import checkpoint_spec, load_checkpoint
+from memekit.search.checkpoint import checkpoint_latent, checkpoint_spec, load_checkpoint
 from memekit.search.metrics import compare_sets, is_run, sample_metrics, sampling_seed
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
@@ -44,7 +45,8 @@ def _check(args: argparse.Namespace) -> bool:
     if args.save_stats is not None and not args.save_stats.endswith(".npz"):
         raise MemekitError(f"--save-stats {args.save_stats!r}: the statistics file must end in .npz")
     if not is_run(args.a):
-        for flag, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--sample-batch", args.sample_batch)):
+        for flag, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--sample-batch", args.sample_batch),
+                            ("--autoencoder", args.autoencoder)):
             if value is not None:
                 raise MemekitError(f"{flag} applies only when A is a run folder or checkpoint, and {args.a!r} is not one")
         return False
@@ -66,6 +68,10 @@ def _dry_run(args: argparse.Namespace, run: bool) -> int:
     if run:
         state = load_checkpoint(args.a)
         seeds = args.seeds or 1
+        record = checkpoint_latent(state)
+        if record is not None:
+            config.update(latent_shape=record.get("shape"), image_resolution=record.get("resolution"),
+                          autoencoder=args.autoencoder or (record.get("autoencoder") or {}).get("path"))
         config.update(split=args.split or "reference", checkpoint=state["path"],
                       step=int(state["step"]), model_resolution=checkpoint_spec(state).experts[0].resolution,
                       steps=args.steps or 25, seeds=seeds, sampling_seeds=[sampling_seed(s) for s in range(seeds)],
@@ -146,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
                                  resolution=args.resolution, split=args.split or "reference", protocol=args.protocol,
                                  batch=args.sample_batch or 250, device=args.device, weights=args.inception_weights,
                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, progress=True,
-                                 inception_batch=args.batch)
+                                 inception_batch=args.batch, autoencoder=args.autoencoder)
         print("\n".join(_run_lines(metrics)))
         data = {"a": args.a, "b": args.b, **metrics.to_dict()}
     else:
@@ -168,7 +174,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="A and B: a folder of images, an .npz with 'images' (uint8 NHWC), 'features' or 'mu'/'sigma' "
                     "statistics, or a data source such as builtin:shapes or data:FOLDER (an image folder read by "
                     "memekit's loader: center crop, resize to --resolution, --split). A may also be a run folder or "
-                    "checkpoint of memekit train: --n images are then sampled per seed and compared with B.")
+                    "checkpoint of memekit train: --n images are then sampled per seed and compared with B (a run trained on "
+                    "latents is decoded by its autoencoder and compared at the image resolution, so give B as the "
+                    "image data, e.g. data:FOLDER, whose reference split it is scored against).")
     p.add_argument("a", metavar="A", help="image set (folder, .npz, or data source), or a run folder / checkpoint")
     p.add_argument("b", metavar="B", nargs="?", default=None,
                    help="reference set; omit it to only save A's statistics with --save-stats")
@@ -198,6 +206,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "seed + k, so nearby seeds would share batches); prints mean +- std (default 1)")
     p.add_argument("--sample-batch", type=positive_int, default=None,
                    help="with a run: sampling batch size (default 250)")
+    p.add_argument("--autoencoder", metavar="PATH", default=None,
+                   help="with a run trained on latents: the autoencoder folder that decodes its samples (default: "
+                        "the one the run recorded; it must have the same weights)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write every number to this JSON file (default: none)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and stop")
     p.set_defaults(run=_run)

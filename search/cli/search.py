@@ -14,7 +14,7 @@ import optuna
 
 from memekit.analysis.device import MIXED_PRECISION
 from memekit.search.quickstart import QuickstartConfig, quickstart_plan, run_quickstart
-from memekit.search.searchspace import SPACE_PRESETS, load_search_space
+from memekit.search.searchspace import SPACE_PRESETS
 from memekit.search.storage import redact_url
 from memekit.search.study import (
     COSTS,
@@ -24,6 +24,7 @@ from memekit.search.study import (
     QUALITIES,
     STORAGE_ENV,
     SearchConfig,
+    data_space,
     search_config,
     stored_config,
 )
@@ -59,7 +60,7 @@ def _search(args: argparse.Namespace) -> int:
     resumed = stored_config(args.study_dir) is not None
     config = search_config(args.study_dir, **given_settings(args))
     if args.dry_run:
-        space = load_search_space(config.space, config.resolution)
+        space = data_space(config)
         print(json.dumps({"config": config.public_dict(), "resumed": resumed, "space": space.to_dict(),
                           "proxy": config.proxy_config().to_dict()}, indent=2))
         return 0
@@ -113,8 +114,9 @@ def _study_options(p: argparse.ArgumentParser, d: SearchConfig) -> None:
     p.add_argument("--space", default=None,
                    help=f"search space: {', '.join(SPACE_PRESETS)} or a JSON file {_stored(d.space)}")
     p.add_argument("--resolution", type=positive_int, default=None,
-                   help="image size (default: the space's; resuming: the stored value)")
-    p.add_argument("--data", default=None, help=f"image folder, .npz or builtin:shapes[:N] {_stored(d.data)}")
+                   help="image size (default: the space's, or the latents' size; resuming: the stored value)")
+    p.add_argument("--data", default=None, help="image folder, .npz, builtin:shapes[:N], or a latent .npz of memekit "
+                                                f"encode (experts then see its channels) {_stored(d.data)}")
     p.add_argument("--trials", dest="n_trials", metavar="N", type=positive_int, default=None,
                    help=f"finished trials the study should hold {_stored(d.n_trials)}")
     p.add_argument("--objective", choices=OBJECTIVES, default=None, help=f"multi: (quality, cost) {_stored(d.objective)}")

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from memekit.analysis.data import check_data_source
+from memekit.analysis.data import check_data_source, spec_for_data
 from memekit.analysis.device import MIXED_PRECISION
 from memekit.search.sampling import sample_checkpoint, sample_plan
 from memekit.search.train import (
@@ -22,7 +22,6 @@ from memekit.search.train import (
     train,
     with_preconditioning,
 )
-from memekit.space import resolve_spec
 from memekit.space.diffusion import SAMPLERS
 from memekit.space.precondition import PRECONDITIONINGS
 
@@ -48,8 +47,8 @@ def _say(line: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    spec = resolve_spec(args.spec, args.resolution)
     config = config_from_args(args)
+    spec = spec_for_data(args.spec, config.data, args.resolution)
     spec = with_preconditioning(spec, args.preconditioning, config.data)
     if args.dry_run:
         print(json.dumps(dry_run(spec, config), indent=2))
@@ -93,11 +92,16 @@ def result_line(result: TrainResult) -> str:
 def _sample(args: argparse.Namespace) -> int:
     options = dict(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, batch=args.batch,
                    device=args.device, use_ema=not args.no_ema, mixed_precision=args.mixed_precision,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, autoencoder=args.autoencoder)
     if args.dry_run:
         print(json.dumps(sample_plan(args.checkpoint, args.out, **options), indent=2))
         return 0
     report = sample_checkpoint(args.checkpoint, args.out, progress=not args.quiet, **options)
+    if report.undecoded is not None:
+        _say(f"memekit: {report.undecoded}")
+        print(f"{report.n} latents, NOT decoded -> {report.out} (a latent file: shift/scale and the autoencoder "
+              f"recorded) in {report.seconds:.1f} s; rerun with --autoencoder PATH to get images")
+        return 0
     print(f"{report.n} images -> {report.out} in {report.seconds:.1f} s ({report.images_per_s:.2f} img/s; "
           f"{args.sampler}, {args.steps if args.sampler == 'ddim' else 'all'} steps; checkpoint step "
           f"{report.step}, {'raw' if args.no_ema else 'EMA'} weights)")
@@ -117,11 +121,12 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                                           "another batch, learning rate, budget, data or seed needs "
                                           "--allow-config-change.")
     p.add_argument("spec", metavar="SPEC.json|PRESET", help="a spec JSON (e.g. from memekit export) or a preset name")
-    p.add_argument("--data", default=d.data, help="image folder, .npz or builtin:shapes[:N]")
+    p.add_argument("--data", default=d.data, help="image folder, .npz, builtin:shapes[:N], or a latent .npz made by "
+                                                  "memekit encode (a preset is then built for its channels and size)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log.jsonl, samples (no default: "
                                                      "required unless --dry-run)")
     p.add_argument("--resolution", type=positive_int, default=None,
-                   help="image size (default: the spec's; presets: 32)")
+                   help="image size (default: the spec's; presets: 32, or the latents' size)")
     p.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
                    help="replace the spec's preconditioning: none, edm or wiener (statistics measured from the "
                         "training split; default: the spec's own)")
@@ -141,7 +146,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                    help="channels-last memory format (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile every expert")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights and of every step's randomness")
-    p.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--no-hflip", action="store_true", help="no random horizontal flips (latents are never flipped)")
     p.add_argument("--data-limit", type=positive_int, default=None,
                    help="use the first K training images (default: all)")
     p.add_argument("--log-every", type=positive_int, default=d.log_every,
@@ -183,6 +188,10 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="autocast dtype (CUDA only)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--autoencoder", metavar="PATH", default=None,
+                   help="a run trained on latents: the autoencoder folder that decodes its samples (default: the one "
+                        "the run recorded; it must have the same weights). Without one, an .npz --out keeps the "
+                        "undecoded latents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--dry-run", action="store_true", help="print the checkpoint and the settings as JSON, write "
                                                           "nothing")

@@ -1,0 +1,49 @@
+"""FID / KID of a run trained on latents: its samples are decoded and compared with the image
+reference split at the image resolution (Inception replaced by 2 x 2 pooled pixels, see
+fid_helpers; every number recomputed here from independently decoded samples)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fid_helpers import pooled_pixels, use_pooled_pixels
+from latent_helpers import IMAGE_SIDE, IMAGES, encode_and_train
+from pytorch_fid.fid_score import calculate_frechet_distance
+
+from memekit.analysis.autoencoders import AutoencoderError
+from memekit.analysis.data import load_images, to_uint8
+from memekit.analysis.latents import read_latent_header
+from memekit.search.metrics import sample_metrics
+from memekit.search.sampling import load_model, sample_batches
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMEKIT_CACHE", str(tmp_path / "cache"))
+
+
+def test_fid_of_a_latent_run_scores_decoded_images(taef2_folder, tmp_path, monkeypatch) -> None:
+    weights = use_pooled_pixels(tmp_path, monkeypatch)
+    latents, run = encode_and_train(tmp_path, taef2_folder, steps=1)
+    m = sample_metrics(run, IMAGES, n=4, steps=2, batch=4, device="cpu", weights=str(weights), kid_subsets=2)
+    assert (m.resolution, m.n, m.n_ref) == (IMAGE_SIDE, 4, 3)  # the image side, the image reference split
+    # by hand: unit-scale samples -> raw latents -> the TAEF2-layout decoder in [0, 1] -> uint8
+    model, spec, _ = load_model(run)
+    norm = read_latent_header(latents).normalisation
+    x = next(sample_batches(model, spec, 4, steps=2, seed=0, batch=4, progress=False))
+    z = x * torch.from_numpy(norm.scale)[:, None, None] + torch.from_numpy(norm.shift)[:, None, None]
+    state = torch.load(taef2_folder / "taef2_decoder.pth", weights_only=True)
+    from memekit.analysis.taef2 import taef2_decoder
+
+    decoder = taef2_decoder(*(state["1.weight"].shape[1], state["1.weight"].shape[0], state["3.pool.0.weight"].shape[0]))
+    decoder.load_state_dict(state)
+    with torch.no_grad():
+        images = to_uint8(decoder(z).clamp(0, 1) * 2 - 1)
+    f_gen = pooled_pixels(images)
+    f_ref = pooled_pixels(load_images(IMAGES, IMAGE_SIDE, split="reference", progress=False))
+    expected = calculate_frechet_distance(f_gen.mean(0), np.cov(f_gen, rowvar=False), f_ref.mean(0),
+                                          np.cov(f_ref, rowvar=False))
+    assert m.per_seed[0]["fid"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(AutoencoderError, match="does not exist"):
+        sample_metrics(run, IMAGES, n=4, steps=2, weights=str(weights), autoencoder=str(tmp_path / "nowhere"))
