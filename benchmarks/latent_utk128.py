@@ -1,0 +1,187 @@
+"""The latent benchmark on UTKFace at 128 px through TAEF2 (32 x 16 x 16 latents), three parts:
+
+``spectra``: the spectra ``memekit spectrum`` measured on the images and on their latents, side by
+side, and the priors each proposes. Reads two spectrum folders (and the latent file, for its
+per-channel normalisation), writes one comparison figure and ``summary.json`` into ``--out``:
+
+    python benchmarks/latent_utk128.py spectra --pixels PIX_DIR --latents LAT_DIR \\
+        --latent-file LATENTS.npz --out benchmarks/latent_utk128
+
+``grid``: decoded samples of a latent run next to real faces of the reference split (one PNG);
+``cost``: wall-clock seconds per image of a 50-step DDIM trajectory of the run's experts, of the
+decoder and of the encoder, beside their MACs (one JSON line):
+
+    python benchmarks/latent_utk128.py grid RUN --images FOLDER --out samples_vs_real.png
+    python benchmarks/latent_utk128.py cost RUN
+
+In ``spectra``, besides the two folders, one variant is evaluated in closed form: the latents under **global**
+normalisation (one mean and one std for all channels, ``memekit encode --normalisation global``).
+The file's per-channel normalisation ``x_c = (z_c - m_c) / s_c`` only rescales channel c, and the
+spectra drop the DC ring, so the global variant's channel spectra are ``s_c^2 P_c(f) / s^2`` with
+``s^2 = mean_c (s_c^2 + (m_c - m)^2)`` the variance over all channels (``m = mean_c m_c``): no
+second encoding is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+
+from memekit.analysis.data import spec_for_data  # noqa: E402
+from memekit.analysis.latents import read_latent_header  # noqa: E402
+from memekit.analysis.plots import plot_spectra_comparison  # noqa: E402
+from memekit.analysis.priors import prior_frame, prior_spec  # noqa: E402
+from memekit.analysis.reports import comparison_frames, read_profile, sample_timesteps  # noqa: E402
+from memekit.analysis.spectra import SpectralProfile, spectral_slope  # noqa: E402
+from memekit.space import load_spec  # noqa: E402
+from memekit.space.files import atomic_write_json  # noqa: E402
+
+
+def global_variant(profile: SpectralProfile, shift: np.ndarray, scale: np.ndarray) -> SpectralProfile:
+    """The latents' profile under one global mean and std instead of per-channel ones (docstring)."""
+    variance = float(np.mean(scale.astype(np.float64) ** 2 + (shift - shift.mean()) ** 2))
+    factor = (scale.astype(np.float64) ** 2)[:, None] / variance  # (C, 1)
+    channels, corners = profile.channel_power * factor, profile.channel_corner_power * factor
+    return dataclasses.replace(profile, channel_power=channels, data_power=channels.mean(axis=0),
+                               channel_corner_power=corners, corner_power=corners.mean(axis=0))
+
+
+def crossover_facts(profile: SpectralProfile) -> dict[str, object]:
+    """When the crossover leaves Nyquist and when nothing is above the noise; f_c at a few t."""
+    f_c, state = profile.crossover()
+    leaves = int(np.argmax(state != "above")) if (state != "above").any() else None
+    buried = int(np.argmax(state == "below")) if (state == "below").any() else None
+    return {"first_t_below_nyquist": leaves, "first_t_all_below_noise": buried,
+            "f_c_cycles_per_image": {int(t): round(float(f_c[t] * profile.resolution), 3)
+                                     for t in sample_timesteps(profile.timesteps)},
+            "f_c_fraction_of_nyquist": {int(t): round(float(f_c[t] / 0.5), 3)
+                                        for t in sample_timesteps(profile.timesteps)}}
+
+
+def prior_facts(spec_path: Path | None, profile: SpectralProfile, spec=None) -> dict[str, object]:
+    spec = spec or load_spec(spec_path)
+    frame = prior_frame(spec, profile)
+    return {"boundaries": list(spec.boundaries), "p": [round(p, 4) for p in spec.soft_assignment],
+            "shares": [[round(s, 3) for s in e.effective_attention_share()] for e in spec.experts],
+            "buried": [[round(float(row[f"buried_stage{s}"]), 2) for s in range(spec.experts[0].n_stages)]
+                       for _, row in frame.iterrows()]}
+
+
+def spectra(args: argparse.Namespace) -> None:
+    pixels, latents = read_profile(args.pixels), read_profile(args.latents)
+    header = read_latent_header(args.latent_file)
+    glob = global_variant(latents, header.normalisation.shift, header.normalisation.scale)
+    base = spec_for_data("meme-paper", str(args.latent_file))
+    glob_prior = prior_spec(glob, 4, base)
+    profiles = {"pixels 128 px": pixels, "latents, per-channel norm.": latents, "latents, global norm.": glob}
+    power, crossover = comparison_frames(profiles)
+    bounds = {"pixels 128 px": load_spec(args.pixels / "prior_spec.json").boundaries,
+              "latents, per-channel norm.": load_spec(args.latents / "prior_spec.json").boundaries,
+              "latents, global norm.": glob_prior.boundaries}
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_spectra_comparison(power, crossover, bounds).savefig(args.out / "spectra_pixels_vs_latents.png", dpi=90)
+    slopes = {name: round(spectral_slope(p.data_power, p.frequency), 3) for name, p in profiles.items()}
+    channel_slopes = [spectral_slope(p, latents.frequency) for p in latents.channel_power]
+    summary = {
+        "images": {"pixels": pixels.n_images, "latents": latents.n_images},
+        "slope_of_channel_mean": slopes,
+        "latent_channel_slopes_min_median_max": [round(min(channel_slopes), 3), round(float(np.median(channel_slopes)), 3),
+                                                 round(max(channel_slopes), 3)],
+        "power_at_lowest_and_highest_ring": {name: [round(float(p.data_power[0]), 4), round(float(p.data_power[-1]), 4)]
+                                             for name, p in profiles.items()},
+        "crossover": {name: crossover_facts(p) for name, p in profiles.items()},
+        "priors": {"pixels 128 px": prior_facts(args.pixels / "prior_spec.json", pixels),
+                   "latents, per-channel norm.": prior_facts(args.latents / "prior_spec.json", latents),
+                   "latents, global norm.": prior_facts(None, glob, glob_prior)},
+    }
+    atomic_write_json(args.out / "summary.json", summary)
+    print(json.dumps(summary, indent=1))
+
+
+def _decoded_run(run: Path):
+    from memekit.analysis.latents import latent_decoder
+    from memekit.search.checkpoint import checkpoint_latent
+    from memekit.search.sampling import load_model
+
+    model, spec, state = load_model(run)
+    record = checkpoint_latent(state)
+    if record is None:
+        raise SystemExit(f"{run} was not trained on latents")
+    return model, spec, record, latent_decoder(record)
+
+
+def grid(args: argparse.Namespace) -> None:
+    from memekit.analysis.data import load_images
+    from memekit.search.sampling import sample_images, save_comparison_grid
+
+    model, spec, record, decoder = _decoded_run(args.run)
+    samples = sample_images(model, spec, args.n, steps=args.steps, seed=0, batch=args.n, progress=False,
+                            decoder=decoder)
+    real = load_images(str(args.images), int(record["resolution"]), split="reference", limit=args.n, progress=False)
+    save_comparison_grid(samples, real, args.out, scale=1, titles=("decoded samples", "real faces (reference split)"))
+    print(f"wrote {args.out}")
+
+
+def cost(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from memekit.analysis.autoencoders import autoencoder_macs
+    from memekit.search.sampling import sample_batches
+    from memekit.space import spec_cost
+
+    model, spec, record, decoder = _decoded_run(args.run)
+    side = int(record["resolution"])
+    start = time.perf_counter()
+    x = torch.cat(list(sample_batches(model, spec, args.n, steps=args.steps, batch=args.n, progress=False)))
+    trajectory = (time.perf_counter() - start) / args.n
+    start = time.perf_counter()
+    decoder(x)
+    decode = (time.perf_counter() - start) / args.n
+    start = time.perf_counter()
+    with torch.no_grad():
+        decoder.autoencoder.encode(torch.zeros(args.n, 3, side, side))
+    encode = (time.perf_counter() - start) / args.n
+    macs = autoencoder_macs(decoder.autoencoder, side)
+    print(json.dumps({"threads": torch.get_num_threads(), "n": args.n, "steps": args.steps,
+                      "trajectory_s_per_image": round(trajectory, 4), "decode_s_per_image": round(decode, 4),
+                      "encode_s_per_image": round(encode, 4),
+                      "trajectory_macs": spec_cost(spec, args.steps).trajectory_macs,
+                      "decode_macs": macs["decode"], "encode_macs": macs["encode"]}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("spectra", help="pixels vs latents: figure and summary.json")
+    p.add_argument("--pixels", type=Path, required=True, help="memekit spectrum folder of the images")
+    p.add_argument("--latents", type=Path, required=True, help="memekit spectrum folder of the latents")
+    p.add_argument("--latent-file", type=Path, required=True, help="the latent .npz (its normalisation)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the figure and summary.json")
+    p.set_defaults(part_fn=spectra)
+    p = sub.add_parser("grid", help="decoded samples of a latent run next to real faces")
+    p.add_argument("run", type=Path, help="run folder or checkpoint trained on latents")
+    p.add_argument("--images", type=Path, required=True, help="the image folder the latents were encoded from")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    p.add_argument("--n", type=int, default=32, help="images per side (default 32)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.set_defaults(part_fn=grid)
+    p = sub.add_parser("cost", help="seconds per image: trajectory vs decode vs encode")
+    p.add_argument("run", type=Path, help="run folder or checkpoint trained on latents")
+    p.add_argument("--n", type=int, default=32, help="images (default 32)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.set_defaults(part_fn=cost)
+    args = parser.parse_args()
+    args.part_fn(args)
+
+
+if __name__ == "__main__":
+    main()
