@@ -101,7 +101,7 @@ def load_study(study_dir: str | Path | None = None, storage: str | None = None,
     stored = study.user_attrs.get("memekit_config")
     if stored is None and file_config is None:
         raise ResultsError(f"study {name!r} has no memekit_config: it was not made by 'memekit search'")
-    config = SearchConfig.from_dict(stored) if stored is not None else file_config
+    config = SearchConfig.from_stored(stored) if stored is not None else file_config
     folder = folder or (Path(config.study_dir) if config.study_dir else None)
     config = dataclasses.replace(config, study_dir=str(folder or ""))
     space = study_space(config, folder)

@@ -71,7 +71,7 @@ class SearchConfig:
     n_trials: int = 20
     objective: str = "multi"
     quality: str = "val"
-    preconditioning: str = "none"
+    preconditioning: str = "wiener"  # measured in benchmarks/RESULTS.md (issue 10); studies before it: "none"
     cost: str = "macs"
     sampler: str = "tpe"
     pruner: str = "none"
@@ -129,7 +129,7 @@ class SearchConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings that must match when a study is resumed or joined (studies made before a
-        setting existed stored no value for it: they count as its default)."""
+        setting existed stored no value for it: they count as its default or :attr:`LEGACY` value)."""
         return {k: getattr(self, k) for k in self.IDENTITY}
 
     def settings(self) -> dict[str, Any]:
@@ -147,6 +147,17 @@ class SearchConfig:
         if data["storage"]:
             data["storage"] = redact_url(data["storage"])
         return data
+
+    # what a study made before a setting existed measured: a stored config without the key means this
+    # value, not today's default (preconditioning became a setting, defaulting to "wiener", later)
+    LEGACY = {"preconditioning": "none", "quality": "val"}
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> SearchConfig:
+        """:meth:`from_dict` of a saved config, a setting it lacks counting as :attr:`LEGACY`'s value."""
+        if not isinstance(data, dict):
+            raise SearchError(f"a search config must be a JSON object, got {type(data).__name__}")
+        return cls.from_dict({**cls.LEGACY, **data})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
@@ -288,8 +299,8 @@ def open_study(config: SearchConfig, seed: int, create: bool = True, seams: Seam
 
 def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{key: (stored, wanted)}`` where they differ (a key the study did not store counts as its
-    default: the setting is newer than the study)."""
-    defaults = SearchConfig(study_dir="").to_dict()
+    default, or its :attr:`SearchConfig.LEGACY` value: the setting is newer than the study)."""
+    defaults = {**SearchConfig(study_dir="").to_dict(), **SearchConfig.LEGACY}
     wanted = json.loads(json.dumps(wanted))
     return {k: (stored.get(k, defaults[k]), v) for k, v in wanted.items() if stored.get(k, defaults[k]) != v}
 
@@ -349,7 +360,7 @@ def stored_config(study_dir: str | Path) -> SearchConfig | None:
     except json.JSONDecodeError as err:
         raise SearchError(f"{path} is not valid JSON ({err}): repair it or use another STUDY_DIR") from None
     try:
-        return SearchConfig.from_dict(data)
+        return SearchConfig.from_stored(data)
     except SearchError as err:
         raise SearchError(f"{path}: {err}") from None
 

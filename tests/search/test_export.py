@@ -26,7 +26,7 @@ from memekit.search.searchspace import load_search_space, param_label, suggest_s
 from memekit.search.storage import open_storage
 from memekit.search.study import SearchConfig
 from memekit.search.workers import run_search
-from memekit.space import ExpertSpec, MemeSpec, load_spec, spec_cost
+from memekit.space import DiffusionSpec, ExpertSpec, MemeSpec, load_spec, spec_cost
 
 Cli = Callable[..., tuple[int, str, str]]
 STUDY_DATA = "builtin:shapes:128"
@@ -69,6 +69,7 @@ def fabricate_study(study_dir: Path, points: Sequence[dict], objective: str = "m
     is not the one its params give). Parameters are real draws from the ``tiny`` space, so every
     trial's spec can be rebuilt.
     """
+    fields = {"preconditioning": "none", **fields}  # no proxy training: nothing measured the data
     config = tiny_search_config(study_dir, study_name=name, objective=objective, proxy_images=16,
                                 n_trials=len(points), warm_start=(), **fields)
     study_dir.mkdir(parents=True)
@@ -187,7 +188,9 @@ def test_round_trip_params_to_spec_params_and_macs(real_study: Path) -> None:
     loaded = load_study(real_study)
     trials = loaded.study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3 and trials[0].user_attrs["warm_start"] == "meme-paper"
-    space = load_search_space("tiny")
+    diffusion = DiffusionSpec.from_dict(json.loads((real_study / "diffusion.json").read_text()))
+    assert diffusion.preconditioning == "wiener"  # the default: measured once, carried by every trial
+    space = dataclasses.replace(load_search_space("tiny"), diffusion=diffusion)
     for trial in trials:
         rebuilt = suggest_spec(optuna.trial.FixedTrial(trial.params), space)
         assert rebuilt == MemeSpec.from_json(trial.user_attrs["spec"])
@@ -223,7 +226,7 @@ def test_export_writes_specs_csv_plots_and_report(real_study: Path, tmp_path: Pa
     baseline = spec_cost(MemeSpec(experts=(large,), intervals=((0, 1000),), soft_assignment=(1.0,),
                                   out_of_interval="uniform-all"), 50).trajectory_macs
     assert "on this study's backbone (width 32, 2 stages, head_dim 8)" in report
-    assert "(val_loss, trajectory_gmacs, minimised)" in report and "preconditioning none" in report
+    assert "(val_loss, trajectory_gmacs, minimised)" in report and "preconditioning wiener" in report
     for trial in loaded.study.trials:
         speed_up = baseline / (trial.user_attrs["trajectory_gmacs"] * 1e9)
         row = next(line for line in report.splitlines() if line.startswith(f"| {trial.number} |"))

@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 import memekit.search.workers as workers_module
 from memekit.search.searchspace import load_search_space, suggest_spec
-from memekit.search.study import Seams, SearchConfig, SearchError, open_study, prepare_study
+from memekit.search.study import (Seams, SearchConfig, SearchError, open_study, prepare_study, search_config,
+                                  stored_config)
 from memekit.search.train import OutOfMemory, TrainConfig, TrainingDiverged, TrainResult
 from memekit.search.workers import run_search, run_worker
 from memekit.space import MemeSpec, spec_cost
@@ -240,7 +241,9 @@ def test_one_trial_with_the_real_proxy_training(tmp_path: Path) -> None:
     assert math.isfinite(trial.values[0]) and trial.values[0] == trial.user_attrs["val_loss"] > 0
     assert trial.values[1] == pytest.approx(trial.user_attrs["trajectory_gmacs"])
     assert trial.constraints == {"budget": -1.0, "memory": -1.0}
-    assert MemeSpec.from_json(trial.user_attrs["spec"]) == params_of(trial.params)
+    spec, diffusion = MemeSpec.from_json(trial.user_attrs["spec"]), json.loads((tmp_path / "diffusion.json").read_text())
+    assert spec.diffusion.to_dict() == diffusion and diffusion["preconditioning"] == "wiener"  # the default
+    assert spec.experts == params_of(trial.params).experts and spec.intervals == params_of(trial.params).intervals
     run_dir = tmp_path / "trials" / "trial-00000"
     assert run_dir.is_dir() and not (run_dir / "checkpoints").exists()  # proxy checkpoints dropped
 
@@ -262,17 +265,25 @@ def test_val_rel_study_with_preconditioning(tmp_path: Path, preconditioning: str
     assert len(per_expert) == 2 and all(math.isfinite(v) for v in per_expert)
     assert trial.user_attrs["val_loss"] > 0
     with pytest.raises(SearchError, match="different preconditioning"):
-        open_study(tiny_search(tmp_path, quality="val-rel"), seed=0)
+        open_study(tiny_search(tmp_path, quality="val-rel", preconditioning="none"), seed=0)
 
 
 def test_studies_made_before_a_setting_existed_resume(tmp_path: Path) -> None:
-    prepare_study(tiny_search(tmp_path))
-    study = open_study(tiny_search(tmp_path), seed=0)
+    """A study saved before preconditioning was a setting measured with none (the paper's network
+    predicting eps directly): it resumes as that, not as today's default, wiener."""
+    assert SearchConfig(study_dir="x").preconditioning == "wiener"
+    prepare_study(tiny_search(tmp_path, preconditioning="none"))
+    study = open_study(tiny_search(tmp_path, preconditioning="none"), seed=0)
     old = {k: v for k, v in study.user_attrs["memekit_config"].items() if k != "preconditioning"}
     study.set_user_attr("memekit_config", old)  # as written by memekit before preconditioning existed
-    open_study(tiny_search(tmp_path), seed=0)  # no error: a missing setting is its default
-    with pytest.raises(SearchError, match="different preconditioning"):
-        open_study(tiny_search(tmp_path, preconditioning="edm"), seed=0)
+    config_file = tmp_path / "search_config.json"
+    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items()
+                                       if k != "preconditioning"}))
+    assert stored_config(tmp_path).preconditioning == "none"
+    assert search_config(tmp_path).preconditioning == "none"  # resuming by STUDY_DIR alone keeps it
+    open_study(tiny_search(tmp_path, preconditioning="none"), seed=0)  # no error
+    with pytest.raises(SearchError, match=r"different preconditioning \('none', this command gives 'wiener'\)"):
+        open_study(tiny_search(tmp_path), seed=0)
 
 
 # ---- opening a study ---------------------------------------------------------------------------
