@@ -44,7 +44,7 @@ from memekit.space import (
     intervals_from_boundaries,
     uniform_intervals,
 )
-from memekit.space.errors import MemekitError
+from memekit.space.errors import MemekitError, checked_fields
 from memekit.space.spec import OUT_OF_INTERVAL
 
 BOUNDARY_MODES = ("uniform", "free", "prior")
@@ -123,12 +123,8 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
-        if not isinstance(data, dict):
-            raise SearchSpaceError("a search space must be a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)} | {"base_preset", "resolution"}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise SearchSpaceError(f"unknown search-space field {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
+        checked_fields(cls, data, "a search space", "search-space field", SearchSpaceError,
+                       extra=frozenset({"base_preset", "resolution"}))
         kwargs = dict(data)
         base_preset, resolution = kwargs.pop("base_preset", None), kwargs.pop("resolution", None)
         if base_preset is not None:

@@ -34,7 +34,7 @@ from memekit.analysis.data import check_data_source, data_shape, load_data
 from memekit.analysis.device import MIXED_PRECISION, resolve_device
 from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import DiffusionSpec, MemeSpec, load_spec, save_spec, spec_cost
-from memekit.space.errors import MemekitError
+from memekit.space.errors import MemekitError, checked_fields
 from memekit.space.files import atomic_write_json
 from memekit.space.precondition import PRECONDITIONINGS
 
@@ -162,13 +162,7 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
         """The inverse of :meth:`to_dict`; a one-line :class:`SearchError` for a key it does not know."""
-        if not isinstance(data, dict):
-            raise SearchError(f"a search config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise SearchError(f"unknown search setting {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
-        return cls(**data)
+        return cls(**checked_fields(cls, data, "a search config", "search setting", SearchError))
 
     def run_device(self) -> str:
         """``device``, or cuda when this machine has it, else cpu."""

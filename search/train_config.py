@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from memekit.analysis.device import MIXED_PRECISION
+from memekit.space.errors import checked_fields
 
 from .train_errors import TrainingError
 
@@ -75,13 +76,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """The inverse of :meth:`to_dict`; a one-line :class:`TrainingError` for a key it does not know."""
-        if not isinstance(data, dict):
-            raise TrainingError(f"a training config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise TrainingError(f"unknown training setting {unknown[0]!r}: allowed are {', '.join(sorted(names))}")
-        return cls(**data)
+        return cls(**checked_fields(cls, data, "a training config", "training setting", TrainingError))
 
 
 @dataclass

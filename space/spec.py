@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
+from .errors import SpecError, checked_fields
 from .files import atomic_write_text
 from .precondition import PRECONDITIONINGS, ring_count
 
@@ -426,10 +426,4 @@ def _jsonable(value: Any) -> Any:
 
 
 def _checked_kwargs(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise SpecError(f"{what} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpecError(f"unknown {what} field {unknown[0]!r}: allowed fields are {', '.join(sorted(names))}")
-    return dict(data)
+    return checked_fields(cls, data, what, f"{what} field")
