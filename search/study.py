@@ -155,9 +155,7 @@ class SearchConfig:
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> SearchConfig:
         """:meth:`from_dict` of a saved config, a setting it lacks counting as :attr:`LEGACY`'s value."""
-        if not isinstance(data, dict):
-            raise SearchError(f"a search config must be a JSON object, got {type(data).__name__}")
-        return cls.from_dict({**cls.LEGACY, **data})
+        return cls.from_dict({**cls.LEGACY, **data} if isinstance(data, dict) else data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:

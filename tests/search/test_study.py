@@ -22,8 +22,15 @@ from optuna.trial import TrialState
 
 import memekit.search.workers as workers_module
 from memekit.search.searchspace import load_search_space, suggest_spec
-from memekit.search.study import (Seams, SearchConfig, SearchError, open_study, prepare_study, search_config,
-                                  stored_config)
+from memekit.search.study import (
+    Seams,
+    SearchConfig,
+    SearchError,
+    open_study,
+    prepare_study,
+    search_config,
+    stored_config,
+)
 from memekit.search.train import OutOfMemory, TrainConfig, TrainingDiverged, TrainResult
 from memekit.search.workers import run_search, run_worker
 from memekit.space import MemeSpec, spec_cost
