@@ -169,7 +169,8 @@ def sample_stage(out: Path, config: QuickstartConfig, run_dir: Path) -> tuple[Pa
 PRIOR_SENTENCE = ("The spectral prior is memekit's starting configuration measured from this data: interval "
                   "boundaries where the per-frequency signal-to-noise ratio of the noisy inputs changes most, "
                   "per-stage attention shares from how much of each stage's frequency band the noise buries in "
-                  "the interval, and p_n that keep the paper's per-step training density.")
+                  "the interval, and p_n that keep both the paper's share of each expert's training inside its "
+                  "interval and its per-step training density.")
 
 
 def warm_start_sentences(search: SearchConfig) -> str:

@@ -186,7 +186,9 @@ def test_prior_spec_is_a_valid_meme_spec_on_the_base_architecture(profile, tmp_p
     spec = prior_spec(profile, 4, base)
     assert isinstance(spec, MemeSpec) and spec.name == PRIOR_NAME == "spectral-prior"
     assert spec.n_experts == 4 and spec.diffusion == base.diffusion
-    assert spec.soft_assignment == pytest.approx([paper_mass(lo, hi) for lo, hi in spec.intervals])
+    # the paper's fraction (0.8, 0.4, 0.2, 0.1 by rank) and its density's mass, both as floors
+    assert spec.soft_assignment == pytest.approx([min(1, max(q, paper_mass(lo, hi))) for q, (lo, hi)
+                                                  in zip((0.8, 0.4, 0.2, 0.1), spec.intervals, strict=True)])
     assert spec.soft_assignment != base.soft_assignment and spec.out_of_interval == base.out_of_interval
     assert spec.intervals == propose_intervals(profile, 4)
     for expert in spec.experts:
@@ -200,9 +202,10 @@ def test_prior_spec_from_images_and_expert_base():
                       attention_share=(0.0, 0.5), head_dim=8, attention_pool=(1, 1))
     spec = prior_spec(dead_leaves(8, 16), 2, base)
     (lo0, hi0), (lo1, hi1) = spec.intervals
-    # N = 2: the paper's (0.8, 0.1) on halves [0, 500) and [500, 1000), density kept on the prior's split
+    # N = 2: the paper's (0.8, 0.1) on halves [0, 500) and [500, 1000); on the prior's split each p_n
+    # is the larger of the paper's and the mass of its density over the interval
     assert spec.n_experts == 2 and spec.soft_assignment == pytest.approx(
-        (0.8 * hi0 / 500, 0.8 * (500 - lo1) / 500 + 0.1), rel=1e-5)
+        (max(0.8, 0.8 * hi0 / 500), max(0.1, 0.8 * (500 - lo1) / 500 + 0.1)), rel=1e-5)
     single = prior_spec(dead_leaves(8, 16), 1, base)
     assert single.intervals == ((0, 1000),) and single.out_of_interval == "uniform-all"
 
