@@ -303,18 +303,18 @@ def prior_spec(data: SpectralProfile | np.ndarray | torch.Tensor, n_experts: int
 
 
 def prior_frame(spec: MemeSpec, profile: SpectralProfile) -> pd.DataFrame:
-    """One row per expert: proposed and uniform interval, ``rho_n``, p_n and its in-interval density
-    (draws of one step per 1,000 images of the expert, beside ``meme-paper``'s over the same steps),
-    the per-stage buried fractions and the built per-stage shares."""
+    """One row per expert: proposed and uniform interval, ``rho_n``, p_n (beside the paper's for that
+    rank) and its in-interval density (draws of one step per 1,000 images of the expert, beside
+    ``meme-paper``'s over the same steps), the per-stage buried fractions and the built shares."""
     uniform = uniform_intervals(profile.timesteps, spec.n_experts)
     profile = profile.with_alpha_bar(Diffusion(spec.diffusion).alpha_bar)
     rho = interval_low_pass_level(profile, spec.intervals)
     beta = interval_buried_fraction(profile, spec.intervals, spec.experts[0].n_stages)
-    paper = paper_density(profile.timesteps, spec.n_experts)
+    paper, paper_p = paper_density(profile.timesteps, spec.n_experts), paper_soft_assignment(spec.n_experts)
     rows = []
     for n, (expert, iv, uv) in enumerate(zip(spec.experts, spec.intervals, uniform, strict=True)):
         row = {"expert": n, "start": iv[0], "end": iv[1], "uniform_start": uv[0], "uniform_end": uv[1],
-               "low_pass_level": rho[n], "p": spec.soft_assignment[n],
+               "low_pass_level": rho[n], "p": spec.soft_assignment[n], "paper_p": paper_p[n],
                "density_per_1k": 1000 * spec.soft_assignment[n] / (iv[1] - iv[0]),
                "paper_density_per_1k": 1000 * float(paper[iv[0]:iv[1]].mean())}
         row.update({f"buried_stage{s}": v for s, v in enumerate(beta[n])})

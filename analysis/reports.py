@@ -198,14 +198,14 @@ def format_spectrum_summary(report: SpectralReport, source: str, per_channel: bo
     lines.append(f"proposed boundaries: {list(spec.boundaries)}")
     lines.append(f"uniform boundaries:  {list(report.uniform_boundaries)}")
     lines.append("spectral prior per expert (buried: share of each stage's frequency band below the noise, "
-                 "averaged over the interval; density: draws of one step per 1,000 images of the expert, "
-                 "meme-paper's in brackets):")
+                 "averaged over the interval; p: share of the expert's training inside its interval; density: draws "
+                 "of one step per 1,000 images of the expert; meme-paper's in brackets):")
     for row, expert in zip(report.priors.itertuples(index=False), spec.experts, strict=True):
         n_stages = expert.n_stages
         buried = "/".join(f"{getattr(row, f'buried_stage{s}'):.2f}" for s in range(n_stages))
         shares = "/".join(f"{v:.3f}" for v in expert.effective_attention_share())
         lines.append(f"  expert {row.expert}: [{row.start}, {row.end})  buried {buried}  attention share {shares}  "
-                     f"p = {row.p:g}  density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
+                     f"p = {row.p:g} ({row.paper_p:g})  density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
     return "\n".join(lines)
 
 
