@@ -121,21 +121,36 @@ def trials_to_reach(best: np.ndarray, target: float, trials: int) -> int:
     return int(hits[0]) + 1 if len(hits) else trials + 1
 
 
+def _finals(c: dict, key: str, trials: int) -> dict[int, float]:
+    """Final value of ``key`` per seed, for the seeds whose study has all ``trials``."""
+    return {seed: v[-1] for seed, v in zip(c["seeds"], c[key], strict=True) if len(v) == trials}
+
+
 def table(curve: dict, trials: int) -> list[str]:
-    random_final = dict(zip(curve["random"]["seeds"], (b[-1] for b in curve["random"]["best"]), strict=True))
-    lines = ["| arm | seeds | final best (mean +- SE) | final hypervolume (mean +- SE) | trials to reach random's "
-             "final best (mean +- SE) | seeds that never reach it |", "|---|---|---|---|---|---|"]
+    """Per arm: final best and hypervolume, their paired differences from the random arm over the
+    seeds both have (the arms share start-up draws, so differences are paired), and the trials to
+    reach random's final best of the same seed."""
+    random_best, random_hv = _finals(curve["random"], "best", trials), _finals(curve["random"], "hv", trials)
+    lines = ["| arm | seeds | final best (mean +- SE) | minus random's, paired | final hypervolume (mean +- SE) | "
+             "minus random's, paired | trials to reach random's final best (mean +- SE) | seeds that never reach it |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, c in curve.items():
-        full = [i for i, b in enumerate(c["best"]) if len(b) == trials]
-        if not full:
+        best, hv = _finals(c, "best", trials), _finals(c, "hv", trials)
+        if not best:
             continue
-        finals = np.array([c["best"][i][-1] for i in full])
-        hvs = np.array([c["hv"][i][-1] for i in full])
-        reach = np.array([trials_to_reach(c["best"][i], random_final[c["seeds"][i]], trials) for i in full
-                          if c["seeds"][i] in random_final])
+        finals, hvs = np.array(list(best.values())), np.array(list(hv.values()))
+        both = [s for s in best if s in random_best]
+        d_best = np.array([best[s] - random_best[s] for s in both])
+        d_hv = np.array([hv[s] - random_hv[s] for s in both])
+        reach = np.array([trials_to_reach(b, random_best[s], trials) for s, b in zip(c["seeds"], c["best"],
+                                                                                       strict=True)
+                          if s in both and len(b) == trials])
         never = int((reach > trials).sum())
-        lines.append(f"| {arm} | {len(full)} | {finals.mean():.4f} +- {_se(finals):.4f} | {hvs.mean():.4f} +- "
-                     f"{_se(hvs):.4f} | {reach.mean():.1f} +- {_se(reach):.1f} | {never} |")
+        paired = "-" if arm == "random" or not both else f"{d_best.mean():+.4f} +- {_se(d_best):.4f}"
+        paired_hv = "-" if arm == "random" or not both else f"{d_hv.mean():+.4f} +- {_se(d_hv):.4f}"
+        lines.append(f"| {arm} | {len(finals)} | {finals.mean():.4f} +- {_se(finals):.4f} | {paired} | "
+                     f"{hvs.mean():.4f} +- {_se(hvs):.4f} | {paired_hv} | {reach.mean():.1f} +- {_se(reach):.1f} | "
+                     f"{never} |")
     return lines
 
 
