@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="minimum interval length in steps (default T // (4 N))")
     p.add_argument("--equal-mass", action="store_true",
                    help="intervals of equal training mass under the paper's density instead of the spectral "
-                        "segmentation (shares and p_n still from the spectrum and the density; default off)")
+                        "segmentation (shares from the spectrum, p_n by the same floors; default off)")
     p.add_argument("--base", default=DEFAULT_BASE, metavar="NAME|SPEC.json",
                    help=f"spec whose architecture and diffusion the prior reuses (default {DEFAULT_BASE})")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch of the spectrum pass")
