@@ -8,7 +8,7 @@ for other intervals, the same p_n changes that density: a short interval gets a 
 a sparser sampling (at 32 px the spectral prior's noisiest two experts fell from 0.4-0.8 to about
 0.2 samples per step and 1,000 images, and starved).
 
-The rule used here (:func:`soft_assignment_for`) keeps the density instead of the probabilities:
+The first rule (:func:`soft_assignment_for`) keeps the density instead of the probabilities:
 given a target density ``d(t)`` (per image of the owning expert, per step),
 
     p_n = min(1, sum_{t in [b_n, b_{n+1})} d(t)),
@@ -23,15 +23,15 @@ as under ``meme-paper``.
 The density alone is not enough (:func:`paper_soft_assignment_for`, what the spectral prior
 uses): on a *short* interval it gives a small p_n, so the expert spends most of its training off
 its own interval (the prior's [0, 50) at 32 px got p = 0.16: 84 % of the cleanest expert's images
-were drawn at unrelated noise levels, and on the UTKFace 32 px proxy that one number cost more
-validation loss than every other difference from ``meme-paper``). A uniform p sets two things at
-once, and the rule keeps both as floors:
+were drawn at unrelated noise levels, which on the UTKFace 32 px proxy cost about 0.004 of validation
+loss, more than the prior then gained over ``meme-paper``; ``benchmarks/RESULTS.md``). A uniform p
+sets two things at once, and this rule keeps both as floors:
 
     p_n = min(1, max(p_n^paper, sum_{t in interval n} d(t))),
 
 ``p_n^paper`` the paper's probability for the n-th cleanest expert: the **fraction** of each
 expert's training inside its interval never falls below the paper's, and the per-step
-**density** never falls below the paper's either. For uniform intervals the two floors coincide
+**density**, averaged over the interval, never falls below the paper's over the same steps. For uniform intervals the two floors coincide
 and give back the paper's values; a short interval is sampled more densely, a long one as densely
 as under ``meme-paper``.
 """
