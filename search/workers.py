@@ -46,6 +46,7 @@ from .study import (
     study_storage,
     worker_seed,
 )
+from .train_errors import TrainingInterrupted
 
 HEARTBEAT_KEY = "memekit:heartbeat"
 
@@ -187,10 +188,16 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True, seam
         callbacks.append(lambda s, t: t.user_attrs.get("surplus") or print(trial_line(s, t, config.n_trials),
                                                                             flush=True))
 
+    interrupted: list[TrainingInterrupted] = []
+
     def watched(trial: optuna.Trial):
         if heartbeat is not None:
             heartbeat.watch(trial.number)
-        return objective(trial)
+        try:
+            return objective(trial)
+        except TrainingInterrupted as err:  # SIGINT/SIGTERM or a deadline: Optuna fails the trial, which
+            interrupted.append(err)  # is retried on resume, and the worker stops instead of going on
+            raise
 
     try:
         while True:
@@ -205,6 +212,8 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True, seam
                 time.sleep(min(5.0, config.heartbeat_interval))
                 continue
             study.optimize(watched, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+            if interrupted:
+                raise interrupted[0]
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     finally:

@@ -101,3 +101,31 @@ def test_saved_configs_refuse_unknown_keys(tmp_path: Path, cli) -> None:
     with pytest.raises(TrainingError, match="unknown training setting 'colour'"):
         TrainConfig.from_dict({**TrainConfig().to_dict(), "colour": "blue"})
     assert TrainConfig.from_dict(TrainConfig(batch=8).to_dict()) == TrainConfig(batch=8)  # the round trip holds
+
+
+def test_an_interrupted_trial_stops_the_search_and_is_retried_on_resume(tmp_path: Path) -> None:
+    """SIGINT/SIGTERM reach a search as the proxy training's TrainingInterrupted: the search must stop
+    there (it used to fail the trial and go on to the next one), and resuming retries the trial."""
+    from memekit.search.study import Seams
+    from memekit.search.train import train
+    from memekit.search.train_errors import TrainingInterrupted
+    from memekit.search.workers import run_search
+
+    calls: list[str] = []
+
+    def interrupted_second(spec, config, run_dir, *args, **kwargs):
+        calls.append(Path(run_dir).name)
+        if len(calls) == 2:
+            raise TrainingInterrupted("SIGTERM at step 1: checkpoint written; rerun the same command to resume", 143)
+        return train(spec, config, run_dir, *args, **kwargs)
+
+    config = SearchConfig(study_dir=str(tmp_path / "study"), space="tiny", data="builtin:shapes:128", n_trials=3,
+                          proxy_images=32, proxy_batch=16, val_images=16, warm_start=(), device="cpu", seed=1)
+    with pytest.raises(TrainingInterrupted, match="rerun"):
+        run_search(config, progress=False, seams=Seams(train=interrupted_second))
+    assert calls == ["trial-00000", "trial-00001"]  # nothing trained after the interruption
+    trials = load_study(config.study_dir).study.trials
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.FAIL]
+    run_search(config, progress=False, seams=Seams(train=interrupted_second))
+    done = finished(config.study_dir)
+    assert len(done) == 3 and trials[1].params in [t.params for t in done]  # the failed trial's retry finished
