@@ -18,9 +18,10 @@ After every trial it records the best quality so far and the hypervolume of the 
 (quality, trajectory GMACs) points, with one reference point for all arms and seeds (the worst
 quality and cost seen anywhere, plus 1 % of their ranges). Output: ``OUT/results.json``,
 ``OUT/prior_value.png`` (mean +- standard error over seeds), a markdown table on stdout and in
-``OUT/table.md``: final best and hypervolume, and the trials each arm needs to reach the random
-sampler's final best of the same seed (mean over seeds; a seed that never reaches it counts as
-N + 1 and is reported).
+``OUT/table.md``: best after 5 and 10 trials, final best and hypervolume with their differences
+from the random arm paired by seed, and the trials each arm needs to reach the random sampler's
+final best of the same seed (mean over seeds; a seed that never reaches it counts as N + 1 and is
+reported).
 
     python benchmarks/prior_value.py --data ../shared/data/utkface/crop_part1 --out runs/prior_value \
         --seeds 5 --trials 24 --proxy-images 768 --max-minutes 170
