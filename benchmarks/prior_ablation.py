@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from pathlib import Path
 
-import numpy as np
 import optuna
-from prior_proxy import KEYS, current_prior
+from prior_proxy import current_prior, scores
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import (
@@ -38,8 +36,7 @@ from memekit.analysis.priors import (
 )
 from memekit.analysis.spectra import spectral_profile
 from memekit.search.results import load_study
-from memekit.search.train import train
-from memekit.space import Diffusion, MemeSpec, spec_cost, uniform_intervals
+from memekit.space import Diffusion, MemeSpec, uniform_intervals
 from memekit.space.assignment import (
     paper_density,
     paper_soft_assignment,
@@ -77,30 +74,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", default=None, help="comma-separated subset of the variants")
     parser.add_argument("--json", default=None, help="write every number here")
+    parser.add_argument("--device", default=None)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     loaded = load_study(args.study_dir)
-    config = loaded.config.proxy_config("cpu")
     results = {}
     for name, spec in variants(loaded).items():
         if args.only and name not in args.only.split(","):
             continue
         print(f"{name}: intervals {spec.intervals}, p {spec.soft_assignment}, shares "
               f"{[e.attention_share for e in spec.experts]}", flush=True)
-        per_seed = {}
-        for seed in range(args.seeds):
-            result = train(spec, dataclasses.replace(config, seed=seed), Path(args.out) / f"{name}-seed{seed}",
-                           progress=False)
-            per_seed[seed] = {k: result.val[k] for k in KEYS} | {"val_loss_quarters": result.val.get(
-                "val_loss_quarters")}
-        summary = {}
-        for key in KEYS:
-            v = np.array([s[key] for s in per_seed.values()])
-            summary[key] = {"mean": float(v.mean()), "se": float(v.std(ddof=1) / math.sqrt(len(v)))}
+        results[name] = scores(name, spec, loaded, args.seeds, Path(args.out), None, args.device) | {
+            "spec": spec.to_dict()}
+        summary = results[name]["summary"]
         print(f"  val loss {summary['val_loss']['mean']:.5f} +- {summary['val_loss']['se']:.5f}, val_rel "
               f"{summary['val_rel']['mean']:+.4f} +- {summary['val_rel']['se']:.4f}", flush=True)
-        results[name] = {"spec": spec.to_dict(), "per_seed": per_seed, "summary": summary,
-                         "trajectory_gmacs": spec_cost(spec, loaded.config.sampling_steps).trajectory_macs / 1e9}
     if args.json:
         atomic_write_json(args.json, {"study": str(args.study_dir), "seeds": args.seeds,
                                       "proxy_images": loaded.config.proxy_images, "results": results})

@@ -56,8 +56,8 @@ def scores(name: str, spec: MemeSpec, loaded, seeds: int, out: Path, own: dict |
             per_seed[seed] = {k: own[k] for k in KEYS if k in own}
             continue
         result = train(spec, dataclasses.replace(config, seed=seed), out / f"{name}-seed{seed}", progress=False)
-        per_seed[seed] = {k: result.val[k] for k in KEYS if k in result.val}
-        print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.5f}" for k, v in per_seed[seed].items()), flush=True)
+        per_seed[seed] = {k: result.val[k] for k in (*KEYS, "val_loss_quarters") if k in result.val}
+        print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.5f}" for k, v in per_seed[seed].items() if k in KEYS), flush=True)
     summary = {}
     for key in KEYS:
         values = [s[key] for s in per_seed.values() if key in s]
