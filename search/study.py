@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from memekit.analysis.data import check_data_source, data_shape, load_data
+from memekit.analysis.data import BUILTIN_PREFIX, check_data_source, data_shape, load_data
 from memekit.analysis.device import MIXED_PRECISION, resolve_device
 from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import DiffusionSpec, MemeSpec, load_spec, save_spec, spec_cost
@@ -294,7 +294,19 @@ def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> dict[str, tu
     default, or its :attr:`SearchConfig.LEGACY` value: the setting is newer than the study)."""
     defaults = {**SearchConfig(study_dir="").to_dict(), **SearchConfig.LEGACY}
     wanted = json.loads(json.dumps(wanted))
-    return {k: (stored.get(k, defaults[k]), v) for k, v in wanted.items() if stored.get(k, defaults[k]) != v}
+    return {k: (stored.get(k, defaults[k]), v) for k, v in wanted.items()
+            if not _same_setting(k, stored.get(k, defaults[k]), v)}
+
+
+def _same_setting(key: str, old: Any, new: Any) -> bool:
+    """Equal settings; a data path counts as the same when both name the same file or folder (a study
+    made with ``/abs/faces`` resumes with ``../faces`` from another folder)."""
+    if old == new:
+        return True
+    paths = [v for v in (old, new) if isinstance(v, str) and not v.startswith(BUILTIN_PREFIX)]
+    if key != "data" or len(paths) != 2:
+        return False
+    return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
 
 
 def check_identity(config: SearchConfig, stored: dict[str, Any]) -> None:

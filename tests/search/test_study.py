@@ -26,6 +26,7 @@ from memekit.search.study import (
     Seams,
     SearchConfig,
     SearchError,
+    check_identity,
     open_study,
     prepare_study,
     search_config,
@@ -305,6 +306,22 @@ def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
     prepare_study(tiny_search(tmp_path, proxy_images=32))
     with pytest.raises(SearchError, match="different proxy_images"):
         open_study(tiny_search(tmp_path, proxy_images=64), seed=0)
+
+
+def test_a_data_path_given_another_way_is_the_same_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study made with an absolute data path resumes with a relative path to the same folder (and
+    the reverse); another folder is still refused."""
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "work").mkdir()
+    stored = tiny_search(tmp_path, data=str(tmp_path / "faces")).public_dict()
+    monkeypatch.chdir(tmp_path / "work")
+    check_identity(tiny_search(tmp_path, data="../faces"), stored)  # no error
+    check_identity(tiny_search(tmp_path, data=str(tmp_path / "faces")), tiny_search(tmp_path, data="../faces").public_dict())
+    with pytest.raises(SearchError, match="different data"):
+        check_identity(tiny_search(tmp_path, data="../other"), stored)
+    with pytest.raises(SearchError, match="different data"):
+        check_identity(tiny_search(tmp_path, data="builtin:shapes:128"), stored)
 
 
 def test_local_cpu_workers_split_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
