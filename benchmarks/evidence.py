@@ -109,10 +109,21 @@ def load_results(path: Path) -> dict:
 
 
 def save_results(path: Path, results: dict) -> None:
+    """Write ``results`` atomically, keeping what another driver process saved meanwhile: a calibration
+    and a table run (or two table runs on different ``--models``) may share one file, each owning its
+    own entries (a model, a budget), so every section is merged entry by entry, this process's winning."""
+    import fcntl
+
+    from memekit.space.files import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = load_results(path)
+        for key, value in results.items():
+            both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+            merged[key] = {**merged[key], **value} if both else value
+        atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
 
 
 # ---- pieces ----------------------------------------------------------------------------------------
