@@ -32,12 +32,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memekit.space import ExpertSpec, MemeSpec, load_spec, spec_cost
 from memekit.space.errors import MemekitError
 from memekit.space.presets import backbone_presets
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parents[1]
 UTKFACE = REPO.parent / "shared" / "data" / "utkface" / "crop_part1"
@@ -245,22 +249,26 @@ def calibrate(ctx: dict, budgets: list[int]) -> None:
             return
 
 
-def calibration_plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def calibration_figure(results: dict) -> Figure:
+    """FID, KID and validation loss of the calibration run against its training budget (a bare
+    matplotlib Figure: never shown or saved here)."""
+    from matplotlib.figure import Figure
 
     rows = sorted((int(k), v) for k, v in results["calibration"].items())
     x = [k / 1000 for k, _ in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
     for ax, key, label in zip(axes, ("fid", "kid_mean", "val_loss"), ("FID", "KID", "validation loss"), strict=True):
         ax.plot(x, [v[key] for _, v in rows], "o-")
         ax.set(xlabel="training images (thousands)", ylabel=label)
         ax.grid(alpha=0.3)
     fig.suptitle("single-small on the CPU backbone: metrics along training (n = 1,000, DDIM-25, one seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    return fig
+
+
+def calibration_plot(results: dict, path: Path) -> None:
+    calibration_figure(results).savefig(path, dpi=90)
 
 
 # ---- side-by-side throughput ------------------------------------------------------------------------
@@ -380,14 +388,13 @@ def table(results: dict) -> list[str]:
     return lines
 
 
-def pareto_plot(results: dict, path: Path) -> None:
-    """FID and KID (mean +- SE) against trajectory GMACs (DDIM-50, batch 1)."""
-    import matplotlib
+def pareto_figure(results: dict) -> Figure:
+    """FID and KID (mean +- SE) against trajectory GMACs (DDIM-50, batch 1), as a bare matplotlib
+    Figure (never shown or saved here)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = Figure(figsize=(11, 4.4))
+    axes = fig.subplots(1, 2)
     for i, (name, entry) in enumerate(results["models"].items()):
         x = spec_cost(MemeSpec.from_dict(entry["spec"]), 50).trajectory_macs / 1e9
         for ax, key in zip(axes, ("fid", "kid_mean"), strict=True):
@@ -400,16 +407,28 @@ def pareto_plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def pareto_plot(results: dict, path: Path) -> None:
+    pareto_figure(results).savefig(path, dpi=110)
+
+
+def protocol(results: dict) -> str | None:
+    """How FID/KID were measured (from the first scored sampling seed); None when nothing is scored."""
+    first = next((s for e in results["models"].values() for r in e["runs"].values()
+                  for s in r["samples"].values()), None)
+    if first is None:
+        return None
+    return (f"FID/KID: n = {first['n']} samples per seed vs {first['n_ref']} reference images, "
+            f"protocol {first['protocol']}, weights: {first['weights']}.")
 
 
 def report(results: dict, figures: Path) -> str:
     lines = table(results)
-    first = next((s for e in results["models"].values() for r in e["runs"].values()
-                  for s in r["samples"].values()), None)
-    if first:
-        lines.append(f"\nFID/KID: n = {first['n']} samples per seed vs {first['n_ref']} reference images, "
-                     f"protocol {first['protocol']}, weights: {first['weights']}.")
+    measured = protocol(results)
+    if measured:
+        lines.append(f"\n{measured}")
         pareto_plot(results, figures / "pareto.png")
     if results.get("calibration"):
         calibration_plot(results, figures / "calibration.png")
