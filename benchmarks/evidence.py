@@ -112,10 +112,11 @@ def load_results(path: Path) -> dict:
     return results
 
 
-def save_results(path: Path, results: dict) -> None:
-    """Write ``results`` atomically, keeping what another driver process saved meanwhile: a calibration
-    and a table run (or two table runs on different ``--models``) may share one file, each owning its
-    own entries (a model, a budget), so every section is merged entry by entry, this process's winning."""
+def save_results(path: Path, results: dict, base: dict) -> None:
+    """Write this process's changes to ``results`` atomically, keeping what another driver process
+    saved meanwhile: a calibration and a table run (or two table runs on different ``--models``) may
+    share one file, each owning its entries (a model, a budget). ``base`` is ``results`` as this
+    process last read or wrote it; only entries that differ from it are written (then it is updated)."""
     import fcntl
 
     from memekit.space.files import atomic_write_text
@@ -125,9 +126,15 @@ def save_results(path: Path, results: dict) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merged = load_results(path)
         for key, value in results.items():
-            both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-            merged[key] = {**merged[key], **value} if both else value
+            old = base.get(key)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                old = old if isinstance(old, dict) else {}
+                merged[key].update({k: v for k, v in value.items() if old.get(k) != v})
+            elif value != old:
+                merged[key] = value
         atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
+    base.clear()
+    base.update(json.loads(json.dumps(results)))
 
 
 # ---- pieces ----------------------------------------------------------------------------------------
@@ -262,7 +269,8 @@ def calibration_figure(results: dict) -> Figure:
         ax.plot(x, [v[key] for _, v in rows], "o-")
         ax.set(xlabel="training images (thousands)", ylabel=label)
         ax.grid(alpha=0.3)
-    fig.suptitle("single-small on the CPU backbone: metrics along training (n = 1,000, DDIM-25, one seed)")
+    n = rows[-1][1].get("n", "?")
+    fig.suptitle(f"single-small on the profile's backbone: metrics along training (n = {n}, one sampling seed)")
     fig.tight_layout()
     return fig
 
@@ -329,22 +337,27 @@ def score(entry: dict, key: str) -> Score:
 
 
 def difference(a: Score, b: Score) -> tuple[float, float, bool]:
-    """a - b, its standard error sqrt(se_a^2 + se_b^2), and whether |a - b| > 2 SE."""
+    """a - b, its standard error sqrt(se_a^2 + se_b^2), and whether |a - b| > 2 SE (never, when an SE
+    is unknown: one sampling seed of one training seed)."""
     diff, se = a.mean - b.mean, math.hypot(a.se, b.se)
-    return diff, se, bool(abs(diff) > 2 * se)
+    return diff, se, bool(abs(diff) > 2 * se)  # NaN compares False
 
 
 def claims(results: dict) -> list[str]:
     """MEME's three claims, each as a difference with its SE and a verdict at 2 SE (KID)."""
     models, timing_ = results["models"], results.get("timing", {})
     kid = {name: score(entry, "kid_mean") for name, entry in models.items()}
+    kid = {name: s for name, s in kid.items() if not math.isnan(s.mean)}  # scored models only
     macs = {name: spec_cost(MemeSpec.from_dict(entry["spec"]), 50).mean_macs_per_step for name, entry in models.items()}
     lines = []
 
     def line(label: str, a: str, b: str, verdict: str) -> str:
         d, se, decided = difference(kid[a], kid[b])
-        return (f"- {label}: KID {a} - {b} = {d:+.4f} +- {se:.4f} (SE; {'beyond' if decided else 'within'} 2 SE): "
-                f"{verdict}")
+        if math.isnan(se):
+            return f"- {label}: KID {a} - {b} = {d:+.4f}, SE unknown (one sampling seed): undecided"
+        basis = kid[a].basis if kid[a].basis == kid[b].basis else f"{kid[a].basis}; {kid[b].basis}"
+        return (f"- {label}: KID {a} - {b} = {d:+.4f} +- {se:.4f} (SE over {basis}; "
+                f"{'beyond' if decided else 'within'} 2 SE): {verdict}")
 
     if {"meme-paper", "multi-same"} <= kid.keys():
         d, se, _ = difference(kid["meme-paper"], kid["multi-same"])
@@ -380,12 +393,17 @@ def table(results: dict) -> list[str]:
         quarters = "/".join(f"{q:.4f}" for q in trained.get("val_loss_quarters") or [])
         t = timing_.get(name, {})
         speed = f"{t['sampling_images_per_s'] / large:.2f}x" if t and large else "-"
-        lines.append(f"| {name} | {cost.params / 1e6:.2f}M | {cost.mean_macs_per_step / 1e6:.1f} | "
-                     f"{fid.mean:.1f} +- {fid.se:.1f} | {kid.mean:.4f} +- {kid.se:.4f} | {lsd.mean:.2f} | "
-                     f"{trained.get('val_loss', math.nan):.4f} ({quarters}) | "
-                     f"{t.get('sampling_images_per_s', math.nan):.1f} | {t.get('train_images_per_s', math.nan):.1f} | "
-                     f"{speed} |")
+        scored = (f"{fid.mean:.1f} +- {fid.se:.1f} | {kid.mean:.4f} +- {kid.se:.4f} | {lsd.mean:.2f}"
+                  if not math.isnan(fid.mean) else "not scored yet | - | -")
+        val = trained.get("val_loss")
+        lines.append(f"| {name} | {cost.params / 1e6:.2f}M | {cost.mean_macs_per_step / 1e6:.1f} | {scored} | "
+                     f"{'-' if val is None else f'{val:.4f}'} ({quarters}) | "
+                     f"{_rate(t, 'sampling_images_per_s')} | {_rate(t, 'train_images_per_s')} | {speed} |")
     return lines
+
+
+def _rate(timed: dict, key: str) -> str:
+    return f"{timed[key]:.1f}" if key in timed else "-"
 
 
 def pareto_figure(results: dict) -> Figure:
@@ -443,13 +461,14 @@ def context(args: argparse.Namespace) -> dict:
     profile = dataclasses.replace(profile, **overrides)
     results_path = Path(args.results or REPO / "benchmarks" / f"evidence_{args.profile}.json")
     results = load_results(results_path)
+    base = json.loads(json.dumps(results))
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
     figures = results_path.with_suffix("")  # benchmarks/evidence_PROFILE/ beside benchmarks/evidence_PROFILE.json
     figures.mkdir(parents=True, exist_ok=True)
     return {"profile": profile, "results": results, "data": args.data or profile.data, "device": device,
             "images": args.images or profile.images, "work": Path(args.work or REPO / "runs" / f"evidence_{args.profile}"),
             "deadline": time.time() + 60 * args.max_minutes if args.max_minutes else None, "figures": figures,
-            "weights": args.inception_weights, "save": lambda: save_results(results_path, results)}
+            "weights": args.inception_weights, "save": lambda: save_results(results_path, results, base), "path": results_path}
 
 
 def train_seeds(pairs: list[str]) -> dict[str, int]:
@@ -486,7 +505,7 @@ def run(args: argparse.Namespace) -> int:
             if not run_model(name, spec, seed, ctx):
                 print("stopped at --max-minutes: rerun the same command to resume")
                 return 0
-    print(report(ctx["results"], ctx["figures"]))
+    print(report(load_results(ctx["path"]), ctx["figures"]))  # with what other processes saved
     return 0
 
 
