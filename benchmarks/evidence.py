@@ -200,6 +200,8 @@ def run_model(name: str, spec: MemeSpec, seed: int, ctx: dict) -> bool:
     entry = results["models"].setdefault(name, {"spec": spec.to_dict(), "runs": {}})
     run = entry["runs"].setdefault(str(seed), {"samples": {}})
     run_dir = ctx["work"] / f"{name}-seed{seed}"
+    if name == "single-small" and seed == 0:
+        reuse_calibration(ctx, run_dir)
     if run.get("trained", {}).get("images") != ctx["images"]:
         try:
             run["trained"] = train_piece(spec, train_config(profile, ctx["data"], ctx["images"], seed, ctx["device"]),
@@ -221,6 +223,24 @@ def run_model(name: str, spec: MemeSpec, seed: int, ctx: dict) -> bool:
         run["grid"] = grid_piece(run_dir, name, ctx["figures"], profile.steps, ctx["device"])
         ctx["save"]()
     return not _late(ctx)
+
+
+def reuse_calibration(ctx: dict, run_dir: Path) -> None:
+    """The calibration run IS the ``single-small`` row (same spec, seed and config) when it stopped at
+    the table's budget: copy it instead of training it again (nothing when ``run_dir`` exists)."""
+    import shutil
+
+    from memekit.search.checkpoint import latest_checkpoint
+
+    source = ctx["work"] / "calibration-single-small"
+    config = source / "config.json"
+    if run_dir.exists() or not config.is_file() or json.loads(config.read_text()).get("images") != ctx["images"]:
+        return
+    last = latest_checkpoint(source)
+    if last is None or int(last.stem.split("-")[1]) * ctx["profile"].batch < ctx["images"]:
+        return  # the calibration has not reached the budget yet
+    shutil.copytree(source, run_dir)
+    print(f"single-small seed 0: the calibration run at {ctx['images']:,} images, copied from {source}")
 
 
 def _late(ctx: dict) -> bool:
