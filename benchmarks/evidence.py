@@ -237,7 +237,7 @@ def reuse_calibration(ctx: dict, run_dir: Path) -> None:
     if run_dir.exists() or not config.is_file() or json.loads(config.read_text()).get("images") != ctx["images"]:
         return
     last = latest_checkpoint(source)
-    if last is None or int(last.stem.split("-")[1]) * ctx["profile"].batch < ctx["images"]:
+    if last is None or int(last.stem.split("-")[1]) < ctx["images"] // ctx["profile"].batch:
         return  # the calibration has not reached the budget yet
     shutil.copytree(source, run_dir)
     print(f"single-small seed 0: the calibration run at {ctx['images']:,} images, copied from {source}")
