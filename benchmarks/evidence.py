@@ -230,14 +230,14 @@ def reuse_calibration(ctx: dict, run_dir: Path) -> None:
     the table's budget: copy it instead of training it again (nothing when ``run_dir`` exists)."""
     import shutil
 
-    from memekit.search.checkpoint import latest_checkpoint
+    from memekit.search.checkpoint import checkpoint_step, latest_checkpoint
 
     source = ctx["work"] / "calibration-single-small"
     config = source / "config.json"
     if run_dir.exists() or not config.is_file() or json.loads(config.read_text()).get("images") != ctx["images"]:
         return
     last = latest_checkpoint(source)
-    if last is None or int(last.stem.split("-")[1]) < ctx["images"] // ctx["profile"].batch:
+    if last is None or checkpoint_step(last) < ctx["images"] // ctx["profile"].batch:
         return  # the calibration has not reached the budget yet
     shutil.copytree(source, run_dir)
     print(f"single-small seed 0: the calibration run at {ctx['images']:,} images, copied from {source}")

@@ -51,6 +51,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The training step a checkpoint file holds, read from its name (``step-XXXXXXXXX.pt``)."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{str(path)!r} is not named step-XXXXXXXXX.pt: give a checkpoint of memekit train")
+    return int(match.group(1))
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None

@@ -303,8 +303,7 @@ def _same_setting(key: str, old: Any, new: Any) -> bool:
     made with ``/abs/faces`` resumes with ``../faces`` from another folder)."""
     if old == new:
         return True
-    paths = [v for v in (old, new) if isinstance(v, str) and not v.startswith(BUILTIN_PREFIX)]
-    if key != "data" or len(paths) != 2:
+    if key != "data" or not all(isinstance(v, str) and not v.startswith(BUILTIN_PREFIX) for v in (old, new)):
         return False
     return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
 

@@ -183,3 +183,12 @@ def test_weights_that_do_not_fit_the_spec_are_refused_in_one_line(
                        "--device", "cpu", "--quiet")
     assert_one_line_error(code, err, contains="does not fit")
     assert list_checkpoints(run_dir) == [run_dir / "checkpoints" / "step-000000004.pt"]
+
+
+def test_checkpoint_step_reads_the_step_from_the_file_name(tmp_path: Path) -> None:
+    from memekit.search.checkpoint import CheckpointError, checkpoint_path, checkpoint_step
+
+    assert checkpoint_step(checkpoint_path(tmp_path, 4687)) == 4687
+    assert checkpoint_step("runs/x/checkpoints/step-000000012.pt") == 12
+    with pytest.raises(CheckpointError, match="step-XXXXXXXXX.pt"):
+        checkpoint_step(tmp_path / "model.pt")
