@@ -10,7 +10,7 @@ sampling and training img/s measured side by side in one process.
     # CPU (2 cores, UTKFace 32 px): calibrate the budget on single-small, then the table
     python benchmarks/evidence.py --profile cpu32 --calibrate --budgets 25000,50000,100000,150000 --max-minutes 120
     python benchmarks/evidence.py --profile cpu32 --images 100000 --export runs/utk32b/export --max-minutes 170
-    python benchmarks/evidence.py --profile cpu32 --timing          # img/s of every trained model, one run
+    python benchmarks/evidence.py --profile cpu32 --timing          # img/s of every row, side by side in one run
     python benchmarks/evidence.py --profile cpu32 --report          # table, claims, Pareto plot, grids
     # one row
     python benchmarks/evidence.py --profile cpu32 --images 100000 --models meme-paper
@@ -300,10 +300,11 @@ def calibration_plot(results: dict, path: Path) -> None:
 
 
 # ---- side-by-side throughput ------------------------------------------------------------------------
-def timing(ctx: dict, specs: dict[str, MemeSpec], repeats: int = 3) -> dict:
-    """DDIM sampling img/s (batch 250, ``steps`` steps) and training img/s (20 steps of the profile's
+def timing(ctx: dict, specs: dict[str, MemeSpec], repeats: int = 3, n: int = 100) -> dict:
+    """DDIM sampling img/s (one batch of ``n``, ``steps`` steps) and training img/s (20 steps of the profile's
     batch, after 2 warm-up steps) of every model, interleaved over ``repeats`` rounds in this one process (medians), so the
-    ratios share the machine's state."""
+    ratios share the machine's state. The weights are freshly initialised (speed does not depend on
+    their values), so every row of the table is timed in one run, trained yet or not."""
     import torch
 
     from memekit.search.sampling import sample_images
@@ -311,12 +312,12 @@ def timing(ctx: dict, specs: dict[str, MemeSpec], repeats: int = 3) -> dict:
     from memekit.space import MultiExpert
 
     profile, rates = ctx["profile"], {name: {"sample": [], "train": []} for name in specs}
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for name, spec in specs.items():
             model = MultiExpert(spec).to(ctx["device"]).eval()
             start = time.perf_counter()
-            sample_images(model, spec, 250, steps=profile.steps, seed=0, device=ctx["device"], batch=250, progress=False)
-            rates[name]["sample"].append(250 / (time.perf_counter() - start))
+            sample_images(model, spec, n, steps=profile.steps, seed=0, device=ctx["device"], batch=n, progress=False)
+            rates[name]["sample"].append(n / (time.perf_counter() - start))
             trainer = Trainer(spec, train_config(profile, ctx["data"], 22 * profile.batch, 0, ctx["device"]),
                               ctx["work"] / "timing" / name, progress=False)
             trainer.load_data()
@@ -326,9 +327,11 @@ def timing(ctx: dict, specs: dict[str, MemeSpec], repeats: int = 3) -> dict:
             for _ in range(20):
                 trainer.train_step()
             rates[name]["train"].append(20 * profile.batch / (time.perf_counter() - start))
+            print(f"timing round {round_ + 1}/{repeats}, {name}: sampling {rates[name]['sample'][-1]:.1f} img/s, "
+                  f"training {rates[name]['train'][-1]:.1f} img/s", flush=True)
     return {name: {"sampling_images_per_s": float(np.median(r["sample"])),
                    "train_images_per_s": float(np.median(r["train"])), "repeats": repeats,
-                   "threads": torch.get_num_threads()} for name, r in rates.items()}
+                   "threads": torch.get_num_threads(), "sampled": n} for name, r in rates.items()}
 
 
 # ---- statistics and the report ------------------------------------------------------------------------
@@ -513,7 +516,7 @@ def run(args: argparse.Namespace) -> int:
     if args.models:
         specs = {n: s for n, s in specs.items() if n in args.models}
     if args.timing:
-        ctx["results"]["timing"] = timing(ctx, {n: s for n, s in specs.items() if n in ctx["results"]["models"]})
+        ctx["results"]["timing"] = timing(ctx, specs, args.timing_repeats)  # untrained weights: a row need not be trained to be timed
         ctx["save"]()
         return 0
     if "grid" not in ctx["results"]:
@@ -542,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-seeds", nargs="*", default=[], metavar="NAME=K", help="K training seeds for NAME")
     p.add_argument("--calibrate", action="store_true", help="single-small along --budgets instead of the table")
     p.add_argument("--budgets", default="25000,50000,100000,150000,200000")
-    p.add_argument("--timing", action="store_true", help="sampling and training img/s of the trained models")
+    p.add_argument("--timing", action="store_true", help="sampling and training img/s of every row, side by side in one run")
+    p.add_argument("--timing-repeats", type=int, default=3, help="interleaved rounds of --timing (medians)")
     p.add_argument("--n", type=int, default=None, help="samples per sampling seed (default: the profile's)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the profile's)")
     p.add_argument("--sampling-seeds", type=int, default=None, help="sampling seeds (default: the profile's)")
