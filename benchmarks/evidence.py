@@ -88,13 +88,22 @@ def model_specs(profile: Profile, data: str, export: Path | None, searched: int 
     specs["spectral-prior"] = prior_spec(images, 4, presets["meme-paper"])
     if export is not None:  # export.json lists the chosen trials best quality first
         manifest = json.loads((export / "export.json").read_text())
-        study = export.resolve().parent.name
+        study = _study_folder(export, manifest)
         for entry in manifest["trials"][:searched]:
             spec = load_spec(export / entry["file"])
             _check_backbone(spec, profile.backbone, entry["file"])
             specs[f"searched-{study}-{Path(entry['file']).stem}"] = spec
     diffusion = preconditioned(specs["single-small"].diffusion, profile.preconditioning, images)
     return {name: dataclasses.replace(spec, diffusion=diffusion) for name, spec in specs.items()}
+
+
+def _study_folder(export: Path, manifest: dict) -> str:
+    """The study's run folder name, which names the searched rows: read from the export's storage
+    when that is a local file, so a copy of the export elsewhere (``benchmarks/utk32bw_study``)
+    names its rows as the original does; else the folder the export sits in."""
+    storage = str(manifest.get("storage", ""))
+    path = storage.removeprefix("sqlite:///")
+    return Path(path).parent.name if path and "://" not in path else export.resolve().parent.name
 
 
 def _check_backbone(spec: MemeSpec, backbone: ExpertSpec, where: str) -> None:
