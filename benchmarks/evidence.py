@@ -9,11 +9,11 @@ sampling and training img/s measured side by side in one process.
 
     # CPU (2 cores, UTKFace 32 px): calibrate the budget on single-small, then the table
     python benchmarks/evidence.py --profile cpu32 --calibrate --budgets 25000,50000,100000,150000 --max-minutes 120
-    python benchmarks/evidence.py --profile cpu32 --images 100000 --export runs/utk32b/export --max-minutes 170
-    python benchmarks/evidence.py --profile cpu32 --timing          # img/s of every row, side by side in one run
+    python benchmarks/evidence.py --profile cpu32 --export benchmarks/utk32bw_study --max-minutes 170
+    python benchmarks/evidence.py --profile cpu32 --export benchmarks/utk32bw_study --timing  # every row, one run
     python benchmarks/evidence.py --profile cpu32 --report          # table, claims, Pareto plot, grids
     # one row
-    python benchmarks/evidence.py --profile cpu32 --images 100000 --models meme-paper
+    python benchmarks/evidence.py --profile cpu32 --models meme-paper
 
 Every finished piece (a model trained, a sampling seed scored, a grid drawn) is saved to
 ``benchmarks/evidence_PROFILE.json`` at once, so the driver resumes where it stopped;
@@ -536,6 +536,12 @@ def run(args: argparse.Namespace) -> int:
     if args.models:
         specs = {n: s for n, s in specs.items() if n in args.models}
     if args.timing:
+        others = sorted(set(ctx["results"].get("timing", {})) - set(specs))
+        if others:  # the speeds are ratios within one run: never mix runs, never drop rows silently
+            raise MemekitError(f"--timing would replace the speeds of {', '.join(others)}, measured in one run "
+                               f"with the others: time every row (drop --models; pass --export) or use another --results")
+        if args.timing_repeats < 1:
+            raise MemekitError(f"--timing-repeats takes a count >= 1, got {args.timing_repeats}")
         ctx["results"]["timing"] = timing(ctx, specs, args.timing_repeats)  # untrained weights: a row need not be trained to be timed
         ctx["save"]()
         return 0
