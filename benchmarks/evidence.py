@@ -161,7 +161,8 @@ def train_piece(spec: MemeSpec, config, run_dir: Path, deadline: float | None) -
     from memekit.search.train import train
 
     # a longer budget extends a finished run (calibration); the driver makes every config itself
-    result = train(spec, config, run_dir, progress=True, deadline=deadline, allow_config_change=True)
+    result = train(spec, config, run_dir, progress=True, deadline=deadline, allow_config_change=True,
+                   say=lambda line: print(line, flush=True))  # says what it resumed
     keys = ("val_loss", "val_loss_quarters", "val_rel", "val_rel_quarters", "val_rel_per_expert")
     return {"images": result.images_seen, "images_per_expert": result.images_per_expert,
             **{k: result.val.get(k) for k in keys}}
@@ -354,26 +355,62 @@ class Score:
     basis: str  # "k training seeds" or "S sampling seeds (training noise not included)"
 
 
-def score(entry: dict, key: str) -> Score:
-    """Mean over training seeds of the mean over sampling seeds; the SE from training seeds when
-    there are several, else from the sampling seeds (which leaves out training noise: said so)."""
-    per_run = [[s[key] for s in run["samples"].values()] for run in entry["runs"].values() if run["samples"]]
-    if not per_run:
+def run_means(entry: dict, key: str) -> dict[str, float]:
+    """Training seed -> the mean of ``key`` over that run's sampling seeds (scored runs only)."""
+    return {seed: float(np.mean([s[key] for s in run["samples"].values()]))
+            for seed, run in entry["runs"].items() if run["samples"]}
+
+
+def score(entry: dict, key: str, seeds: set[str] | None = None) -> Score:
+    """Mean over training seeds (all scored ones, or ``seeds``) of the mean over sampling seeds; the SE
+    from training seeds when there are several, else from the sampling seeds (which leaves out training
+    noise: said so)."""
+    runs = [run for seed, run in entry["runs"].items() if run["samples"] and (seeds is None or seed in seeds)]
+    if not runs:
         return Score(math.nan, math.nan, "not scored")
-    means = [float(np.mean(v)) for v in per_run]
-    if len(per_run) > 1:
+    means = [float(np.mean([s[key] for s in run["samples"].values()])) for run in runs]
+    if len(runs) > 1:
         return Score(float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(len(means))),
                      f"{len(means)} training seeds")
-    values = per_run[0]
+    values = [s[key] for s in runs[0]["samples"].values()]
     se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
     return Score(means[0], se, f"{len(values)} sampling seeds, one training seed (training noise not included)")
 
 
-def difference(a: Score, b: Score) -> tuple[float, float, bool]:
-    """a - b, its standard error sqrt(se_a^2 + se_b^2), and whether |a - b| > 2 SE (never, when an SE
-    is unknown: one sampling seed of one training seed)."""
-    diff, se = a.mean - b.mean, math.hypot(a.se, b.se)
-    return diff, se, bool(abs(diff) > 2 * se)  # NaN compares False
+def training_sd(models: dict, key: str) -> tuple[float, list[str], int]:
+    """The training-seed SD of one run's score, pooled over the rows with >= 2 scored training seeds
+    (sum of (k - 1) s^2 over sum of (k - 1), assuming every row has the same training noise), the rows
+    it came from and its degrees of freedom; NaN when no row has two seeds."""
+    pooled, rows, dof = 0.0, [], 0
+    for name, entry in models.items():
+        means = list(run_means(entry, key).values())
+        if len(means) > 1:
+            pooled += (len(means) - 1) * float(np.var(means, ddof=1))
+            rows.append(name)
+            dof += len(means) - 1
+    return (math.sqrt(pooled / dof) if dof else math.nan), rows, dof
+
+
+def compare(models: dict, a: str, b: str, key: str) -> tuple[float, float, bool, str]:
+    """``a - b`` on the training seeds both rows have (house style 18: the same seed set), its SE, whether
+    |a - b| > 2 SE, and what the SE covers. With several shared seeds the SE comes from their spread; with
+    one it is the larger of the sampling-seed SE and sqrt(2) x the pooled training-seed SD, so a single
+    run's training noise is never left out once another row has measured it."""
+    common = set(run_means(models[a], key)) & set(run_means(models[b], key)) or None  # None: all seeds of each
+    sa, sb = score(models[a], key, common), score(models[b], key, common)
+    diff, se = sa.mean - sb.mean, math.hypot(sa.se, sb.se)
+    if common is None:
+        basis = f"different training seeds: {sa.basis}; {sb.basis}"
+    elif len(common) > 1:
+        basis = f"training seeds {', '.join(sorted(common))} of both"
+    else:
+        sd, rows, dof = training_sd(models, key)
+        basis = sa.basis if sa.basis == sb.basis else f"{sa.basis}; {sb.basis}"
+        if not math.isnan(sd) and (math.isnan(se) or math.sqrt(2) * sd > se):
+            se = math.sqrt(2) * sd
+            basis = (f"one training seed each (seed {', '.join(sorted(common))}); sqrt(2) x the training-seed SD "
+                     f"pooled over {', '.join(rows)} ({dof} dof)")
+    return diff, se, bool(abs(diff) > 2 * se), basis  # NaN compares False
 
 
 def speed_up(timing_: dict, name: str) -> Score:
@@ -387,47 +424,48 @@ def speed_up(timing_: dict, name: str) -> Score:
 
 
 def claims(results: dict) -> list[str]:
-    """MEME's three claims, each as a difference with its SE and a verdict at 2 SE (KID)."""
+    """MEME's three claims, each as a KID difference on the rows' shared training seeds, with its SE and a
+    verdict at 2 SE; plus the spectral prior against the paper's hand-set configuration (issue 11)."""
     models, timing_ = results["models"], results.get("timing", {})
-    kid = {name: score(entry, "kid_mean") for name, entry in models.items()}
-    kid = {name: s for name, s in kid.items() if not math.isnan(s.mean)}  # scored models only
+    kid = {name for name, entry in models.items() if run_means(entry, "kid_mean")}  # scored models only
     macs = {name: spec_cost(MemeSpec.from_dict(entry["spec"]), 50).mean_macs_per_step for name, entry in models.items()}
     lines = []
 
-    def line(label: str, a: str, b: str, verdict: str) -> str:
-        d, se, decided = difference(kid[a], kid[b])
+    def line(label: str, a: str, b: str, verdict) -> str:
+        d, se, decided, basis = compare(models, a, b, "kid_mean")
         if math.isnan(se):
             return f"- {label}: KID {a} - {b} = {d:+.4f}, SE unknown (one sampling seed): undecided"
-        basis = kid[a].basis if kid[a].basis == kid[b].basis else f"{kid[a].basis}; {kid[b].basis}"
         return (f"- {label}: KID {a} - {b} = {d:+.4f} +- {se:.4f} (SE over {basis}; "
-                f"{'beyond' if decided else 'within'} 2 SE): {verdict}")
+                f"{'beyond' if decided else 'within'} 2 SE): {verdict(d, se, decided)}")
 
-    if {"meme-paper", "multi-same"} <= kid.keys():
-        d, se, _ = difference(kid["meme-paper"], kid["multi-same"])
+    if {"meme-paper", "multi-same"} <= kid:
         lines.append(line("(b) meme-paper vs multi-same", "meme-paper", "multi-same",
-                          "met (no worse)" if d <= 2 * se else "not met (worse beyond 2 SE)"))
-    for name in (n for n in kid if n.startswith("searched-") and "meme-paper" in kid):
-        d, se, decided = difference(kid[name], kid["meme-paper"])
+                          lambda d, se, _: "met (no worse)" if d <= 2 * se else "not met (worse beyond 2 SE)"))
+    for name in (n for n in sorted(kid) if n.startswith("searched-") and "meme-paper" in kid):
         ratio = macs["meme-paper"] / macs[name]
-        ok = (d < -2 * se and ratio >= 1.0) or (not decided and ratio >= 1.3)
         lines.append(line(f"(c) {name} vs meme-paper ({ratio:.2f}x fewer MACs per step)", name, "meme-paper",
-                          "dominates" if ok else "does not dominate"))
+                          lambda d, se, decided, r=ratio: "dominates" if (d < -2 * se and r >= 1.0)
+                          or (not decided and r >= 1.3) else "does not dominate"))
     if "single-large" in kid and "single-large" in timing_:
         for name in (n for n in kid if len(models[n]["spec"]["experts"]) == 4 and n in timing_):
             speed = speed_up(timing_, name)
-            d, se, _ = difference(kid[name], kid["single-large"])
-            ok = speed.mean >= 2.5 and d <= 2 * se
             spread = "" if math.isnan(speed.se) else f" +- {speed.se:.2f} over {speed.basis}"
-            lines.append(line(f"(a) {name}: {speed.mean:.2f}x{spread} single-large's sampling img/s", name, "single-large",
-                              "met" if ok else "not met"))
+            lines.append(line(f"(a) {name}: {speed.mean:.2f}x{spread} single-large's sampling img/s", name,
+                              "single-large", lambda d, se, _, s=speed.mean: "met" if s >= 2.5 and d <= 2 * se
+                              else "not met"))
+    if {"spectral-prior", "meme-paper"} <= kid:
+        lines.append(line("spectral prior vs the paper's hand-set configuration", "spectral-prior", "meme-paper",
+                          lambda d, se, decided: ("better" if d < 0 else "worse") if decided else "not separated"))
     return lines
 
 
 def table(results: dict) -> list[str]:
+    """One row per model: FID / KID / LSD as mean +- SE (over training seeds when there are several, else
+    over sampling seeds), the seeds behind them as ``training seed: sampling seeds``, costs and speeds."""
     timing_ = results.get("timing", {})
-    large = timing_.get("single-large", {}).get("sampling_images_per_s")
-    lines = ["| model | params | MMACs/step | FID | KID | LSD (dB) | val loss (q1/q2/q3/q4) | sample img/s | "
-             "train img/s | speed-up vs single-large |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | params | MMACs/step | FID | KID | LSD (dB) | seeds (training: sampling) | "
+             "val loss, seed 0 (q1/q2/q3/q4) | sample img/s | train img/s | speed-up vs single-large |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in results["models"].items():
         spec = MemeSpec.from_dict(entry["spec"])
         cost = spec_cost(spec, 50)
@@ -435,11 +473,15 @@ def table(results: dict) -> list[str]:
         trained = entry["runs"]["0"].get("trained", {})
         quarters = "/".join(f"{q:.4f}" for q in trained.get("val_loss_quarters") or [])
         t = timing_.get(name, {})
-        speed = f"{t['sampling_images_per_s'] / large:.2f}x" if t and large else "-"
+        speed = "-"
+        if t and "single-large" in timing_:
+            ratio = speed_up(timing_, name)
+            speed = f"{ratio.mean:.2f}x" + ("" if math.isnan(ratio.se) or name == "single-large" else f" +- {ratio.se:.2f}")
+        seeds = ", ".join(f"{seed}: {len(run['samples'])}" for seed, run in entry["runs"].items() if run["samples"])
         scored = (f"{fid.mean:.1f} +- {fid.se:.1f} | {kid.mean:.4f} +- {kid.se:.4f} | {lsd.mean:.2f}"
                   if not math.isnan(fid.mean) else "not scored yet | - | -")
         val = trained.get("val_loss")
-        lines.append(f"| {name} | {cost.params / 1e6:.2f}M | {cost.mean_macs_per_step / 1e6:.1f} | {scored} | "
+        lines.append(f"| {name} | {cost.params / 1e6:.2f}M | {cost.mean_macs_per_step / 1e6:.1f} | {scored} | {seeds or '-'} | "
                      f"{'-' if val is None else f'{val:.4f}'} ({quarters}) | "
                      f"{_rate(t, 'sampling_images_per_s')} | {_rate(t, 'train_images_per_s')} | {speed} |")
     return lines
