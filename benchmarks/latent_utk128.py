@@ -14,6 +14,11 @@ decoder and of the encoder, beside their MACs (one JSON line):
     python benchmarks/latent_utk128.py grid RUN --images FOLDER --out samples_vs_real.png
     python benchmarks/latent_utk128.py cost RUN
 
+``splits``: the conv/attention split each study recommends (its top trials' attention shares and their rank
+correlation with the proxy loss), pixels vs latents, as ``attention_splits.png`` and ``splits.json``:
+
+    python benchmarks/latent_utk128.py splits --pixels PIXEL_EXPORT --latents LATENT_EXPORT --out DIR
+
 In ``spectra``, besides the two folders, one variant is evaluated in closed form: the latents under **global**
 normalisation (one mean and one std for all channels, ``memekit encode --normalisation global``).
 The file's per-channel normalisation ``x_c = (z_c - m_c) / s_c`` only rescales channel c, and the
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 
 matplotlib.use("Agg")
 
@@ -158,6 +164,81 @@ def cost(args: argparse.Namespace) -> None:
                       "decode_macs": macs["decode"], "encode_macs": macs["encode"]}))
 
 
+BINS = 10  # time-step bins of the splits' profiles (0-99, ..., 900-999)
+
+
+def study_shares(trials_csv: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Each finished trial's validation loss, cost and warm start, and its attention share as a function of
+    t (trial x time-step bin x stage: the share of the expert whose interval holds the bin's middle time-step;
+    intervals differ between trials, so expert k alone would not name the same noise levels), read from an
+    export's ``trials.csv``."""
+    frame = pd.read_csv(trials_csv)
+    frame = frame[frame["state"] == "COMPLETE"].reset_index(drop=True)
+    shares = []
+    for text in frame["user_attrs_spec"]:
+        spec = json.loads(text)
+        edges = spec["diffusion"]["timesteps"] * (np.arange(BINS) + 0.5) / BINS
+        owner = [next(k for k, (lo, hi) in enumerate(spec["intervals"]) if lo <= t < hi) for t in edges]
+        shares.append([spec["experts"][k]["attention_share"] for k in owner])
+    rows = pd.DataFrame({"trial": frame["number"], "val_loss": frame["values_val_loss"],
+                         "gmacs": frame["values_trajectory_gmacs"],
+                         "warm_start": frame["user_attrs_warm_start"].fillna("")})
+    return rows, np.array(shares)
+
+
+def split_facts(rows: pd.DataFrame, shares: np.ndarray, top: int) -> dict[str, object]:
+    """The top trials' mean attention share per (t bin, stage) and per t bin (over stages); over all trials,
+    the Spearman correlation of each bin's stage-mean share with the validation loss (negative: more attention
+    there, lower loss) and its p-value; the warm starts' losses and ranks."""
+    from scipy.stats import spearmanr
+
+    best = np.argsort(rows["val_loss"].to_numpy())[:top]
+    per_bin = shares.mean(axis=2)
+    tests = [spearmanr(per_bin[:, b], rows["val_loss"]) if np.ptp(per_bin[:, b]) > 0 else (np.nan, np.nan)
+             for b in range(per_bin.shape[1])]
+    warm = rows[rows["warm_start"] != ""].set_index("warm_start")["val_loss"]
+    return {"trials": len(rows), "top": [int(t) for t in rows["trial"].to_numpy()[best]],
+            "t_bins": [f"{int(b * 1000 / BINS)}-{int((b + 1) * 1000 / BINS) - 1}" for b in range(BINS)],
+            "top_share_per_bin_and_stage": shares[best].mean(axis=0).round(3).tolist(),
+            "top_share_per_bin": per_bin[best].mean(axis=0).round(3).tolist(),
+            "all_share_per_bin": per_bin.mean(axis=0).round(3).tolist(),
+            "spearman_share_vs_loss": [round(float(r), 2) for r, _ in tests],
+            "spearman_p": [float(f"{p:.2g}") for _, p in tests],
+            "warm_starts": {k: round(float(v), 5) for k, v in warm.items()},
+            "warm_start_ranks": {k: int((rows["val_loss"] < v).sum()) + 1 for k, v in warm.items()}}
+
+
+def splits(args: argparse.Namespace) -> None:
+    """The conv/attention split the search recommends, pixels vs latents: the top trials' attention share
+    against t (over stages, and per stage), each bin's rank correlation with the proxy loss, a figure."""
+    from matplotlib.figure import Figure
+
+    facts, tables = {}, {}
+    for label, folder in (("pixels", args.pixels), ("latents", args.latents)):
+        rows, shares = study_shares(folder / "trials.csv")
+        facts[label] = split_facts(rows, shares, args.top)
+        tables[label] = np.array(facts[label]["top_share_per_bin_and_stage"])
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    t = (np.arange(BINS) + 0.5) * 1000 / BINS
+    for i, label in enumerate(facts):
+        axes[0].plot(t, facts[label]["top_share_per_bin"], "o-", color=f"C{i}", label=f"{label}: top {args.top}")
+        axes[0].plot(t, facts[label]["all_share_per_bin"], "--", color=f"C{i}", label=f"{label}: all trials")
+    axes[0].set(xlabel="time-step t", ylabel="attention share (mean over stages)", ylim=(0, 1),
+                title="the split the search keeps")
+    axes[0].legend(fontsize=7)
+    for ax, (label, table) in zip(axes[1:], tables.items(), strict=True):
+        image = ax.imshow(table.T, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower",
+                          extent=(0, 1000, -0.5, table.shape[1] - 0.5))
+        ax.set(title=f"{label}: top {args.top}, per stage", xlabel="time-step t", ylabel="stage (0 = full size)",
+               yticks=range(table.shape[1]))
+    fig.colorbar(image, ax=axes[1:], shrink=0.8, label="attention share")
+    args.out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out / "attention_splits.png", dpi=110)
+    atomic_write_json(args.out / "splits.json", facts)
+    print(json.dumps(facts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -179,6 +260,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=32, help="images (default 32)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.set_defaults(part_fn=cost)
+    p = sub.add_parser("splits", help="the attention shares the search recommends, pixels vs latents")
+    p.add_argument("--pixels", type=Path, required=True, help="export folder of the pixel study (trials.csv)")
+    p.add_argument("--latents", type=Path, required=True, help="export folder of the latent study (trials.csv)")
+    p.add_argument("--top", type=int, default=5, help="trials by validation loss to average (default 5)")
+    p.add_argument("--out", type=Path, required=True, help="folder for attention_splits.png and splits.json")
+    p.set_defaults(part_fn=splits)
     args = parser.parse_args()
     args.part_fn(args)
 
