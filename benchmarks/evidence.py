@@ -227,8 +227,13 @@ def run_model(name: str, spec: MemeSpec, seed: int, ctx: dict) -> bool:
             continue
         if _late(ctx):
             return False
+        print(f"{name} seed {seed}: sampling seed {s}, {profile.n:,} samples and their FID / KID / LSD", flush=True)
+        started = time.time()
         run["samples"][str(s)] = sample_piece(run_dir, ctx["data"], profile, s, ctx["device"], ctx["weights"])
         ctx["save"]()
+        m = run["samples"][str(s)]
+        print(f"{name} seed {seed}: sampling seed {s}: FID {m['fid']:.1f}, KID {m['kid_mean']:.4f} "
+              f"({time.time() - started:.0f} s)", flush=True)
     if seed == 0 and "grid" not in run and not _late(ctx):
         run["grid"] = grid_piece(run_dir, name, ctx["figures"], profile.steps, ctx["device"])
         ctx["save"]()
