@@ -360,36 +360,49 @@ class Score:
     basis: str  # "k training seeds" or "S sampling seeds (training noise not included)"
 
 
-def run_means(entry: dict, key: str) -> dict[str, float]:
-    """Training seed -> the mean of ``key`` over that run's sampling seeds (scored runs only)."""
-    return {seed: float(np.mean([s[key] for s in run["samples"].values()]))
-            for seed, run in entry["runs"].items() if run["samples"]}
+def scored_runs(entry: dict, seeds: set[str] | None = None) -> dict[str, dict]:
+    """Training seed -> its sampling seeds' metrics, for the scored runs (of ``seeds``, when given)."""
+    return {seed: run["samples"] for seed, run in entry["runs"].items()
+            if run["samples"] and (seeds is None or seed in seeds)}
 
 
-def score(entry: dict, key: str, seeds: set[str] | None = None) -> Score:
-    """Mean over training seeds (all scored ones, or ``seeds``) of the mean over sampling seeds; the SE
-    from training seeds when there are several, else from the sampling seeds (which leaves out training
-    noise: said so)."""
-    runs = [run for seed, run in entry["runs"].items() if run["samples"] and (seeds is None or seed in seeds)]
+def shared_sampling(*entries: dict, seeds: set[str] | None = None) -> set[str]:
+    """The sampling seeds that every scored run (of ``seeds``) of every entry has. Sampling seeds are shared
+    between models (the same seed draws the same noise, and its KID is lower or higher for every model
+    alike), so means over training seeds compare like with like only on one sampling-seed set."""
+    sets = [set(samples) for entry in entries for samples in scored_runs(entry, seeds).values()]
+    return set.intersection(*sets) if sets else set()
+
+
+def score(entry: dict, key: str, seeds: set[str] | None = None, sampling: set[str] | None = None) -> Score:
+    """Mean over training seeds (all scored ones, or ``seeds``) of the mean over sampling seeds (all, or
+    ``sampling``); the SE from training seeds when there are several, else from the sampling seeds (which
+    leaves out training noise: said so)."""
+    runs = [[v[key] for s, v in samples.items() if sampling is None or s in sampling]
+            for samples in scored_runs(entry, seeds).values()]
+    runs = [values for values in runs if values]
     if not runs:
         return Score(math.nan, math.nan, "not scored")
-    means = [float(np.mean([s[key] for s in run["samples"].values()])) for run in runs]
+    means = [float(np.mean(values)) for values in runs]
     if len(runs) > 1:
+        on = "" if sampling is None else f" on sampling seed{'s' * (len(sampling) > 1)} {', '.join(sorted(sampling))}"
         return Score(float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(len(means))),
-                     f"{len(means)} training seeds")
-    values = [s[key] for s in runs[0]["samples"].values()]
+                     f"{len(means)} training seeds{on}")
+    values = runs[0]
     se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
     return Score(means[0], se, f"{len(values)} sampling seeds, one training seed (training noise not included)")
 
 
 def training_sd(models: dict, key: str) -> tuple[float, list[str], int]:
-    """The training-seed SD of one run's score, pooled over the rows with >= 2 scored training seeds
-    (sum of (k - 1) s^2 over sum of (k - 1), assuming every row has the same training noise), the rows
-    it came from and its degrees of freedom; NaN when no row has two seeds."""
+    """The training-seed SD of one run's score, pooled over the rows with >= 2 scored training seeds (each
+    row's runs on the sampling seeds they share; sum of (k - 1) s^2 over sum of (k - 1), assuming every row
+    has the same training noise), the rows it came from and its degrees of freedom; NaN when no row has two."""
     pooled, rows, dof = 0.0, [], 0
     for name, entry in models.items():
-        means = list(run_means(entry, key).values())
-        if len(means) > 1:
+        sampling = shared_sampling(entry)
+        means = [float(np.mean([v[key] for s, v in samples.items() if s in sampling]))
+                 for samples in scored_runs(entry).values()]
+        if len(means) > 1 and sampling:
             pooled += (len(means) - 1) * float(np.var(means, ddof=1))
             rows.append(name)
             dof += len(means) - 1
@@ -397,17 +410,20 @@ def training_sd(models: dict, key: str) -> tuple[float, list[str], int]:
 
 
 def compare(models: dict, a: str, b: str, key: str) -> tuple[float, float, bool, str]:
-    """``a - b`` on the training seeds both rows have (house style 18: the same seed set), its SE, whether
-    |a - b| > 2 SE, and what the SE covers. With several shared seeds the SE comes from their spread; with
-    one it is the larger of the sampling-seed SE and sqrt(2) x the pooled training-seed SD, so a single
-    run's training noise is never left out once another row has measured it."""
-    common = set(run_means(models[a], key)) & set(run_means(models[b], key)) or None  # None: all seeds of each
-    sa, sb = score(models[a], key, common), score(models[b], key, common)
+    """``a - b`` on the training seeds both rows have (house style 18: the same seed set) and the sampling
+    seeds all those runs share, its SE, whether |a - b| > 2 SE, and what the SE covers. With several shared
+    training seeds the SE comes from their spread; with one it is the larger of the sampling-seed SE and
+    sqrt(2) x the pooled training-seed SD, so one run's training noise is never left out once another row
+    has measured it."""
+    common = set(scored_runs(models[a])) & set(scored_runs(models[b])) or None  # None: all seeds of each
+    sampling = shared_sampling(models[a], models[b], seeds=common) if common and len(common) > 1 else None
+    sa, sb = score(models[a], key, common, sampling), score(models[b], key, common, sampling)
     diff, se = sa.mean - sb.mean, math.hypot(sa.se, sb.se)
     if common is None:
         basis = f"different training seeds: {sa.basis}; {sb.basis}"
     elif len(common) > 1:
-        basis = f"training seeds {', '.join(sorted(common))} of both"
+        basis = (f"training seeds {', '.join(sorted(common))} of both, on sampling seed{'s' * (len(sampling) > 1)} "
+                 f"{', '.join(sorted(sampling))}")
     else:
         sd, rows, dof = training_sd(models, key)
         basis = sa.basis if sa.basis == sb.basis else f"{sa.basis}; {sb.basis}"
@@ -432,7 +448,7 @@ def claims(results: dict) -> list[str]:
     """MEME's three claims, each as a KID difference on the rows' shared training seeds, with its SE and a
     verdict at 2 SE; plus the spectral prior against the paper's hand-set configuration (issue 11)."""
     models, timing_ = results["models"], results.get("timing", {})
-    kid = {name for name, entry in models.items() if run_means(entry, "kid_mean")}  # scored models only
+    kid = {name for name, entry in models.items() if scored_runs(entry)}  # scored models only
     macs = {name: spec_cost(MemeSpec.from_dict(entry["spec"]), 50).mean_macs_per_step for name, entry in models.items()}
     lines = []
 
@@ -465,16 +481,25 @@ def claims(results: dict) -> list[str]:
 
 
 def table(results: dict) -> list[str]:
-    """One row per model: FID / KID / LSD as mean +- SE (over training seeds when there are several, else
-    over sampling seeds), the seeds behind them as ``training seed: sampling seeds``, costs and speeds."""
+    """One row per model. FID / KID / LSD of training seed 0 (every row has it): mean +- SE over its sampling
+    seeds; then KID and FID over all scored training seeds, on the sampling seeds their runs share (mean +- SE
+    over training seeds: what the claims use), with the number of training seeds; costs and speeds."""
     timing_ = results.get("timing", {})
-    lines = ["| model | params | MMACs/step | FID | KID | LSD (dB) | seeds (training: sampling) | "
-             "val loss, seed 0 (q1/q2/q3/q4) | sample img/s | train img/s | speed-up vs single-large |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | params | MMACs/step | FID, seed 0 | KID, seed 0 | LSD (dB) | training seeds | "
+             "KID over training seeds | FID over training seeds | val loss, seed 0 (q1/q2/q3/q4) | "
+             "sample img/s | train img/s | speed-up vs single-large |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in results["models"].items():
         spec = MemeSpec.from_dict(entry["spec"])
         cost = spec_cost(spec, 50)
-        fid, kid, lsd = (score(entry, k) for k in ("fid", "kid_mean", "lsd"))
+        fid, kid, lsd = (score(entry, k, seeds={"0"}) for k in ("fid", "kid_mean", "lsd"))
+        runs = scored_runs(entry)
+        over = "- | -"
+        if len(runs) > 1:
+            sampling = shared_sampling(entry)
+            k, f = score(entry, "kid_mean", sampling=sampling), score(entry, "fid", sampling=sampling)
+            on = f"sampling seed{'s' * (len(sampling) > 1)} {', '.join(sorted(sampling))}"
+            over = f"{k.mean:.4f} +- {k.se:.4f} ({on}) | {f.mean:.1f} +- {f.se:.1f}"
         trained = entry["runs"]["0"].get("trained", {})
         quarters = "/".join(f"{q:.4f}" for q in trained.get("val_loss_quarters") or [])
         t = timing_.get(name, {})
@@ -482,12 +507,11 @@ def table(results: dict) -> list[str]:
         if t and "single-large" in timing_:
             ratio = speed_up(timing_, name)
             speed = f"{ratio.mean:.2f}x" + ("" if math.isnan(ratio.se) or name == "single-large" else f" +- {ratio.se:.2f}")
-        seeds = ", ".join(f"{seed}: {len(run['samples'])}" for seed, run in entry["runs"].items() if run["samples"])
         scored = (f"{fid.mean:.1f} +- {fid.se:.1f} | {kid.mean:.4f} +- {kid.se:.4f} | {lsd.mean:.2f}"
                   if not math.isnan(fid.mean) else "not scored yet | - | -")
         val = trained.get("val_loss")
-        lines.append(f"| {name} | {cost.params / 1e6:.2f}M | {cost.mean_macs_per_step / 1e6:.1f} | {scored} | {seeds or '-'} | "
-                     f"{'-' if val is None else f'{val:.4f}'} ({quarters}) | "
+        lines.append(f"| {name} | {cost.params / 1e6:.2f}M | {cost.mean_macs_per_step / 1e6:.1f} | {scored} | "
+                     f"{len(runs) or '-'} | {over} | {'-' if val is None else f'{val:.4f}'} ({quarters}) | "
                      f"{_rate(t, 'sampling_images_per_s')} | {_rate(t, 'train_images_per_s')} | {speed} |")
     return lines
 
@@ -506,7 +530,7 @@ def pareto_figure(results: dict) -> Figure:
     for i, (name, entry) in enumerate(results["models"].items()):
         x = spec_cost(MemeSpec.from_dict(entry["spec"]), 50).trajectory_macs / 1e9
         for ax, key in zip(axes, ("fid", "kid_mean"), strict=True):
-            s = score(entry, key)
+            s = score(entry, key, seeds={"0"})  # the table's seed-0 columns; every row has training seed 0
             ax.errorbar([x], [s.mean], yerr=[0 if math.isnan(s.se) else s.se], fmt="os^D"[i // 10 % 4],
                         color=f"C{i % 10}", capsize=3, label=f"{i + 1}: {name}")
             ax.annotate(str(i + 1), (x, s.mean), textcoords="offset points", xytext=(4, 3), fontsize=8)
