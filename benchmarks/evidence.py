@@ -399,39 +399,54 @@ def training_sd(models: dict, key: str) -> tuple[float, list[str], int]:
     has the same training noise), the rows it came from and its degrees of freedom; NaN when no row has two."""
     pooled, rows, dof = 0.0, [], 0
     for name, entry in models.items():
-        sampling = shared_sampling(entry)
-        means = [float(np.mean([v[key] for s, v in samples.items() if s in sampling]))
-                 for samples in scored_runs(entry).values()]
-        if len(means) > 1 and sampling:
-            pooled += (len(means) - 1) * float(np.var(means, ddof=1))
-            rows.append(name)
-            dof += len(means) - 1
+        sampling, runs = shared_sampling(entry), scored_runs(entry)
+        if len(runs) < 2 or not sampling:
+            continue
+        means = [float(np.mean([samples[s][key] for s in sampling])) for samples in runs.values()]
+        if not all(math.isfinite(m) for m in means):
+            continue
+        pooled += (len(means) - 1) * float(np.var(means, ddof=1))
+        rows.append(name)
+        dof += len(means) - 1
     return (math.sqrt(pooled / dof) if dof else math.nan), rows, dof
 
 
-def compare(models: dict, a: str, b: str, key: str) -> tuple[float, float, bool, str]:
+@dataclass(frozen=True)
+class Difference:
+    """``a - b`` with its SE, the degrees of freedom behind the SE (None: sampling seeds only) and what
+    the SE covers."""
+
+    diff: float
+    se: float
+    dof: int | None
+    basis: str
+
+    @property
+    def decided(self) -> bool:
+        """|a - b| > 2 SE (house style 18); never when the SE is unknown (NaN compares False)."""
+        return bool(abs(self.diff) > 2 * self.se)
+
+
+def compare(models: dict, a: str, b: str, key: str) -> Difference:
     """``a - b`` on the training seeds both rows have (house style 18: the same seed set) and the sampling
-    seeds all those runs share, its SE, whether |a - b| > 2 SE, and what the SE covers. With several shared
-    training seeds the SE comes from their spread; with one it is the larger of the sampling-seed SE and
-    sqrt(2) x the pooled training-seed SD, so one run's training noise is never left out once another row
-    has measured it."""
-    common = set(scored_runs(models[a])) & set(scored_runs(models[b])) or None  # None: all seeds of each
-    sampling = shared_sampling(models[a], models[b], seeds=common) if common and len(common) > 1 else None
+    seeds all those runs share. With several shared training seeds the SE comes from their spread; with one
+    it is the larger of the sampling-seed SE and sqrt(2) x the pooled training-seed SD, so one run's training
+    noise is never left out once another row has measured it. Rows with no training seed in common are not
+    compared (NaN)."""
+    common = set(scored_runs(models[a])) & set(scored_runs(models[b]))
+    if not common:
+        return Difference(math.nan, math.nan, None, "no training seed in common")
+    sampling = shared_sampling(models[a], models[b], seeds=common)
     sa, sb = score(models[a], key, common, sampling), score(models[b], key, common, sampling)
     diff, se = sa.mean - sb.mean, math.hypot(sa.se, sb.se)
-    if common is None:
-        basis = f"different training seeds: {sa.basis}; {sb.basis}"
-    elif len(common) > 1:
-        basis = (f"training seeds {', '.join(sorted(common))} of both, on sampling seed{'s' * (len(sampling) > 1)} "
-                 f"{', '.join(sorted(sampling))}")
-    else:
-        sd, rows, dof = training_sd(models, key)
-        basis = sa.basis if sa.basis == sb.basis else f"{sa.basis}; {sb.basis}"
-        if not math.isnan(sd) and (math.isnan(se) or math.sqrt(2) * sd > se):
-            se = math.sqrt(2) * sd
-            basis = (f"one training seed each (seed {', '.join(sorted(common))}); sqrt(2) x the training-seed SD "
-                     f"pooled over {', '.join(rows)} ({dof} dof)")
-    return diff, se, bool(abs(diff) > 2 * se), basis  # NaN compares False
+    on = f"sampling seed{'s' * (len(sampling) > 1)} {', '.join(sorted(sampling))}"
+    if len(common) > 1:
+        return Difference(diff, se, 2 * len(common) - 2, f"training seeds {', '.join(sorted(common))} of both, on {on}")
+    sd, rows, dof = training_sd(models, key)
+    if not math.isnan(sd) and (math.isnan(se) or math.sqrt(2) * sd > se):
+        return Difference(diff, math.sqrt(2) * sd, dof, f"one training seed each (seed {min(common)}, {on}); sqrt(2) x "
+                          f"the training-seed SD pooled over {', '.join(rows)} (each on its runs' shared sampling seeds)")
+    return Difference(diff, se, None, f"{on} of training seed {min(common)} (training noise not included)")
 
 
 def speed_up(timing_: dict, name: str) -> Score:
@@ -445,38 +460,44 @@ def speed_up(timing_: dict, name: str) -> Score:
 
 
 def claims(results: dict) -> list[str]:
-    """MEME's three claims, each as a KID difference on the rows' shared training seeds, with its SE and a
-    verdict at 2 SE; plus the spectral prior against the paper's hand-set configuration (issue 11)."""
+    """MEME's three claims, each as a KID difference on the rows' shared training seeds, with its SE, its
+    degrees of freedom and a verdict at 2 SE (house style 18; with few degrees of freedom the two-sided 95 %
+    t cutoff is printed beside it, as it is stricter); plus the spectral prior against the paper's hand-set
+    configuration (issue 11)."""
+    from scipy.stats import t as student_t
+
     models, timing_ = results["models"], results.get("timing", {})
-    kid = {name for name, entry in models.items() if scored_runs(entry)}  # scored models only
+    kid = [name for name, entry in models.items() if scored_runs(entry)]  # scored models, in the table's order
     macs = {name: spec_cost(MemeSpec.from_dict(entry["spec"]), 50).mean_macs_per_step for name, entry in models.items()}
     lines = []
 
     def line(label: str, a: str, b: str, verdict) -> str:
-        d, se, decided, basis = compare(models, a, b, "kid_mean")
-        if math.isnan(se):
-            return f"- {label}: KID {a} - {b} = {d:+.4f}, SE unknown (one sampling seed): undecided"
-        return (f"- {label}: KID {a} - {b} = {d:+.4f} +- {se:.4f} (SE over {basis}; "
-                f"{'beyond' if decided else 'within'} 2 SE): {verdict(d, se, decided)}")
+        d = compare(models, a, b, "kid_mean")
+        if math.isnan(d.se):
+            return f"- {label}: KID {a} - {b} = {d.diff:+.4f}, SE unknown ({d.basis}): undecided"
+        strict = "" if d.dof is None else (f", {d.dof} dof: |diff| / SE = {abs(d.diff) / d.se:.1f} against the "
+                                           f"95 % t cutoff {student_t.ppf(0.975, d.dof):.2f}")
+        return (f"- {label}: KID {a} - {b} = {d.diff:+.4f} +- {d.se:.4f} (SE over {d.basis}{strict}; "
+                f"{'beyond' if d.decided else 'within'} 2 SE): {verdict(d)}")
 
-    if {"meme-paper", "multi-same"} <= kid:
+    if {"meme-paper", "multi-same"} <= set(kid):
         lines.append(line("(b) meme-paper vs multi-same", "meme-paper", "multi-same",
-                          lambda d, se, _: "met (no worse)" if d <= 2 * se else "not met (worse beyond 2 SE)"))
-    for name in (n for n in sorted(kid) if n.startswith("searched-") and "meme-paper" in kid):
+                          lambda d: "met (not worse beyond 2 SE)" if d.diff <= 2 * d.se else "not met (worse beyond 2 SE)"))
+    for name in (n for n in kid if n.startswith("searched-") and "meme-paper" in kid):
         ratio = macs["meme-paper"] / macs[name]
         lines.append(line(f"(c) {name} vs meme-paper ({ratio:.2f}x fewer MACs per step)", name, "meme-paper",
-                          lambda d, se, decided, r=ratio: "dominates" if (d < -2 * se and r >= 1.0)
-                          or (not decided and r >= 1.3) else "does not dominate"))
+                          lambda d, r=ratio: "dominates" if (d.diff < -2 * d.se and r >= 1.0)
+                          or (not d.decided and r >= 1.3) else "does not dominate"))
     if "single-large" in kid and "single-large" in timing_:
         for name in (n for n in kid if len(models[n]["spec"]["experts"]) == 4 and n in timing_):
             speed = speed_up(timing_, name)
             spread = "" if math.isnan(speed.se) else f" +- {speed.se:.2f} over {speed.basis}"
-            lines.append(line(f"(a) {name}: {speed.mean:.2f}x{spread} single-large's sampling img/s", name,
-                              "single-large", lambda d, se, _, s=speed.mean: "met" if s >= 2.5 and d <= 2 * se
+            lines.append(line(f"(a) {name}: {speed.mean:.2f}x{spread} of single-large's sampling img/s", name,
+                              "single-large", lambda d, s=speed.mean: "met" if s >= 2.5 and d.diff <= 2 * d.se
                               else "not met"))
-    if {"spectral-prior", "meme-paper"} <= kid:
+    if {"spectral-prior", "meme-paper"} <= set(kid):
         lines.append(line("spectral prior vs the paper's hand-set configuration", "spectral-prior", "meme-paper",
-                          lambda d, se, decided: ("better" if d < 0 else "worse") if decided else "not separated"))
+                          lambda d: ("better" if d.diff < 0 else "worse") if d.decided else "not separated"))
     return lines
 
 
