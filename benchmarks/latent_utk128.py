@@ -208,6 +208,22 @@ def split_facts(rows: pd.DataFrame, shares: np.ndarray, top: int) -> dict[str, o
             "warm_start_ranks": {k: int((rows["val_loss"] < v).sum()) + 1 for k, v in warm.items()}}
 
 
+def paired_losses(pixels_csv: Path, latents_csv: Path) -> dict[str, object]:
+    """The configurations both studies trained (the same sampled parameters: warm starts and a sampler's
+    seeded start-up trials coincide) and the Spearman correlation of their two validation losses."""
+    from scipy.stats import spearmanr
+
+    frames = [pd.read_csv(path) for path in (pixels_csv, latents_csv)]
+    frames = [f[f["state"] == "COMPLETE"] for f in frames]
+    params = sorted(set.intersection(*(set(c for c in f.columns if c.startswith("params_")) for f in frames)))
+    keyed = [f.assign(key=f[params].round(6).astype(str).agg("|".join, axis=1)) for f in frames]
+    both = keyed[0].merge(keyed[1], on="key", suffixes=("_pixels", "_latents"))
+    rho, p = spearmanr(both["values_val_loss_pixels"], both["values_val_loss_latents"]) if len(both) > 2 else (np.nan, np.nan)
+    return {"trials": [int(t) for t in both["number_pixels"]], "spearman": round(float(rho), 2),
+            "p": float(f"{p:.2g}"), "pixel_losses": both["values_val_loss_pixels"].round(5).tolist(),
+            "latent_losses": both["values_val_loss_latents"].round(5).tolist()}
+
+
 def splits(args: argparse.Namespace) -> None:
     """The conv/attention split the search recommends, pixels vs latents: the top trials' attention share
     against t (over stages, and per stage), each bin's rank correlation with the proxy loss, a figure."""
@@ -218,10 +234,11 @@ def splits(args: argparse.Namespace) -> None:
         rows, shares = study_shares(folder / "trials.csv")
         facts[label] = split_facts(rows, shares, args.top)
         tables[label] = np.array(facts[label]["top_share_per_bin_and_stage"])
+    facts["same_configurations"] = paired_losses(args.pixels / "trials.csv", args.latents / "trials.csv")
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
     t = (np.arange(BINS) + 0.5) * 1000 / BINS
-    for i, label in enumerate(facts):
+    for i, label in enumerate(tables):
         axes[0].plot(t, facts[label]["top_share_per_bin"], "o-", color=f"C{i}", label=f"{label}: top {args.top}")
         axes[0].plot(t, facts[label]["all_share_per_bin"], "--", color=f"C{i}", label=f"{label}: all trials")
     axes[0].set(xlabel="time-step t", ylabel="attention share (mean over stages)", ylim=(0, 1),
