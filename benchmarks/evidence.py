@@ -542,8 +542,8 @@ def _rate(timed: dict, key: str) -> str:
 
 
 def pareto_figure(results: dict) -> Figure:
-    """FID and KID (mean +- SE) against trajectory GMACs (DDIM-50, batch 1), as a bare matplotlib
-    Figure (never shown or saved here)."""
+    """FID and KID of training seed 0 (mean +- SE over its sampling seeds, the table's seed-0 columns)
+    against trajectory GMACs (DDIM-50, batch 1), as a bare matplotlib Figure (never shown or saved here)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.4))
@@ -556,7 +556,7 @@ def pareto_figure(results: dict) -> Figure:
                         color=f"C{i % 10}", capsize=3, label=f"{i + 1}: {name}")
             ax.annotate(str(i + 1), (x, s.mean), textcoords="offset points", xytext=(4, 3), fontsize=8)
     for ax, label in zip(axes, ("FID", "KID"), strict=True):
-        ax.set(xlabel="trajectory GMACs (DDIM-50, batch 1)", ylabel=f"{label} (mean +- SE)")
+        ax.set(xlabel="trajectory GMACs (DDIM-50, batch 1)", ylabel=f"{label}, training seed 0 (mean +- SE, sampling seeds)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
