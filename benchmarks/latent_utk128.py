@@ -230,6 +230,9 @@ def splits(args: argparse.Namespace) -> None:
     from matplotlib.figure import Figure
 
     facts, tables = {}, {}
+    for folder in (args.pixels, args.latents):
+        if not (folder / "trials.csv").is_file():
+            raise SystemExit(f"{folder / 'trials.csv'} not found: pass the folder `memekit export` wrote")
     for label, folder in (("pixels", args.pixels), ("latents", args.latents)):
         rows, shares = study_shares(folder / "trials.csv")
         facts[label] = split_facts(rows, shares, args.top)
