@@ -374,6 +374,11 @@ def shared_sampling(*entries: dict, seeds: set[str] | None = None) -> set[str]:
     return set.intersection(*sets) if sets else set()
 
 
+def sampling_label(sampling: set[str]) -> str:
+    """``sampling seed 0`` / ``sampling seeds 0, 1, 2``."""
+    return f"sampling seed{'s' * (len(sampling) > 1)} {', '.join(sorted(sampling))}"
+
+
 def score(entry: dict, key: str, seeds: set[str] | None = None, sampling: set[str] | None = None) -> Score:
     """Mean over training seeds (all scored ones, or ``seeds``) of the mean over sampling seeds (all, or
     ``sampling``); the SE from training seeds when there are several, else from the sampling seeds (which
@@ -385,7 +390,7 @@ def score(entry: dict, key: str, seeds: set[str] | None = None, sampling: set[st
         return Score(math.nan, math.nan, "not scored")
     means = [float(np.mean(values)) for values in runs]
     if len(runs) > 1:
-        on = "" if sampling is None else f" on sampling seed{'s' * (len(sampling) > 1)} {', '.join(sorted(sampling))}"
+        on = "" if sampling is None else f" on {sampling_label(sampling)}"
         return Score(float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(len(means))),
                      f"{len(means)} training seeds{on}")
     values = runs[0]
@@ -439,7 +444,7 @@ def compare(models: dict, a: str, b: str, key: str) -> Difference:
     sampling = shared_sampling(models[a], models[b], seeds=common)
     sa, sb = score(models[a], key, common, sampling), score(models[b], key, common, sampling)
     diff, se = sa.mean - sb.mean, math.hypot(sa.se, sb.se)
-    on = f"sampling seed{'s' * (len(sampling) > 1)} {', '.join(sorted(sampling))}"
+    on = sampling_label(sampling)
     if len(common) > 1:
         return Difference(diff, se, 2 * len(common) - 2, f"training seeds {', '.join(sorted(common))} of both, on {on}")
     sd, rows, dof = training_sd(models, key)
@@ -519,7 +524,7 @@ def table(results: dict) -> list[str]:
         if len(runs) > 1:
             sampling = shared_sampling(entry)
             k, f = score(entry, "kid_mean", sampling=sampling), score(entry, "fid", sampling=sampling)
-            on = f"sampling seed{'s' * (len(sampling) > 1)} {', '.join(sorted(sampling))}"
+            on = sampling_label(sampling)
             over = f"{k.mean:.4f} +- {k.se:.4f} ({on}) | {f.mean:.1f} +- {f.se:.1f}"
         trained = entry["runs"]["0"].get("trained", {})
         quarters = "/".join(f"{q:.4f}" for q in trained.get("val_loss_quarters") or [])
