@@ -14,6 +14,12 @@ decoder and of the encoder, beside their MACs (one JSON line):
     python benchmarks/latent_utk128.py grid RUN --images FOLDER --out samples_vs_real.png
     python benchmarks/latent_utk128.py cost RUN
 
+``floor``: what a latent model could score at best with the same n: FID/KID of the autoencoder's
+reconstructions of training images, and of the training images themselves, against the reference
+split:
+
+    python benchmarks/latent_utk128.py floor LATENTS.npz --images FOLDER --json floor.json
+
 ``splits``: the conv/attention split each study recommends (its top trials' attention shares and their rank
 correlation with the proxy loss), pixels vs latents, as ``attention_splits.png`` and ``splits.json``:
 
@@ -164,6 +170,36 @@ def cost(args: argparse.Namespace) -> None:
                       "decode_macs": macs["decode"], "encode_macs": macs["encode"]}))
 
 
+def floor(args: argparse.Namespace) -> None:
+    """What a latent model could score at best, at the run's n: FID/KID of the autoencoder's
+    reconstructions of training images, and of the training images themselves, against the reference
+    split (the protocol and Inception features ``memekit fid RUN data:FOLDER`` scores samples with)."""
+    import torch
+
+    from memekit.analysis.fid import features, frechet_distance, gaussian
+    from memekit.analysis.kid import kid
+    from memekit.analysis.latents import latent_decoder, load_latents
+
+    latents, header = load_latents(args.latents, split="train", limit=args.n)
+    record = header.record()
+    side = int(record["resolution"])
+    images = f"data:{args.images}"
+    reference = features(images, resolution=side, split="reference").features
+    sets = {"reconstructions": latent_decoder(record)(torch.from_numpy(latents)),
+            "training images": images}
+    facts = {"n": len(latents), "n_reference": len(reference), "resolution": side}
+    for name, source in sets.items():
+        feats = features(source, args.n, resolution=side, split="train") if isinstance(source, str) \
+            else features(source)
+        kid_mean, kid_std = kid(feats.features, reference)
+        fid_value = frechet_distance(*gaussian(feats.features), *gaussian(reference))
+        facts[name] = {"fid": round(fid_value, 3), "kid_mean": round(kid_mean, 5), "kid_std": round(kid_std, 5)}
+        print(f"{name}: FID {fid_value:.2f}  KID {kid_mean:.4f}", flush=True)
+    if args.json:
+        atomic_write_json(args.json, facts)
+    print(json.dumps(facts))
+
+
 BINS = 10  # time-step bins of the splits' profiles (0-99, ..., 900-999)
 
 
@@ -280,6 +316,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=32, help="images (default 32)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.set_defaults(part_fn=cost)
+    p = sub.add_parser("floor", help="FID/KID of reconstructions and of training images vs the reference")
+    p.add_argument("latents", type=Path, help="the latent .npz the run was trained on")
+    p.add_argument("--images", type=Path, required=True, help="the image folder the latents were encoded from")
+    p.add_argument("--n", type=int, default=1000, help="training images of each set (default 1000)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    p.set_defaults(part_fn=floor)
     p = sub.add_parser("splits", help="the attention shares the search recommends, pixels vs latents")
     p.add_argument("--pixels", type=Path, required=True, help="export folder of the pixel study (trials.csv)")
     p.add_argument("--latents", type=Path, required=True, help="export folder of the latent study (trials.csv)")
