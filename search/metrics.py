@@ -13,6 +13,8 @@ sample std (ddof = 1).
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -224,11 +226,15 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
     ref, ref_power = _reference(reference, side, split, protocol, device, weights, inception_batch, progress)
     per_seed = []
     for repeat in range(first_seed, first_seed + seeds):
+        start = time.perf_counter()
         images = sample_images(model, spec, n, steps=steps, seed=sampling_seed(repeat), device=device, batch=batch,
                                progress=progress, decoder=decoder)
         values = _seed_metrics(images, ref, ref_power, protocol, device, weights, inception_batch, kid_subsets,
                                kid_subset_size)
         per_seed.append({"seed": repeat, "sampling_seed": sampling_seed(repeat), **values})
+        if progress:  # a status line per seed: bars are not drawn in logs, and a seed can take many minutes
+            print(f"seed {repeat} ({len(per_seed)}/{seeds}): {n:,} samples, FID {values['fid']:.2f}, "
+                  f"KID {values['kid_mean']:.4f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     notes = () if ref_power is not None else (f"LSD not computed: {reference} has no {side} px images",)
 
     def over_seeds(key: str) -> tuple[float, float]:

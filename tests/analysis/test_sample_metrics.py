@@ -99,6 +99,21 @@ def test_sample_metrics_over_seeds(tiny_run: Path, fake_inception: Path, monkeyp
     assert second.per_seed[0]["fid"] == pytest.approx(m.per_seed[1]["fid"], rel=1e-9)
 
 
+def test_sample_metrics_status_line_per_seed(tiny_run: Path, fake_inception: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """With progress asked for, each seed reports on stderr when scored (bars are not drawn in logs);
+    without it, nothing is printed."""
+    sample_metrics(tiny_run, REFERENCE, n=6, steps=2, seeds=1, batch=4, device="cpu", weights=str(fake_inception),
+                   kid_subsets=2)
+    assert capsys.readouterr().err == ""
+    m = sample_metrics(tiny_run, REFERENCE, n=6, steps=2, seeds=2, first_seed=3, batch=4, device="cpu",
+                       weights=str(fake_inception), kid_subsets=2, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("seed ")]
+    assert [line.split(":")[0] for line in lines] == ["seed 3 (1/2)", "seed 4 (2/2)"]
+    for line, seed in zip(lines, m.per_seed, strict=True):
+        assert f"FID {seed['fid']:.2f}, KID {seed['kid_mean']:.4f}" in line
+
+
 def test_one_seed_has_no_spread(tiny_run: Path, fake_inception: Path) -> None:
     m = sample_metrics(tiny_run, REFERENCE, n=6, steps=2, batch=4, device="cpu", weights=str(fake_inception),
                        kid_subsets=3)
