@@ -176,7 +176,7 @@ def floor(args: argparse.Namespace) -> None:
     split (the protocol and Inception features ``memekit fid RUN data:FOLDER`` scores samples with)."""
     import torch
 
-    from memekit.analysis.fid import features, frechet_distance, gaussian
+    from memekit.analysis.fid import features, frechet_distance
     from memekit.analysis.kid import kid
     from memekit.analysis.latents import latent_decoder, load_latents
 
@@ -184,15 +184,14 @@ def floor(args: argparse.Namespace) -> None:
     record = header.record()
     side = int(record["resolution"])
     images = f"data:{args.images}"
-    reference = features(images, resolution=side, split="reference").features
-    sets = {"reconstructions": latent_decoder(record)(torch.from_numpy(latents)),
-            "training images": images}
-    facts = {"n": len(latents), "n_reference": len(reference), "resolution": side}
-    for name, source in sets.items():
-        feats = features(source, args.n, resolution=side, split="train") if isinstance(source, str) \
-            else features(source)
-        kid_mean, kid_std = kid(feats.features, reference)
-        fid_value = frechet_distance(*gaussian(feats.features), *gaussian(reference))
+    reference = features(images, resolution=side, split="reference")
+    sets = {"reconstructions": features(latent_decoder(record)(torch.from_numpy(latents))),
+            "training images": features(images, args.n, resolution=side, split="train")}
+    facts = {"n": len(latents), "n_reference": reference.n, "resolution": side}
+    for name, feats in sets.items():
+        kid_mean, kid_std = kid(feats, reference)
+        fid_value = frechet_distance(feats.statistics.mu, feats.statistics.sigma, reference.statistics.mu,
+                                     reference.statistics.sigma)
         facts[name] = {"fid": round(fid_value, 3), "kid_mean": round(kid_mean, 5), "kid_std": round(kid_std, 5)}
         print(f"{name}: FID {fid_value:.2f}  KID {kid_mean:.4f}", flush=True)
     if args.json:
