@@ -204,3 +204,23 @@ def plot_spectra_comparison(power: pd.DataFrame, crossover: pd.DataFrame,
     right.set_title("crossover frequency, where SNR(t, f) = 1")
     right.legend(fontsize=7)
     return fig
+
+
+def plot_quality_cost(frame: pd.DataFrame) -> Figure:
+    """KID and FID (mean +- SE over training seeds) against trajectory GMACs, one numbered point per
+    row (``frame``: columns row, gmacs, kid, kid_se, fid, fid_se, as
+    :func:`memekit.search.compare.quality_cost_frame` returns); the legend beside the axes names them,
+    so labels never collide."""
+    fig = _figure(11.0, 4.4)
+    axes = fig.subplots(1, 2)
+    for i, r in enumerate(frame.itertuples(index=False)):
+        for ax, key in zip(axes, ("kid", "fid"), strict=True):
+            se = getattr(r, f"{key}_se")
+            ax.errorbar([r.gmacs], [getattr(r, key)], yerr=[0.0 if np.isnan(se) else se], fmt="os^D"[i // 10 % 4],
+                        color=f"C{i % 10}", capsize=3, label=f"{i + 1}: {r.row}")
+            ax.annotate(str(i + 1), (r.gmacs, getattr(r, key)), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    for ax, label in zip(axes, ("KID", "FID"), strict=True):
+        ax.set(xlabel="trajectory GMACs (DDIM-50, batch 1)", ylabel=f"{label} (mean +- SE over training seeds)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return fig

@@ -1,7 +1,7 @@
 """The ``memekit`` command line: thin argparse subcommands over the Python API.
 
 One module per command group (:mod:`.space`, :mod:`.analysis`, :mod:`.encode`, :mod:`.train`, :mod:`.search`,
-:mod:`.results`, :mod:`.retrain`, :mod:`.fid`); each registers its subparsers with
+:mod:`.results`, :mod:`.retrain`, :mod:`.compare`, :mod:`.fid`); each registers its subparsers with
 ``register(subparsers)`` and attaches a ``run(args) -> int`` through ``set_defaults``, a few lines
 over a public function of :mod:`memekit.space`, :mod:`memekit.analysis` or :mod:`memekit.search`.
 Nothing outside this package imports it. User errors (:class:`MemekitError`) print one line and
@@ -18,10 +18,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from memekit.space.errors import MemekitError
 
-from . import analysis, encode, fid, results, retrain, search, space, train
+from . import analysis, compare, encode, fid, results, retrain, search, space, train
 from .args import OneLineParser
 
-COMMAND_GROUPS = (space, analysis, encode, train, search, results, retrain, fid)  # in help order
+COMMAND_GROUPS = (space, analysis, encode, train, search, results, retrain, compare, fid)  # in help order
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a program whose reader went away
 
 
