@@ -21,11 +21,11 @@ import dataclasses
 import math
 from pathlib import Path
 
-import numpy as np
 import optuna
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import prior_spec
+from memekit.analysis.stats import mean_se
 from memekit.search.results import load_study
 from memekit.search.searchspace import params_for, projection_gap, suggest_spec
 from memekit.search.train import train
@@ -62,8 +62,8 @@ def scores(name: str, spec: MemeSpec, loaded, seeds: int, out: Path, own: dict |
     for key in KEYS:
         values = [s[key] for s in per_seed.values() if key in s]
         if len(values) == len(per_seed):
-            se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-            summary[key] = {"mean": float(np.mean(values)), "se": se, "values": values}
+            e = mean_se(values)
+            summary[key] = {"mean": e.mean, "se": e.se, "values": values}
     return {"per_seed": per_seed, "summary": summary,
             "trajectory_gmacs": spec_cost(spec, loaded.config.sampling_steps).trajectory_macs / 1e9}
 

@@ -28,6 +28,18 @@ reported).
 
 Rerunning resumes: finished trials are kept, an interrupted study continues where it stopped, and
 ``--max-minutes`` stops cleanly between studies. ``--report`` redraws from the saved studies.
+
+``--reread RESULTS.json`` recomputes, from a saved ``results.json`` and without any run, two measures
+that do not favour the random arm by construction (issue 23): the **area under the best-so-far curve**
+(the mean over trials 1..N of the best quality so far; lower is better), each arm minus the random
+arm paired by seed; and the **trials to reach a threshold taken from the pooled distribution of all
+arms** (the 10 % quantile of every trial's quality, all arms and seeds together; N + 1 when never),
+paired the same way. "Trials to reach random's final best" is biased: random's own final best is, by
+definition, reached by random at the position of its own minimum (12.5 expected of 24 exchangeable
+draws), while an arm identical to random needs more and misses it about half the time. Paired
+differences are tested with paired t-tests (``memekit.analysis.stats.paired``), Holm over the arms.
+
+    python benchmarks/prior_value.py --reread benchmarks/prior_value/results.json
 """
 
 from __future__ import annotations
@@ -114,7 +126,9 @@ def curves(data: dict, trials: int) -> tuple[dict, tuple[float, float]]:
 
 def _se(values: np.ndarray) -> float:
     """Standard error of the mean over seeds (NaN for one seed)."""
-    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    from memekit.analysis.stats import mean_se
+
+    return mean_se(values).se
 
 
 def trials_to_reach(best: np.ndarray, target: float, trials: int) -> int:
@@ -181,10 +195,54 @@ def plot(curve: dict, trials: int, quality: str, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+POOLED_QUANTILE = 0.10  # the threshold of the unbiased "trials to reach" (declared before it was computed)
+
+
+def reread(path: Path) -> list[str]:
+    """The unbiased measures of ``--reread`` (module docstring) as markdown lines."""
+    from memekit.analysis.stats import holm, mean_se, paired
+
+    saved = json.loads(Path(path).read_text())
+    trials = int(saved["args"]["trials"])
+    arms = {arm: {int(s): [q for q, _ in pts] for s, pts in seeds.items() if len(pts) == trials}
+            for arm, seeds in saved["arms"].items()}
+    pooled = np.array([q for seeds in arms.values() for qs in seeds.values() for q in qs if math.isfinite(q)])
+    threshold = float(np.quantile(pooled, POOLED_QUANTILE))
+    measures = {}
+    for arm, seeds in arms.items():
+        best = {s: np.minimum.accumulate(qs) for s, qs in seeds.items()}
+        measures[arm] = {"auc": {s: float(b.mean()) for s, b in best.items()},
+                         "reach": {s: trials_to_reach(b, threshold, trials) for s, b in best.items()}}
+    lines = [f"threshold: {threshold:.5f}, the {POOLED_QUANTILE:.0%} quantile of all {pooled.size} trials' quality "
+             f"(all arms and seeds pooled); {trials} trials per study; a study that never reaches it counts "
+             f"{trials + 1}", "",
+             "| arm | seeds | area under best-so-far (mean +- SE) | minus random's, paired | p | Holm p | "
+             "trials to reach the threshold | minus random's, paired | p | Holm p | never |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    others = [a for a in arms if a != "random"]
+    diffs = {(a, k): paired([measures[a][k][s] for s in sorted(arms[a]) if s in arms["random"]],
+                            [measures["random"][k][s] for s in sorted(arms[a]) if s in arms["random"]])
+             for a in others for k in ("auc", "reach")}
+    adjusted = {k: dict(zip(others, holm([diffs[(a, k)].p for a in others]), strict=True)) for k in ("auc", "reach")}
+    for arm in arms:
+        auc, reach = (mean_se(list(measures[arm][k].values())) for k in ("auc", "reach"))
+        never = sum(v > trials for v in measures[arm]["reach"].values())
+        cells = []
+        for k, digits in (("auc", 5), ("reach", 1)):
+            if arm == "random":
+                cells.append("- | - | -")
+                continue
+            d = diffs[(arm, k)]
+            cells.append(f"{d.diff:+.{digits}f} +- {d.se:.{digits}f} | {d.p:.3g} | {adjusted[k][arm]:.3g}")
+        lines.append(f"| {arm} | {auc.n} | {auc.mean:.5f} +- {auc.se:.5f} | {cells[0]} | {reach.mean:.1f} +- "
+                     f"{reach.se:.1f} | {cells[1]} | {never} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="training images")
-    p.add_argument("--out", required=True, help="folder of the studies and results")
+    p.add_argument("--data", help="training images (required unless --reread)")
+    p.add_argument("--out", help="folder of the studies and results (required unless --reread)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
@@ -196,7 +254,14 @@ def main() -> None:
     p.add_argument("--val-images", type=int, default=128)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly between studies after M minutes")
     p.add_argument("--report", action="store_true", help="only redraw the table and plot from the studies")
+    p.add_argument("--reread", type=Path, default=None, metavar="RESULTS.json",
+                   help="only the unbiased measures, from a saved results.json (no runs)")
     args = p.parse_args()
+    if args.reread is not None:  # needs no data: the saved results alone
+        print("\n".join(reread(args.reread)))
+        return
+    if args.data is None or args.out is None:
+        p.error("--data and --out are required (unless --reread)")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -39,6 +39,7 @@ from memekit.analysis.spectra import (
     log_spectral_distance_of_spectra,
     radial_bins,
 )
+from memekit.analysis.stats import sample_sd
 from memekit.space.errors import MemekitError
 
 # sample_images seeds batch k of a call with ``seed + k``: the repeats of sample_metrics start
@@ -55,11 +56,6 @@ def is_run(path: str | Path) -> bool:
     """Whether ``path`` is what ``load_model`` reads: a run folder (with ``checkpoints/``) or a ``.pt``."""
     p = Path(path)
     return (p.is_dir() and (p / "checkpoints").is_dir()) or (p.is_file() and p.suffix == ".pt")
-
-
-def _sample_std(values: list[float]) -> float:
-    """Sample std (ddof = 1); NaN for fewer than two values or any NaN."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
 def _json_safe(value: Any) -> Any:
@@ -239,7 +235,7 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
 
     def over_seeds(key: str) -> tuple[float, float]:
         values = [s[key] for s in per_seed]
-        return float(np.mean(values)), _sample_std(values)
+        return float(np.mean(values)), sample_sd(values)
 
     return SampleMetrics(*over_seeds("fid"), *over_seeds("kid_mean"), *over_seeds("lsd"), per_seed, n, ref.n,
                          protocol, ref.weights_label, steps, reference, state["path"], int(state["step"]), side,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from optuna.trial import FrozenTrial
-from scipy import stats
+
+from memekit.analysis.stats import welch
 
 from .results import LoadedStudy, trial_spec
 from .retrain import RetrainError, TrainJob, markers, save_record, top_trials, train_jobs
@@ -62,11 +62,7 @@ class RerankResult:
         undefined (one value per trial, or no spread in either)."""
         order = self.frame()["trial"].tolist()
         first, second = (self.losses[self.trials.index(n)] for n in order[:2])
-        if len(first) < 2:
-            return math.nan
-        with warnings.catch_warnings():  # no spread in either sample: NaN, which the verdict says
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return float(stats.ttest_ind(first, second, equal_var=False).pvalue)
+        return welch(first, second).p  # NaN for one value per trial or no spread: the verdict says so
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

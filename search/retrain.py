@@ -11,7 +11,6 @@ as a section of the export's ``report.md``.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import re
 from collections.abc import Callable, Sequence
@@ -20,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from optuna.trial import FrozenTrial
 
+from memekit.analysis.stats import sample_sd
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_json, atomic_write_text
 
@@ -135,8 +134,8 @@ def score_run(result: TrainResult, target: Target, device: str | None = None) ->
 
 
 def std(values: Sequence[float]) -> float:
-    """Sample standard deviation (ddof 1); NaN for fewer than two values."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    """Sample standard deviation (ddof 1); NaN for fewer than two values (:func:`memekit.analysis.stats.sample_sd`)."""
+    return sample_sd(values)
 
 
 def markers(name: str) -> tuple[str, str]:

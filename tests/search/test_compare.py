@@ -12,11 +12,10 @@ import json
 import os
 
 import pytest
+from conftest import DATA, tiny_spec
 
 from memekit.search import ablate as ab
 from memekit.search import compare as cmp
-
-from conftest import DATA, tiny_spec
 
 PROTOCOL = cmp.Protocol(DATA, images=16, batch=8, lr=1e-3, warmup_images=0, n=4, steps=2, preconditioning=None)
 # a stand-in score: row "b" is 0.01 above row "a", training seed s adds 0.01 s (shared by both rows)
