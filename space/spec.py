@@ -13,6 +13,12 @@ from the lowest noise (small t) to the highest. The paper's uniform split
 
 Attention channels of a stage are ``head_dim * floor(share * width / head_dim + 1/2)``: the share
 is realised in whole heads (see :meth:`ExpertSpec.attention_channels`).
+
+Reading JSON (``from_dict``, :func:`load_spec`) refuses a spec that lacks a field memekit has always
+written (every expert field; the diffusion's ``timesteps``, ``schedule`` and ``prediction``; the
+spec's ``diffusion`` and ``out_of_interval``): a deleted ``base_width`` is an error, not a silent
+default. Fields added later (the diffusion's preconditioning and its statistics) stay optional, so
+every spec memekit wrote loads unchanged.
 """
 
 from __future__ import annotations
@@ -145,7 +151,10 @@ class ExpertSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExpertSpec:
-        return cls(**_checked_kwargs(cls, data, "expert"))
+        """The inverse of :meth:`to_dict`; every field is required (one-line :class:`SpecError`)."""
+        kwargs = _checked_kwargs(cls, data, "expert")
+        _require(kwargs, EXPERT_REQUIRED, "expert")
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -214,7 +223,11 @@ class DiffusionSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionSpec:
-        return cls(**_checked_kwargs(cls, data, "diffusion"))
+        """The inverse of :meth:`to_dict`; :data:`DIFFUSION_REQUIRED` must be given (preconditioning
+        and its statistics default to none)."""
+        kwargs = _checked_kwargs(cls, data, "diffusion")
+        _require(kwargs, DIFFUSION_REQUIRED, "diffusion")
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -349,17 +362,16 @@ class MemeSpec:
         if not isinstance(data, dict):
             raise SpecError("a MemeSpec JSON must be an object")
         kwargs = _checked_kwargs(cls, data, "spec")
-        for key in ("experts", "intervals", "soft_assignment"):
-            if key not in kwargs:
-                raise SpecError(f"spec is missing {key!r}")
+        _require(kwargs, SPEC_REQUIRED, "spec")
         experts = kwargs["experts"]
         if not isinstance(experts, list) or not all(isinstance(e, dict) for e in experts):
             raise SpecError("spec 'experts' must be a list of expert objects")
+        for n, expert in enumerate(experts):
+            _require(expert, EXPERT_REQUIRED, f"expert {n}")
         kwargs["experts"] = tuple(ExpertSpec.from_dict(e) for e in experts)
-        if "diffusion" in kwargs:
-            if not isinstance(kwargs["diffusion"], dict):
-                raise SpecError("spec 'diffusion' must be an object")
-            kwargs["diffusion"] = DiffusionSpec.from_dict(kwargs["diffusion"])
+        if not isinstance(kwargs["diffusion"], dict):
+            raise SpecError("spec 'diffusion' must be an object")
+        kwargs["diffusion"] = DiffusionSpec.from_dict(kwargs["diffusion"])
         for key in ("intervals", "soft_assignment"):
             if not isinstance(kwargs[key], list):
                 raise SpecError(f"spec {key!r} must be a list")
@@ -385,6 +397,14 @@ class MemeSpec:
         latent channels (re-validated)."""
         experts = tuple(dataclasses.replace(e, image_channels=channels) for e in self.experts)
         return dataclasses.replace(self, experts=experts)
+
+
+# the fields every memekit version wrote: reading a spec refuses JSON without them (no silent defaults);
+# a field added to a spec later must stay out of these, so that older specs keep loading
+EXPERT_REQUIRED = ("image_channels", "resolution", "base_width", "channel_mult", "blocks_per_stage", "attention_share",
+                   "head_dim", "attention_pool", "dropout")
+DIFFUSION_REQUIRED = ("timesteps", "schedule", "prediction")
+SPEC_REQUIRED = ("experts", "intervals", "soft_assignment", "diffusion", "out_of_interval")
 
 
 def uniform_intervals(timesteps: int, n: int) -> tuple[tuple[int, int], ...]:
@@ -427,3 +447,13 @@ def _jsonable(value: Any) -> Any:
 
 def _checked_kwargs(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
     return checked_fields(cls, data, what, f"{what} field")
+
+
+def _require(kwargs: dict[str, Any], required: tuple[str, ...], what: str) -> None:
+    """A one-line :class:`SpecError` naming every field of ``required`` that ``kwargs`` lacks."""
+    missing = [name for name in required if name not in kwargs]
+    if missing:
+        names = ", ".join(repr(name) for name in missing)
+        raise SpecError(f"{what} is missing {names}: add {'them' if len(missing) > 1 else 'it'} (memekit fills in no "
+                        "defaults; 'memekit space show meme-paper' prints a complete spec)")
+
