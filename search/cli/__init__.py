@@ -18,10 +18,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from memekit.space.errors import MemekitError
 
-from . import analysis, compare, encode, fid, results, retrain, search, space, train
+from . import analysis, compare, encode, fid, package, results, retrain, search, space, train
 from .args import OneLineParser
 
-COMMAND_GROUPS = (space, analysis, encode, train, search, results, retrain, compare, fid)  # in help order
+COMMAND_GROUPS = (space, analysis, encode, train, search, results, retrain, compare, fid, package)  # in help order
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a program whose reader went away
 
 
