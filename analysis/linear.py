@@ -15,6 +15,16 @@ mean over coefficients and channels at every t: the loss of the ``wiener`` preco
 zero network, and the reference of the ``val-rel`` objective (the validation loss relative to the
 best stationary linear denoiser at each t). :func:`preconditioned` measures ``data_std`` and
 ``data_spectrum`` for a :class:`~memekit.space.DiffusionSpec`.
+
+The **colour** (affine, channel-mixing) denoiser removes the mean image ``mu`` and models the rest
+as stationary with a ``C x C`` cross-power ``S(r) = Re E[Z(k) Z(k)^H]`` per ring r
+(:func:`ring_cross_power`). Its filter is ``W = a S (a^2 S + s^2 I)^{-1}`` and, on data whose
+mean-removed cross-power (around the same ``mu``) is ``Q``, its x_0 error per coefficient is
+
+    E(k) = (I - a W) Q (I - a W)^T + s^2 W W^T      (= s^2 S (a^2 S + s^2 I)^{-1} when Q = S),
+
+whose trace, averaged over coefficients and channels, is :func:`colour_denoiser_loss` (in target
+units as above). With one channel and a zero mean it is the per-channel Wiener filter.
 """
 
 from __future__ import annotations
@@ -74,6 +84,64 @@ def linear_denoiser_loss(gain_power: np.ndarray, resolution: int, alpha_bar: np.
     return (err_x0 * scale).mean(axis=1)
 
 
+def mean_image(images: np.ndarray | torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+    """The mean image ``E[x_0]`` in model range (float64 ``(C, R, R)``)."""
+    total, count = None, 0
+    for x0 in _model_range_batches(images, batch_size, device):
+        part = x0.double().sum(0)
+        total = part if total is None else total + part
+        count += x0.shape[0]
+    if total is None:
+        raise SpectrumError("no images to measure a mean from")
+    return (total / count).cpu().numpy()
+
+
+def ring_cross_power(images: np.ndarray | torch.Tensor, mean: np.ndarray, batch_size: int = 256,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """``Re E[Z(k) Z(k)^H]`` of ``z = x_0 - mean`` (orthonormal FFT) averaged over each integer-radius
+    ring: float64 ``(ring_count(R), C, C)``, symmetric; its diagonal is :func:`ring_power` of z."""
+    total, count, index = None, 0, None
+    mu = torch.as_tensor(mean, dtype=torch.float64)
+    for x0 in _model_range_batches(images, batch_size, device):
+        if index is None:
+            size = _square_size(tuple(x0.shape))
+            index = torch.as_tensor(ring_index(size).ravel(), device=x0.device)
+            counts = torch.as_tensor(ring_counts(size), device=x0.device, dtype=torch.float64)
+        z = torch.fft.fft2(x0.double() - mu.to(x0.device), norm="ortho").flatten(2)  # (B, C, R*R)
+        outer = torch.einsum("bck,bdk->kcd", z, z.conj()).real  # (R*R, C, C), summed over the batch
+        sums = outer.new_zeros((len(counts), *outer.shape[1:])).index_add_(0, index, outer)
+        total = sums if total is None else total + sums
+        count += x0.shape[0]
+    if total is None:
+        raise SpectrumError("no images to measure a spectrum from")
+    cross = (total / (count * counts[:, None, None])).cpu().numpy()
+    return (cross + cross.transpose(0, 2, 1)) / 2
+
+
+def colour_denoiser_loss(gain_cross: np.ndarray, resolution: int, alpha_bar: np.ndarray, prediction: str = "eps",
+                         data_cross: np.ndarray | None = None) -> np.ndarray:
+    """Expected target-space MSE per pixel (T,) of the colour filter built from ``gain_cross``
+    ``(K, C, C)`` on data whose cross-power around the same mean is ``data_cross`` (default the same);
+    module docstring."""
+    s_ = np.asarray(gain_cross, dtype=np.float64)
+    q = s_ if data_cross is None else np.asarray(data_cross, dtype=np.float64)
+    weights = ring_counts(resolution) / resolution**2
+    if q.shape != s_.shape or s_.shape[0] != len(weights):
+        raise MemekitError(f"cross-spectra of shapes {s_.shape} and {q.shape} do not both have the "
+                           f"{len(weights)} rings of {resolution}-px images")
+    ab = np.asarray(alpha_bar, dtype=np.float64)
+    eye = np.eye(s_.shape[1])
+    out = np.empty(len(ab))
+    for i, a2 in enumerate(ab):
+        a, s2 = np.sqrt(a2), 1.0 - a2
+        w = a * s_ @ np.linalg.inv(a2 * s_ + s2 * eye)  # (K, C, C)
+        rest = eye - a * w
+        err = rest @ q @ rest.transpose(0, 2, 1) + s2 * w @ w.transpose(0, 2, 1)
+        x0 = float(np.trace(err, axis1=1, axis2=2) @ weights) / s_.shape[1]
+        out[i] = x0 * (a2 / s2 if prediction == "eps" else 1.0 / s2)
+    return out
+
+
 def preconditioned(spec: DiffusionSpec, mode: str, images: np.ndarray | torch.Tensor) -> DiffusionSpec:
     """``spec`` with ``preconditioning = mode`` and the data statistics it needs measured from
     ``images`` (uint8 NHWC or float NCHW in [-1, 1]): ``data_std = sqrt(E[x^2])`` per pixel and,
@@ -81,13 +149,23 @@ def preconditioned(spec: DiffusionSpec, mode: str, images: np.ndarray | torch.Te
     if mode not in PRECONDITIONINGS:
         raise MemekitError(f"unknown preconditioning {mode!r}: choose one of {', '.join(PRECONDITIONINGS)}")
     if mode == "none":
-        return dataclasses.replace(spec, preconditioning="none", data_std=None, data_spectrum=None)
+        return dataclasses.replace(spec, preconditioning="none", data_std=None, data_spectrum=None,
+                                   data_mean=None, data_cross_spectrum=None)
     power = ring_power(images)
     size = sample_side(images)
     mean_square = float((power @ (ring_counts(size) / size**2)).mean())
     spectrum = tuple(tuple(float(f"{v:.6g}") for v in row) for row in power) if mode == "wiener" else None
+    mean = cross = None
+    if mode == "colour":
+        mu = mean_image(images)
+        mean, cross = _rounded(mu), _rounded(ring_cross_power(images, mu))
     return dataclasses.replace(spec, preconditioning=mode, data_std=round(mean_square**0.5, 6),
-                               data_spectrum=spectrum)
+                               data_spectrum=spectrum, data_mean=mean, data_cross_spectrum=cross)
+
+
+def _rounded(values: np.ndarray) -> tuple:
+    """A 3-level nested tuple of 6-significant-digit floats (what a spec stores)."""
+    return tuple(tuple(tuple(float(f"{v:.6g}") for v in row) for row in m) for m in values)
 
 
 def preconditioned_for_data(spec: DiffusionSpec, mode: str, data: str, resolution: int) -> DiffusionSpec:

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from memekit.analysis.data import sample_side, to_model_input
-from memekit.analysis.linear import linear_denoiser_loss, ring_power
+from memekit.analysis.linear import (
+    colour_denoiser_loss,
+    linear_denoiser_loss,
+    mean_image,
+    ring_cross_power,
+    ring_power,
+)
 from memekit.space import Diffusion
 
 VALIDATION_QUARTERS = 4  # the validation loss is also reported per quarter of [0, T)
@@ -79,8 +85,13 @@ def _quarters(ts: Sequence[int], values: Sequence[float], timesteps: int) -> lis
 
 def linear_reference(diffusion: Diffusion, train: np.ndarray, val: np.ndarray,
                      limit: int = REFERENCE_IMAGES) -> np.ndarray:
-    """Per-t loss (T,) of the Wiener filter of the training images' spectrum on the validation images
-    (the reference of ``val_rel``)."""
+    """Per-t loss (T,) of the best linear denoiser measured on the training images, on the validation
+    images (the reference of ``val_rel``): the colour (affine, channel-mixing) filter for a ``colour``
+    run, else the per-channel Wiener filter (what every study before the colour mode used)."""
+    if diffusion.spec.preconditioning == "colour":
+        mean = mean_image(train[:limit])
+        return colour_denoiser_loss(ring_cross_power(train[:limit], mean), sample_side(train), diffusion.alpha_bar,
+                                    diffusion.prediction, data_cross=ring_cross_power(val, mean))
     power_train = ring_power(train[:limit])
     return linear_denoiser_loss(power_train, sample_side(train), diffusion.alpha_bar, diffusion.prediction,
                                 data_power=ring_power(val))

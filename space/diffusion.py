@@ -84,8 +84,16 @@ class Diffusion:
                 raise SpecError(f"the diffusion data_spectrum holds {spectrum.shape[0]} channel(s) x "
                                 f"{spectrum.shape[1]} rings, but the images are {channels} x {size} px "
                                 f"({ring_count(size)} rings): measure it at this resolution")
+            mean = None if spec.data_mean is None else np.asarray(spec.data_mean)
+            cross = None if spec.data_cross_spectrum is None else np.asarray(spec.data_cross_spectrum)
+            if mean is not None and (mean.shape != (channels, size, size)
+                                     or cross.shape != (ring_count(size), channels, channels)):
+                raise SpecError(f"the diffusion's colour statistics are for {mean.shape[0]} channel(s) of "
+                                f"{mean.shape[-1]} px, but the images are {channels} x {size} px: measure them at "
+                                "this resolution")
             self._preconditioners[channels, size] = Preconditioner(
-                spec.preconditioning, spec.prediction, self.alpha_bar, size, channels, spec.data_std, spectrum)
+                spec.preconditioning, spec.prediction, self.alpha_bar, size, channels, spec.data_std, spectrum,
+                mean, cross)
         return self._preconditioners[channels, size]
 
     def predict(self, denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

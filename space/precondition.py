@@ -20,6 +20,14 @@ for the discrete VP schedule):
   with ``P(k) = E|X_0(k)|^2`` the data's power at the integer-radius ring of ``k``
   (``data_spectrum``, one row per channel, rings ``0..ring_count(R) - 1`` including the DC term
   and the corners beyond Nyquist). ``edm`` is the same filter with a flat spectrum.
+- ``colour``: the best *affine* linear denoiser that is stationary in the mean-removed data and
+  mixes channels: with the mean image ``mu`` and, per ring, the ``C x C`` cross-power ``S`` of
+  ``z = x_0 - mu`` (``data_mean``, ``data_cross_spectrum``),
+  ``X0_skip(k) = M(k) + a S (a^2 S + s^2 I)^{-1} (X_t(k) - a M(k))``. RGB channels (and latent
+  channels) are strongly correlated, which the per-channel ``wiener`` filter cannot use; the mean
+  image is known exactly, so it costs no error. With ``S = V diag(lambda) V^T`` the filter is
+  ``V diag(a lambda / (a^2 lambda + s^2)) V^T`` and its x0 error per coefficient
+  ``sum_c s^2 lambda_c / (a^2 lambda_c + s^2)``.
 
 In both preconditioned modes the skip is converted to the target (``eps_skip = (x_t - a
 x0_skip) / s``, ``v_skip = a eps_skip - s x0_skip``), ``c_in = 1 / sqrt(a^2 m + s^2)`` scales
@@ -38,7 +46,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-PRECONDITIONINGS = ("none", "edm", "wiener")
+PRECONDITIONINGS = ("none", "edm", "wiener", "colour")
 
 
 def ring_index(size: int) -> np.ndarray:
@@ -69,9 +77,15 @@ class Preconditioner:
     image size, tabulated for every t (float64, turned into float32 tensors per device)."""
 
     def __init__(self, mode: str, prediction: str, alpha_bar: np.ndarray, resolution: int, channels: int,
-                 data_std: float | None = None, data_spectrum: np.ndarray | None = None) -> None:
+                 data_std: float | None = None, data_spectrum: np.ndarray | None = None,
+                 data_mean: np.ndarray | None = None, data_cross_spectrum: np.ndarray | None = None) -> None:
         self.mode, self.prediction, self.resolution = mode, prediction, resolution
         ab = np.asarray(alpha_bar, dtype=np.float64)
+        self._cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+        if mode == "colour":
+            self._init_colour(ab, resolution, float(data_std), np.asarray(data_mean, dtype=np.float64),
+                              np.asarray(data_cross_spectrum, dtype=np.float64))
+            return
         a2, s2 = ab[:, None, None, None], 1.0 - ab[:, None, None, None]  # (T, 1, 1, 1)
         if mode == "wiener":
             power = coefficient_power(np.asarray(data_spectrum, dtype=np.float64), resolution)[None]  # (1,C,R,R)
@@ -87,7 +101,40 @@ class Preconditioner:
         if mode == "wiener":  # rfft2 keeps columns 0..R//2; the filter is real and symmetric in k
             gain = gain[..., : resolution // 2 + 1]
         self._gain = gain.reshape(len(ab), *gain.shape[1:])
-        self._cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def _init_colour(self, ab: np.ndarray, resolution: int, data_std: float, mean: np.ndarray,
+                     cross: np.ndarray) -> None:
+        eigenvalues, vectors = np.linalg.eigh(cross)  # (K, C), (K, C, C): S_r = V diag(lambda) V^T
+        eigenvalues = np.clip(eigenvalues, 0.0, None)
+        a2, s2 = ab[:, None, None], 1.0 - ab[:, None, None]  # (T, 1, 1)
+        per_ring = (s2 * eigenvalues[None] / (a2 * eigenvalues[None] + s2)).sum(axis=2)  # (T, K)
+        counts = ring_counts(resolution)
+        residual_x0 = per_ring @ counts / (resolution**2 * cross.shape[1])  # (T,)
+        a, s = np.sqrt(ab), np.sqrt(1.0 - ab)
+        scale = a / s if self.prediction == "eps" else 1.0 / s
+        self._tables = {"c_in": 1.0 / np.sqrt(ab * data_std**2 + (1.0 - ab)), "c_out": np.sqrt(residual_x0) * scale,
+                        "a": a, "s2": 1.0 - ab}
+        rings = ring_index(resolution)[:, : resolution // 2 + 1]  # the rfft2 half-plane
+        self._colour = {"mean": mean, "vectors": vectors[rings], "eigenvalues": eigenvalues[rings]}  # (R,R',C,C/ C)
+
+    def _colour_tensor(self, name: str, device: torch.device) -> torch.Tensor:
+        key = (name, device)
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(self._colour[name], dtype=torch.float32, device=device)
+        return self._cache[key]
+
+    def _colour_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``mu + irfft2(V diag(g) V^T rfft2(x_t - a mu))``, ``g = a lambda / (a^2 lambda + s^2)``."""
+        a = self._table("a", t)[:, None, None, None]  # (B, 1, 1, 1)
+        mean = self._colour_tensor("mean", x_t.device)  # (C, R, R)
+        vectors = self._colour_tensor("vectors", x_t.device)  # (R, R', C, C)
+        lam = self._colour_tensor("eigenvalues", x_t.device)  # (R, R', C)
+        gain = a * lam[None] / (a.square() * lam[None] + self._table("s2", t)[:, None, None, None])  # (B, R, R', C)
+        z = torch.fft.rfft2(x_t - a * mean, norm="ortho")  # (B, C, R, R')
+        v = vectors.to(z.dtype)
+        coeff = torch.einsum("ijdc,bdij->bcij", v, z) * gain.permute(0, 3, 1, 2)  # V^T z, scaled
+        out = torch.einsum("ijcd,bdij->bcij", v, coeff)  # V (...)
+        return mean + torch.fft.irfft2(out, s=x_t.shape[-2:], norm="ortho")
 
     def _table(self, name: str, t: torch.Tensor) -> torch.Tensor:
         key = (name, t.device)
@@ -104,8 +151,10 @@ class Preconditioner:
 
     def skip_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The linear denoiser's estimate of x_0 (float32)."""
-        gain = self._table("gain", t)
         x_t = x_t.float()
+        if self.mode == "colour":
+            return self._colour_x0(x_t, t)
+        gain = self._table("gain", t)
         if self.mode != "wiener":
             return gain * x_t
         spectrum = torch.fft.rfft2(x_t, norm="ortho")

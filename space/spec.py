@@ -164,8 +164,10 @@ class DiffusionSpec:
 
     ``data_std`` (``sqrt(E[x_0^2])`` per pixel, images in [-1, 1]) is needed by ``edm`` and
     ``wiener``; ``data_spectrum`` (per channel, the data's power ``E|X_0(k)|^2`` per integer-radius
-    ring of the orthonormal FFT, rings ``0..ring_count(R) - 1``) by ``wiener``. Both are measured from
-    the training data (``memekit.analysis.linear.preconditioned``) and stored so a spec is
+    ring of the orthonormal FFT, rings ``0..ring_count(R) - 1``) by ``wiener``; ``colour`` needs
+    ``data_mean`` (the mean image, ``C x R x R``) and ``data_cross_spectrum`` (per ring, the ``C x C``
+    cross-power ``Re E[Z(k) Z(k)^H]`` of the mean-removed data ``z = x_0 - mean``). All are measured
+    from the training data (``memekit.analysis.linear.preconditioned``) and stored so a spec is
     self-contained. Specs without these fields (``none``) serialise exactly as before.
     """
 
@@ -175,8 +177,17 @@ class DiffusionSpec:
     preconditioning: str = "none"
     data_std: float | None = None
     data_spectrum: tuple[tuple[float, ...], ...] | None = None
+    data_mean: tuple[tuple[tuple[float, ...], ...], ...] | None = None  # (C, R, R), colour only
+    data_cross_spectrum: tuple[tuple[tuple[float, ...], ...], ...] | None = None  # (rings, C, C), colour only
 
     def __post_init__(self) -> None:
+        for name in ("data_mean", "data_cross_spectrum"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                try:
+                    object.__setattr__(self, name, tuple(tuple(tuple(row) for row in m) for m in value))
+                except TypeError:
+                    raise SpecError(f"diffusion {name} must be a nested list of numbers (3 levels)") from None
         if isinstance(self.data_spectrum, list | tuple):
             try:
                 object.__setattr__(self, "data_spectrum", tuple(tuple(row) for row in self.data_spectrum))
@@ -194,23 +205,42 @@ class DiffusionSpec:
         mode = self.preconditioning
         if mode not in PRECONDITIONINGS:
             raise SpecError(f"unknown preconditioning {mode!r}: choose one of {', '.join(PRECONDITIONINGS)}")
+        colour = (self.data_mean, self.data_cross_spectrum)
+        if mode != "colour" and any(v is not None for v in colour):
+            raise SpecError("data_mean and data_cross_spectrum are used only by preconditioning 'colour': drop "
+                            "them or set the preconditioning")
         if mode == "none":
             if self.data_std is not None or self.data_spectrum is not None:
-                raise SpecError("data_std and data_spectrum are used only by preconditioning edm or wiener: "
-                                "drop them or set the preconditioning")
+                raise SpecError("data_std and data_spectrum are used only by preconditioning edm, wiener or "
+                                "colour: drop them or set the preconditioning")
             return
         if not (_is_number(self.data_std) and self.data_std > 0):
             raise SpecError(f"preconditioning {mode!r} needs data_std > 0 (measured from the training data), "
                             f"got {self.data_std!r}")
-        if mode == "edm":
+        if mode in ("edm", "colour"):
             if self.data_spectrum is not None:
-                raise SpecError("data_spectrum is used only by preconditioning 'wiener': drop it for 'edm'")
+                raise SpecError(f"data_spectrum is used only by preconditioning 'wiener': drop it for {mode!r}")
+            if mode == "colour":
+                self._validate_colour()
             return
         rows = self.data_spectrum
         if (not rows or len({len(r) for r in rows}) != 1 or len(rows[0]) < 2
                 or not all(_is_number(v) and v > 0 for r in rows for v in r)):
             raise SpecError("preconditioning 'wiener' needs data_spectrum: one list of positive ring powers "
                             "per channel, all of the same length (measured from the training data)")
+
+    def _validate_colour(self) -> None:
+        mean, cross = self.data_mean, self.data_cross_spectrum
+        ok_mean = (mean and len({len(c) for c in mean}) == 1 and all(len(r) == len(mean[0]) for c in mean for r in c)
+                   and all(_is_number(v) for c in mean for r in c for v in r))
+        channels = len(mean) if mean else 0
+        ok_cross = (cross and len(cross) >= 2 and all(len(m) == channels and all(len(r) == channels for r in m)
+                                                      for m in cross)
+                    and all(_is_number(v) for m in cross for r in m for v in r)
+                    and all(m[i][i] > 0 for m in cross for i in range(channels)))
+        if not (ok_mean and ok_cross):
+            raise SpecError("preconditioning 'colour' needs data_mean (C x R x R numbers) and data_cross_spectrum "
+                            "(one C x C matrix with positive diagonal per ring), measured from the training data")
 
     def to_dict(self) -> dict[str, Any]:
         data = {"timesteps": self.timesteps, "schedule": self.schedule, "prediction": self.prediction}
@@ -219,6 +249,9 @@ class DiffusionSpec:
             data["data_std"] = self.data_std
             if self.data_spectrum is not None:
                 data["data_spectrum"] = [list(row) for row in self.data_spectrum]
+            for name in ("data_mean", "data_cross_spectrum"):
+                if getattr(self, name) is not None:
+                    data[name] = [[list(row) for row in m] for m in getattr(self, name)]
         return data
 
     @classmethod
@@ -308,6 +341,13 @@ class MemeSpec:
                 f"the diffusion data_spectrum has {len(spectrum)} channel(s) x {len(spectrum[0])} rings but the "
                 f"experts see {first.image_channels} channel(s) at {first.resolution} px "
                 f"({ring_count(first.resolution)} rings): measure the spectrum at the experts' resolution"
+            )
+        mean = self.diffusion.data_mean
+        if mean is not None and (len(mean) != first.image_channels or len(mean[0]) != first.resolution):
+            raise SpecError(
+                f"the diffusion's colour statistics (data_mean, data_cross_spectrum) are for {len(mean)} channel(s) "
+                f"at {len(mean[0])} px ({len(self.diffusion.data_cross_spectrum)} rings), but the experts see "
+                f"{first.image_channels} channel(s) at {first.resolution} px: measure them at the experts' resolution"
             )
         for i, e in enumerate(self.experts):
             if (e.image_channels, e.resolution) != (first.image_channels, first.resolution):

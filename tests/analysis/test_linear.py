@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from memekit.analysis.data import dead_leaves, to_model_range
-from memekit.analysis.linear import linear_denoiser_loss, preconditioned, ring_power
+from memekit.analysis.linear import (
+    colour_denoiser_loss,
+    linear_denoiser_loss,
+    mean_image,
+    preconditioned,
+    ring_cross_power,
+    ring_power,
+)
 from memekit.search.validation import validation_loss
 from memekit.space import (
     Diffusion,
@@ -157,7 +164,7 @@ def test_specs_round_trip_and_old_specs_load_unchanged() -> None:
     assert set(old["diffusion"]) == {"timesteps", "schedule", "prediction"}  # the paper's setting: no new keys
     spec = MemeSpec.from_dict(old)
     assert spec.to_dict() == old and spec.diffusion.preconditioning == "none"
-    for mode in ("edm", "wiener"):
+    for mode in ("edm", "wiener", "colour"):
         pre = dataclasses.replace(spec, diffusion=preconditioned(spec.diffusion, mode, dead_leaves(8, 32)))
         again = MemeSpec.from_json(pre.to_json())
         assert again == pre and json.loads(again.to_json())["diffusion"]["preconditioning"] == mode
@@ -175,11 +182,11 @@ def test_specs_round_trip_and_old_specs_load_unchanged() -> None:
 ])
 def test_bad_preconditioning_fields_fail_with_one_line(fields: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message) as err:
-        DiffusionSpec.from_dict({"timesteps": 1000, **fields})
+        DiffusionSpec.from_dict({"timesteps": 1000, "schedule": "linear-ldm", "prediction": "eps", **fields})
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("mode", ["none", "edm", "wiener"])
+@pytest.mark.parametrize("mode", ["none", "edm", "wiener", "colour"])
 def test_sampling_runs_with_each_mode(mode: str) -> None:
     expert = ExpertSpec(resolution=8, base_width=16, channel_mult=(1, 1), blocks_per_stage=(1, 1),
                         attention_share=(0.5, 1.0), attention_pool=(2, 1))
@@ -191,3 +198,82 @@ def test_sampling_runs_with_each_mode(mode: str) -> None:
     x = sample_ddim(model, Diffusion(spec.diffusion), (2, 3, res, res), steps=3,
                     generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, res, res) and torch.isfinite(x).all()
+
+
+# ---- the colour (affine, channel-mixing) denoiser -------------------------------------------------------
+def colour_images(n: int, seed: int) -> np.ndarray:
+    """Stationary Gaussian fields with strongly correlated channels around a non-zero mean image, as
+    uint8 (n, SIZE, SIZE, 3): a common field plus small per-channel fields, mixed per channel."""
+    rng = np.random.default_rng(seed)
+    k = np.fft.fftfreq(SIZE) * SIZE
+    envelope = 1.0 / (1.0 + np.hypot(k[:, None], k[None, :])) ** 1.5  # a power law, like images
+    def field(m: int) -> np.ndarray:
+        white = rng.normal(size=(m, SIZE, SIZE))
+        return np.real(np.fft.ifft2(np.fft.fft2(white) * envelope)) * 4.0
+    common = field(n)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    mean = np.stack([0.3 * xx - 0.1, 0.2 * yy, -0.2 + 0.1 * xx * yy])  # (3, R, R)
+    x = mean[None] + np.stack([0.9 * common, 0.7 * common, -0.6 * common], 1) + 0.15 * np.stack(
+        [field(n) for _ in range(3)], 1)
+    return np.clip(np.rint((x.transpose(0, 2, 3, 1) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def test_one_channel_colour_filter_is_the_wiener_filter() -> None:
+    """Closed form: with C = 1 and S = P the colour formula is the per-channel Wiener formula."""
+    power = numpy_ring_power(dead_leaves(32, SIZE, seed=1))[:1]  # (1, K)
+    ab = Diffusion(DiffusionSpec()).alpha_bar
+    for prediction in ("eps", "v"):
+        np.testing.assert_allclose(colour_denoiser_loss(power.T[:, :, None], SIZE, ab, prediction),
+                                   linear_denoiser_loss(power, SIZE, ab, prediction), rtol=1e-10)
+
+
+def test_cross_power_diagonal_is_the_ring_power_of_the_mean_removed_data() -> None:
+    images = colour_images(64, seed=2)
+    mean = mean_image(images)
+    cross = ring_cross_power(images, mean)
+    np.testing.assert_allclose(mean, to_model_range(images).numpy().mean(0), atol=1e-6)
+    z = to_model_range(images).numpy().astype(np.float64) - mean
+    want = numpy_ring_power(((z + 1) * 127.5).transpose(0, 2, 3, 1))  # numpy_ring_power takes uint8-range arrays
+    np.testing.assert_allclose(np.diagonal(cross, axis1=1, axis2=2).T, want, rtol=1e-6)
+    assert np.allclose(cross, cross.transpose(0, 2, 1))
+    assert np.all(np.linalg.eigvalsh(cross) > -1e-9)  # positive semi-definite per ring
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_zero_network_loss_of_the_colour_skip_is_its_closed_form(prediction: str) -> None:
+    """Monte Carlo (the colour preconditioner with F = 0 on noised held-out images) against the closed
+    form on their cross-power around the training mean; and it beats the per-channel Wiener filter."""
+    train, val = colour_images(256, seed=4), colour_images(48, seed=5)
+    spec = preconditioned(DiffusionSpec(prediction=prediction), "colour", train)
+    diffusion = Diffusion(spec)
+    many_draws = np.tile(val, (16, 1, 1, 1))
+    result = validation_loss(zero_net, diffusion, torch.from_numpy(many_draws), count=8)
+    mean = np.asarray(spec.data_mean)
+    closed = colour_denoiser_loss(np.asarray(spec.data_cross_spectrum), SIZE, diffusion.alpha_bar, prediction,
+                                  data_cross=ring_cross_power(val, mean))
+    ts = result["val_timesteps"]
+    np.testing.assert_allclose(result["val_loss_per_t"], closed[ts], rtol=0.05)
+    wiener = Diffusion(preconditioned(DiffusionSpec(prediction=prediction), "wiener", train))
+    per_channel = validation_loss(zero_net, wiener, torch.from_numpy(many_draws), count=8)
+    assert result["val_loss"] < 0.8 * per_channel["val_loss"]  # correlated channels: the colour filter gains
+
+
+def test_colour_training_weight_normalises_the_residual() -> None:
+    images = colour_images(256, seed=6)
+    diffusion = Diffusion(preconditioned(DiffusionSpec(), "colour", images))
+    x0 = to_model_range(images)
+    for t in (10, 400, 990):
+        tt = torch.full((len(x0),), t)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
+        assert diffusion.loss(zero_net, x0, tt, noise, weighted=True).mean().item() == pytest.approx(1.0, rel=0.06)
+
+
+def test_colour_statistics_are_checked() -> None:
+    with pytest.raises(SpecError, match="data_mean"):
+        DiffusionSpec.from_dict({"timesteps": 1000, "schedule": "linear-ldm", "prediction": "eps", "preconditioning": "colour", "data_std": 0.5})
+    with pytest.raises(SpecError, match="only by preconditioning 'colour'"):
+        DiffusionSpec.from_dict({"timesteps": 1000, "schedule": "linear-ldm", "prediction": "eps", "preconditioning": "wiener", "data_std": 0.5,
+                                 "data_spectrum": [[1.0, 2.0]], "data_mean": [[[0.0]]]})
+    spec = preconditioned(DiffusionSpec(), "colour", dead_leaves(8, SIZE))
+    with pytest.raises(SpecError, match="colour statistics"):
+        Diffusion(spec).preconditioner(torch.zeros(1, 3, 2 * SIZE, 2 * SIZE))
