@@ -15,6 +15,17 @@ Every image is center-cropped to a square and resized with an anti-aliased bicub
 cached under ``$MEMEKIT_CACHE`` (default ``~/.cache/memekit``)/data, keyed by the source
 fingerprint and the resolution.
 
+**Images as the user sees them.** An image with transparency (RGBA, LA, or a palette or RGB image
+with a transparent colour) is composited onto an opaque ``background`` (default mid grey
+(128, 128, 128)), as a viewer shows it, before cropping: ``out = round((a c + (255 - a) b) / 255)``
+per channel (:func:`composite`). ``convert("RGB")`` would instead keep whatever colour lies under
+the transparent pixels, often black or white boxes around a sprite. Grey (one-channel) images are
+repeated into RGB. Each load reports both counts in one line (to ``say``, else as a log warning):
+"composited 2,429 images with transparency onto grey (128, 128, 128), converted 12 grey images to
+RGB". Opaque RGB images decode exactly as before. For folders that may hold transparency (any
+``.png`` or ``.webp``) the background is part of the source fingerprint, so the cache of one
+background is never read for another.
+
 **Latent data sets** (``.npz`` files with a ``latents`` array, :mod:`memekit.analysis.latents`, made
 by ``memekit encode``) are read by :func:`load_data`: float32 ``(N, C, H, W)`` latents normalised to
 unit scale, at their own size. :func:`load_data` is what models train on (images or latents),
@@ -34,6 +45,7 @@ import logging
 import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -46,6 +58,8 @@ from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write
 from memekit.space.progress import progress_bar
 
+from .threads import available_cores
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -54,6 +68,13 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_DEFAULT_COUNT = 4096
 # part of every cache key: bump when decoding or resizing changes, so stale caches are not reused
 LOADER_VERSION = 2
+DEFAULT_BACKGROUND = (128, 128, 128)  # mid grey: what transparent pixels become
+BACKGROUNDS = {"grey": DEFAULT_BACKGROUND, "gray": DEFAULT_BACKGROUND, "black": (0, 0, 0), "white": (255, 255, 255)}
+TRANSPARENCY_SUFFIXES = (".png", ".webp")  # the formats of IMAGE_SUFFIXES that can hold transparency
+# what decoding did to each image (stored in the cache as "kinds")
+OPAQUE, COMPOSITED, GREY = 0, 1, 2
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 class DataError(MemekitError, ValueError):
@@ -107,16 +128,71 @@ def dead_leaves(n: int, resolution: int, seed: int = 0, n_shapes: int = 120) -> 
     return out
 
 
+# ---- transparency ------------------------------------------------------------------------------
+def check_background(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``background`` as an (r, g, b) tuple of ints in 0..255, else a one-line :class:`DataError`."""
+    values = tuple(background) if isinstance(background, tuple | list) else ()
+    if len(values) != 3 or not all(isinstance(v, int | np.integer) and 0 <= v <= 255 for v in values):
+        raise DataError(f"background must be three integers in 0..255 (r, g, b), got {background!r}")
+    return tuple(int(v) for v in values)
+
+
+def parse_background(text: str) -> tuple[int, int, int]:
+    """``--background``: grey, black, white, ``R,G,B`` or ``#RRGGBB`` -> (r, g, b)."""
+    value = text.strip().lower()
+    if value in BACKGROUNDS:
+        return BACKGROUNDS[value]
+    try:
+        if value.startswith("#") and len(value) == 7:
+            return check_background(tuple(int(value[i:i + 2], 16) for i in (1, 3, 5)))
+        return check_background(tuple(int(v) for v in value.split(",")))
+    except ValueError:
+        pass
+    raise DataError(f"background {text!r} is not a colour: use grey, black, white, R,G,B (0-255) or #RRGGBB")
+
+
+def background_name(background: tuple[int, int, int]) -> str:
+    """``grey (128, 128, 128)``, ``black (0, 0, 0)``, ... or just ``(r, g, b)``."""
+    rgb = check_background(background)
+    name = next((n for n, v in BACKGROUNDS.items() if v == rgb), "")
+    return f"{name} {rgb}" if name else str(rgb)
+
+
+def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """uint8 ``(..., 4)`` RGBA (straight alpha) over an opaque ``background`` -> uint8 ``(..., 3)``.
+
+    Porter-Duff "over" onto an opaque backdrop in the stored (sRGB) values, as image viewers show
+    it: ``out = round((a c + (255 - a) b) / 255)`` per channel, exact in integers (the numerator
+    over 255 never ends in .5).
+    """
+    c = rgba[..., :3].astype(np.int32)
+    a = rgba[..., 3:4].astype(np.int32)
+    b = np.asarray(check_background(background), dtype=np.int32)
+    return ((a * c + (255 - a) * b + 127) // 255).astype(np.uint8)
+
+
+def _to_rgb(img, background: tuple[int, int, int]):  # noqa: ANN001, ANN202 - PIL images
+    """(RGB PIL image, kind): an image with transparency composited onto ``background``
+    (:data:`COMPOSITED`), every other image by ``convert("RGB")`` (:data:`GREY` or :data:`OPAQUE`)."""
+    from PIL import Image
+
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"))
+        if rgba[..., 3].min() < 255:
+            return Image.fromarray(composite(rgba, background)), COMPOSITED
+    return img.convert("RGB"), GREY if img.mode in GREY_MODES else OPAQUE
+
+
 # ---- image decoding ---------------------------------------------------------------------------
-def _fit(img, resolution: int) -> np.ndarray:
-    """PIL image -> center-cropped, anti-aliased resized uint8 (r, r, 3).
+def _fit(img, resolution: int, background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> tuple[np.ndarray, int]:
+    """PIL image -> (center-cropped, anti-aliased resized uint8 (r, r, 3), kind of :func:`_to_rgb`).
 
     The square is cropped before resizing: resizing with a crop box (as ``ImageOps.fit`` does)
     lets the filter read pixels outside the crop, which bleed into the border columns.
     """
     from PIL import Image
 
-    img = img.convert("RGB")
+    img, kind = _to_rgb(img, background)
     width, height = img.size
     side = min(width, height)
     if width != height:
@@ -124,17 +200,25 @@ def _fit(img, resolution: int) -> np.ndarray:
         img = img.crop((left, top, left + side, top + side))
     if side != resolution:
         img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8), kind
 
 
-def _read_file(path: Path, resolution: int) -> np.ndarray | None:
+def _read_file(path: Path, resolution: int, background: tuple[int, int, int]) -> tuple[np.ndarray, int] | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return _fit(img, resolution)
+            return _fit(img, resolution, background)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
+
+
+def _decode(paths: list[Path], resolution: int, background: tuple[int, int, int],
+            progress: bool = False, desc: str = "") -> list[tuple[np.ndarray, int] | None]:
+    """:func:`_read_file` of every path, in order, on a few threads (PIL decodes outside the GIL)."""
+    with ThreadPoolExecutor(max_workers=min(8, available_cores())) as pool:
+        decoded = pool.map(lambda p: _read_file(p, resolution, background), paths)
+        return list(progress_bar(decoded, progress=progress, total=len(paths), desc=desc, unit="img"))
 
 
 def list_image_files(folder: Path) -> list[Path]:
@@ -143,13 +227,20 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _load_folder(folder: Path, resolution: int, progress: bool) -> tuple[np.ndarray, list[str]]:
+class Loaded(NamedTuple):
+    """Decoded images uint8 ``(N, r, r, 3)``, their split keys, and what decoding did to each
+    (``kinds``: :data:`OPAQUE`, :data:`COMPOSITED` or :data:`GREY`)."""
+
+    images: np.ndarray
+    keys: list[str]
+    kinds: np.ndarray
+
+
+def _load_folder(folder: Path, resolution: int, progress: bool, background: tuple[int, int, int]) -> Loaded:
     files = list_image_files(folder)
     if not files:
         raise DataError(f"no .jpg/.jpeg/.png/.webp images found under {str(folder)!r}: point to a folder of images")
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(progress_bar(pool.map(lambda p: _read_file(p, resolution), files), progress=progress,
-                                    total=len(files), desc=f"reading {folder.name}", unit="img"))
+    decoded = _decode(files, resolution, background, progress, desc=f"reading {folder.name}")
     keys = [p.relative_to(folder).as_posix() for p in files]
     good = [i for i, im in enumerate(decoded) if im is not None]
     skipped = len(files) - len(good)
@@ -157,10 +248,12 @@ def _load_folder(folder: Path, resolution: int, progress: bool) -> tuple[np.ndar
         log.warning("skipped %d unreadable image file(s) under %s", skipped, folder)
     if not good:
         raise DataError(f"none of the {len(files)} image files under {str(folder)!r} could be read")
-    return np.stack([decoded[i] for i in good]), [keys[i] for i in good]
+    return Loaded(np.stack([decoded[i][0] for i in good]), [keys[i] for i in good],
+                  np.array([decoded[i][1] for i in good], dtype=np.uint8))
 
 
-def _load_npz(path: Path, resolution: int) -> np.ndarray:
+def _load_npz(path: Path, resolution: int) -> tuple[np.ndarray, bool]:
+    """The ``images`` array of an ``.npz`` at ``resolution`` and whether it was grey (one channel)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if "images" not in data.files and "latents" in data.files:
@@ -184,6 +277,7 @@ def _normalise_array(images: np.ndarray, resolution: int, where: str) -> np.ndar
         images = images.transpose(0, 2, 3, 1)  # NCHW -> NHWC
     if images.shape[-1] not in (1, 3):
         raise DataError(f"{where}: images need 1 or 3 channels, got shape {images.shape}")
+    grey = images.shape[-1] == 1
     if images.dtype != np.uint8:
         if (not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all()
                 or images.min() < 0 or images.max() > 1):
@@ -194,8 +288,8 @@ def _normalise_array(images: np.ndarray, resolution: int, where: str) -> np.ndar
     if images.shape[1:3] != (resolution, resolution):
         from PIL import Image
 
-        images = np.stack([_fit(Image.fromarray(im), resolution) for im in images])
-    return np.ascontiguousarray(images)
+        images = np.stack([_fit(Image.fromarray(im), resolution)[0] for im in images])
+    return np.ascontiguousarray(images), grey
 
 
 # ---- public API ---------------------------------------------------------------------------------
@@ -220,8 +314,9 @@ def check_data_source(source: str) -> None:
         raise DataError(f"data source {source!r} does not exist: give an image folder, an .npz or builtin:shapes")
 
 
-def source_fingerprint(source: str) -> str:
-    """A short hash that changes when the source's content may have changed."""
+def source_fingerprint(source: str, background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> str:
+    """A short hash that changes when the source's content may have changed, or the ``background`` of a
+    folder that may hold transparency (one with ``.png`` or ``.webp`` files)."""
     h = hashlib.sha1(f"loader-v{LOADER_VERSION}\n".encode())
     if source.startswith(BUILTIN_PREFIX):
         name, count = parse_builtin(source)
@@ -229,36 +324,42 @@ def source_fingerprint(source: str) -> str:
     else:
         path = Path(source).resolve()
         if path.is_dir():
-            for p in list_image_files(path):
+            files = list_image_files(path)
+            for p in files:
                 st = p.stat()
                 h.update(f"{p.relative_to(path).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            if any(p.suffix.lower() in TRANSPARENCY_SUFFIXES for p in files):  # JPEG-only keys stay as they were
+                h.update("composited onto {} {} {}\n".format(*check_background(background)).encode())
         else:
             st = path.stat()
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
-def _load_uncached(source: str, resolution: int, progress: bool) -> tuple[np.ndarray, list[str]]:
+def _load_uncached(source: str, resolution: int, progress: bool, background: tuple[int, int, int]) -> Loaded:
     if source.startswith(BUILTIN_PREFIX):
         _, count = parse_builtin(source)
-        return dead_leaves(count, resolution), [str(i) for i in range(count)]
+        return Loaded(dead_leaves(count, resolution), [str(i) for i in range(count)], np.zeros(count, np.uint8))
     path = Path(source)
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist: give an image folder, an .npz or builtin:shapes")
     if path.is_dir():
-        return _load_folder(path, resolution, progress)
+        return _load_folder(path, resolution, progress, background)
     if path.suffix.lower() == ".npz":
-        images = _load_npz(path, resolution)
-        return images, [str(i) for i in range(len(images))]
+        images, grey = _load_npz(path, resolution)
+        return Loaded(images, [str(i) for i in range(len(images))], np.full(len(images), GREY if grey else OPAQUE,
+                                                                             np.uint8))
     raise DataError(f"data source {source!r} is neither a folder nor an .npz file")
 
 
 def load_images(source: str, resolution: int, limit: int | None = None, split: str = "all",
-                progress: bool = True, use_cache: bool = True) -> np.ndarray:
+                progress: bool = True, use_cache: bool = True, background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+                say: Callable[[str], None] | None = None) -> np.ndarray:
     """Images of ``source`` at ``resolution``: uint8 (N, r, r, 3), RGB, in source order.
 
     ``split`` is ``all``, ``train`` or ``reference`` (see the module docstring); ``limit`` keeps
-    the first ``limit`` images of the split.
+    the first ``limit`` images of the split. Transparent images are composited onto ``background``
+    (r, g, b); what was composited or converted from grey is said once, to ``say`` or as a log warning.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -266,30 +367,61 @@ def load_images(source: str, resolution: int, limit: int | None = None, split: s
         raise DataError(f"resolution must be a positive integer, got {resolution!r}")
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1, got {limit}")
-    images, keys = _cached_load(source, resolution, progress, use_cache)
+    background = check_background(background)
+    images, keys, kinds = _cached_load(source, resolution, progress, use_cache, background)
     if split != "all":
         mask = reference_mask(keys)
-        images = images[mask if split == "reference" else ~mask]
+        images, kinds = images[mask if split == "reference" else ~mask], kinds[mask if split == "reference" else ~mask]
         if len(images) == 0:
             raise DataError(f"the {split} split of {source!r} is empty: the source has too few images")
-    return images[:limit] if limit is not None else images
+    if limit is not None:
+        images, kinds = images[:limit], kinds[:limit]
+    where = source if split == "all" else f"{source} ({split} split)"
+    _report(kinds, background, where, say)
+    return images
 
 
-def _cached_load(source: str, resolution: int, progress: bool, use_cache: bool) -> tuple[np.ndarray, list[str]]:
+def conversion_note(kinds: np.ndarray, background: tuple[int, int, int]) -> str | None:
+    """"composited N images with transparency onto grey (128, 128, 128), converted M grey images to
+    RGB" for the ``kinds`` of loaded images; None when every image was opaque RGB."""
+    composited, grey = int(np.sum(kinds == COMPOSITED)), int(np.sum(kinds == GREY))
+    parts = []
+    if composited:
+        parts.append(f"composited {composited:,} image{'s' * (composited != 1)} with transparency onto "
+                     f"{background_name(background)}")
+    if grey:
+        parts.append(f"converted {grey:,} grey image{'s' * (grey != 1)} to RGB")
+    return ", ".join(parts) or None
+
+
+def _report(kinds: np.ndarray, background: tuple[int, int, int], where: str,
+            say: Callable[[str], None] | None) -> None:
+    note = conversion_note(kinds, background)
+    if note is None:
+        return
+    if say is not None:
+        say(f"{where}: {note}")
+    else:
+        log.warning("%s: %s", where, note)
+
+
+def _cached_load(source: str, resolution: int, progress: bool, use_cache: bool,
+                 background: tuple[int, int, int]) -> Loaded:
     if not source.startswith(BUILTIN_PREFIX) and not Path(source).exists():
         raise DataError(f"data source {source!r} does not exist: give an image folder, an .npz or builtin:shapes")
     if not use_cache:
-        return _load_uncached(source, resolution, progress)
-    path = cache_dir() / "data" / f"{source_fingerprint(source)}-{resolution}.npz"
+        return _load_uncached(source, resolution, progress, background)
+    path = cache_dir() / "data" / f"{source_fingerprint(source, background)}-{resolution}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
-                return data["images"], [str(k) for k in data["keys"]]
+                if "kinds" in data.files:  # caches written before kinds were counted are decoded again
+                    return Loaded(data["images"], [str(k) for k in data["keys"]], data["kinds"])
         except (OSError, ValueError, KeyError, zlib.error):
             log.warning("ignoring unreadable data cache %s", path)
-    images, keys = _load_uncached(source, resolution, progress)
-    atomic_write(path, lambda f: np.savez(f, images=images, keys=np.array(keys)))
-    return images, keys
+    loaded = _load_uncached(source, resolution, progress, background)
+    atomic_write(path, lambda f: np.savez(f, images=loaded.images, keys=np.array(loaded.keys), kinds=loaded.kinds))
+    return loaded
 
 
 def is_latent_source(source: str) -> bool:
@@ -349,11 +481,14 @@ def spec_for_data(name_or_path: str, source: str, resolution: int | None = None)
 
 
 def load_data(source: str, resolution: int, limit: int | None = None, split: str = "all",
-              progress: bool = True) -> np.ndarray:
-    """What a model trains on: :func:`load_images` (uint8 ``(N, r, r, 3)``), or for a latent data set
-    its latents normalised to unit scale, float32 ``(N, C, r, r)`` (``r`` must be their side)."""
+              progress: bool = True, background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+              say: Callable[[str], None] | None = None) -> np.ndarray:
+    """What a model trains on: :func:`load_images` (uint8 ``(N, r, r, 3)``; transparency composited
+    onto ``background``, said to ``say``), or for a latent data set its latents normalised to unit
+    scale, float32 ``(N, C, r, r)`` (``r`` must be their side)."""
     if not is_latent_source(source):
-        return load_images(source, resolution, limit=limit, split=split, progress=progress)
+        return load_images(source, resolution, limit=limit, split=split, progress=progress, background=background,
+                           say=say)
     from .latents import load_latents
 
     if limit is not None and limit < 1:
@@ -392,23 +527,26 @@ def source_keys(source: str) -> list[str]:
         if not files:
             raise DataError(f"no .jpg/.jpeg/.png/.webp images found under {source!r}: point to a folder of images")
         return [p.relative_to(path).as_posix() for p in files]
-    return [str(i) for i in range(len(_load_npz(path, 1)))]
+    return [str(i) for i in range(len(_load_npz(path, 1)[0]))]
 
 
-def read_images(source: str, keys: list[str], resolution: int) -> tuple[np.ndarray, list[str]]:
+def read_images(source: str, keys: list[str], resolution: int, background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+                say: Callable[[str], None] | None = None) -> tuple[np.ndarray, list[str]]:
     """The images of ``keys`` (from :func:`source_keys`) at ``resolution``, uint8 ``(n, r, r, 3)``, and
-    the keys that were read (unreadable files are skipped and logged)."""
+    the keys that were read (unreadable files are skipped and logged; transparency is composited onto
+    ``background`` and reported as by :func:`load_images`)."""
     path = Path(source)
+    background = check_background(background)
     if source.startswith(BUILTIN_PREFIX) or not path.is_dir():
-        images = load_images(source, resolution, progress=False)
+        images = load_images(source, resolution, progress=False, background=background, say=say)
         return images[[int(k) for k in keys]], list(keys)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda k: _read_file(path / k, resolution), keys))
+    decoded = _decode([path / k for k in keys], resolution, background)
     good = [i for i, im in enumerate(decoded) if im is not None]
     if len(good) < len(keys):
         log.warning("skipped %d unreadable image file(s) under %s", len(keys) - len(good), path)
+    _report(np.array([decoded[i][1] for i in good], dtype=np.uint8), background, source, say)
     empty = np.zeros((0, resolution, resolution, 3), dtype=np.uint8)
-    return (np.stack([decoded[i] for i in good]) if good else empty), [keys[i] for i in good]
+    return (np.stack([decoded[i][0] for i in good]) if good else empty), [keys[i] for i in good]
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
