@@ -55,6 +55,17 @@ on uniform intervals, as floors (:func:`memekit.space.assignment.paper_soft_assi
 fraction of each expert's training inside its interval and the per-step in-interval *density*.
 The paper's probabilities alone would starve the prior's long, noisy intervals; the density alone
 left the short, clean ones mostly trained off their interval (p = 0.16 on [0, 50) at 32 px).
+
+**The minimum interval length** is derived, not fixed (:func:`min_length_for_steps`): the shortest
+length at which every interval, wherever it lies, holds at least k (default 3) of the S DDIM steps
+of the sampling trajectory (default 50, a study's ``sampling_steps``), so no expert serves fewer
+than k steps. At T = 1000 that is 62 for S = 50 and 16 for S = 200.
+
+**What the data changes.** The prior of a generic image set of the data's power-law slope
+(:func:`generic_prior`: ``P(f) ~ f^-a`` with the data's fitted slope and total power) is what any
+natural-looking data would get; :func:`prior_distance` says how far the data's own prior lies from
+it, and :func:`binding_constraints` which rules (the minimum length, the p_n floors and cap, the
+share order) rather than the spectrum set a value.
 """
 
 from __future__ import annotations
@@ -62,12 +73,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
-from memekit.space import Diffusion, DiffusionSpec, ExpertSpec, MemeSpec, uniform_intervals
+from memekit.space import (
+    Diffusion,
+    DiffusionSpec,
+    ExpertSpec,
+    MemeSpec,
+    ddim_timesteps,
+    uniform_intervals,
+)
 from memekit.space.assignment import paper_density, paper_soft_assignment, paper_soft_assignment_for
 from memekit.space.errors import MemekitError
 from memekit.space.spec import intervals_from_boundaries
@@ -77,6 +96,8 @@ from .spectra import SpectralProfile, snr, spectral_profile, spectrum_frame, sum
 PRIOR_NAME = "spectral-prior"
 SHARE_RANGE = (0.25, 1.0)
 DEPTH_WEIGHT = 0.5
+DEFAULT_SAMPLING_STEPS = 50  # DDIM steps of the trajectory a study costs (SearchConfig.sampling_steps)
+DEFAULT_MIN_STEPS = 3  # sampling steps every interval holds at least (min_length_for_steps)
 
 
 class PriorError(MemekitError, ValueError):
@@ -138,9 +159,29 @@ def segment_profile(profile: np.ndarray, n_intervals: int, min_length: int = 1) 
     return tuple(reversed(cuts))
 
 
-def default_min_length(timesteps: int, n_intervals: int) -> int:
-    """Default minimum interval length: a quarter of the uniform interval, ``T // (4 N)`` (>= 1)."""
-    return max(1, timesteps // (4 * n_intervals))
+def min_length_for_steps(timesteps: int, sampling_steps: int = DEFAULT_SAMPLING_STEPS,
+                         min_steps: int = DEFAULT_MIN_STEPS) -> int:
+    """The minimum interval length: the shortest ``L`` such that **every** interval ``[b, b + L)`` of
+    ``[0, T)`` holds at least ``k = min_steps`` of the ``S = sampling_steps`` DDIM steps
+    (:func:`memekit.space.ddim_timesteps`; S above T counts as T), so every expert serves at least
+    k steps of the sampling trajectory wherever its interval lies.
+
+    An interval misses its k-th step exactly when it fits strictly between two steps ``t_i`` and
+    ``t_{i+k}`` k apart (holding only the k - 1 between them), so with the ascending steps extended
+    by ``t_{-1} = -1`` and ``t_S = T`` (the ends of ``[0, T)``): ``L = max_i (t_{i+k} - t_i)``. For
+    evenly spaced steps ``t_i = i D`` that is ``k D``; T = 1000, S = 50, k = 3 gives 62 (the steps
+    are 20 or 21 apart), the old fixed default ``T // (4 N)`` for N = 4; S = 200 (the paper's
+    protocol) gives 16.
+    """
+    if not (isinstance(min_steps, int) and min_steps >= 1 and isinstance(sampling_steps, int) and sampling_steps >= 1):
+        raise PriorError(f"the minimum length needs >= 1 sampling step and >= 1 step per interval, got "
+                         f"{sampling_steps!r} and {min_steps!r}")
+    steps = min(sampling_steps, timesteps)
+    if min_steps > steps:
+        raise PriorError(f"an interval cannot hold {min_steps} of {steps} sampling steps: lower --min-steps or "
+                         "raise --sampling-steps")
+    extended = [-1, *sorted(ddim_timesteps(timesteps, steps)), timesteps]
+    return max(extended[i + min_steps] - extended[i] for i in range(len(extended) - min_steps))
 
 
 def propose_intervals(profile: SpectralProfile, n_intervals: int, min_length: int | None = None,
@@ -149,7 +190,7 @@ def propose_intervals(profile: SpectralProfile, n_intervals: int, min_length: in
     each ring weighted by its coefficient count, corners included; ``equal_mass``: instead, equal
     mass per interval under the paper's training density (:func:`equal_mass_boundaries`)."""
     if min_length is None:
-        min_length = default_min_length(profile.timesteps, n_intervals)
+        min_length = min_length_for_steps(profile.timesteps)
     if equal_mass:
         return intervals_from_boundaries(equal_mass_boundaries(paper_density(profile.timesteps, 4), n_intervals,
                                                                min_length))
@@ -243,16 +284,22 @@ def attention_share_proposal(level: np.ndarray, base: ExpertSpec, share_range: t
     ((1 - w) level_ns + w d_s)``, rounded to ``base``'s head grid (module docstring). ``level``:
     (N, S) buried fractions (:func:`interval_buried_fraction`), or (N,) one level per expert for
     every stage."""
+    return tuple(_round_to_heads(row, base) for row in raw_attention_shares(level, base.n_stages, share_range,
+                                                                           depth_weight))
+
+
+def raw_attention_shares(level: np.ndarray, n_stages: int, share_range: tuple[float, float] = SHARE_RANGE,
+                         depth_weight: float = DEPTH_WEIGHT) -> np.ndarray:
+    """``share_min + (share_max - share_min) * ((1 - w) level_ns + w d_s)`` before rounding to heads,
+    shape (N, S) (``level``: (N, S), or (N,) for every stage)."""
     lo, hi = share_range
     if not 0.0 <= lo <= hi <= 1.0 or not 0.0 <= depth_weight <= 1.0:
         raise PriorError(f"need 0 <= share_min <= share_max <= 1 and 0 <= depth weight <= 1, got "
                          f"{share_range} and {depth_weight}")
-    S = base.n_stages
-    depth = np.arange(S) / (S - 1) if S > 1 else np.zeros(1)
+    depth = np.arange(n_stages) / (n_stages - 1) if n_stages > 1 else np.zeros(1)
     level = np.asarray(level, dtype=np.float64)
     level = level[:, None] if level.ndim == 1 else level
-    raw = lo + (hi - lo) * ((1 - depth_weight) * level + depth_weight * depth[None, :])
-    return tuple(_round_to_heads(row, base) for row in raw)
+    return lo + (hi - lo) * ((1 - depth_weight) * level + depth_weight * depth[None, :])
 
 
 def soft_assignment_prior(n_experts: int) -> tuple[float, ...]:
@@ -291,15 +338,159 @@ def prior_spec(data: SpectralProfile | np.ndarray | torch.Tensor, n_experts: int
         raise PriorError(f"the base expert is at {expert.resolution} px but the data spectrum at "
                          f"{profile.resolution} px: build the base spec at {profile.resolution} px")
     intervals = propose_intervals(profile, n_experts, min_length, equal_mass)
-    level = interval_buried_fraction(profile, intervals, expert.n_stages)
-    shares = attention_share_proposal(level, expert, share_range, depth_weight)
     p = paper_soft_assignment_for(intervals)
     out_of_interval = meme.out_of_interval if meme is not None else "uniform-complement"
     if n_experts == 1:
         out_of_interval = "uniform-all"
-    experts = tuple(dataclasses.replace(expert, attention_share=s) for s in shares)
+    experts = _experts_for(profile, intervals, expert, share_range, depth_weight)
     return MemeSpec(experts=experts, intervals=intervals, soft_assignment=p, diffusion=diffusion_spec,
                     out_of_interval=out_of_interval, name=PRIOR_NAME)
+
+
+def _experts_for(profile: SpectralProfile, intervals: tuple[tuple[int, int], ...], expert: ExpertSpec,
+                 share_range: tuple[float, float], depth_weight: float) -> tuple[ExpertSpec, ...]:
+    level = interval_buried_fraction(profile, intervals, expert.n_stages)
+    shares = attention_share_proposal(level, expert, share_range, depth_weight)
+    return tuple(dataclasses.replace(expert, attention_share=s) for s in shares)
+
+
+def recut_prior(prior: MemeSpec, profile: SpectralProfile, expert: ExpertSpec, diffusion: DiffusionSpec,
+                share_range: tuple[float, float] = SHARE_RANGE, depth_weight: float = DEPTH_WEIGHT) -> MemeSpec:
+    """``prior`` on another backbone: its intervals, p_n and out-of-interval rule kept, the shares
+    proposed again for ``expert``'s stages and head grid from the same data (``profile``, under
+    ``diffusion``'s schedule, which must have the prior's T and schedule), every expert ``expert``."""
+    if (diffusion.timesteps, diffusion.schedule) != (prior.diffusion.timesteps, prior.diffusion.schedule):
+        raise PriorError(f"the prior was cut for T = {prior.diffusion.timesteps} ({prior.diffusion.schedule}), "
+                         f"the backbone has T = {diffusion.timesteps} ({diffusion.schedule}): run memekit spectrum "
+                         "with the backbone's schedule")
+    profile = profile.with_alpha_bar(Diffusion(diffusion).alpha_bar)
+    if profile.resolution != expert.resolution:
+        raise PriorError(f"the prior's spectrum is at {profile.resolution} px, the backbone at {expert.resolution} px: "
+                         f"run memekit spectrum at --resolution {expert.resolution}")
+    experts = _experts_for(profile, prior.intervals, expert, share_range, depth_weight)
+    return dataclasses.replace(prior, experts=experts, diffusion=diffusion)
+
+
+# ---- what the data changes: the generic prior, and the constraints that bind -----------------------
+def generic_prior(profile: SpectralProfile, n_experts: int, base: MemeSpec | ExpertSpec,
+                  min_length: int | None = None, equal_mass: bool = False) -> MemeSpec:
+    """The prior of a generic image set of the data's slope: :func:`prior_spec` of
+    :meth:`SpectralProfile.power_law_reference` (``P(f) ~ f^-a`` with the data's fitted slope and total
+    power, the same channels), with the same settings. Where the data's prior differs from it, the
+    data's spectrum departs from a power law."""
+    return prior_spec(profile.power_law_reference(), n_experts, base, min_length=min_length, equal_mass=equal_mass)
+
+
+class PriorDistance(NamedTuple):
+    """How far prior ``a`` lies from prior ``b`` (:func:`prior_distance`), every entry ``a - b``."""
+
+    boundaries: tuple[int, ...]  # interior boundaries, in steps
+    p: tuple[float, ...]  # per expert
+    shares: tuple[tuple[float, ...], ...]  # per expert, per stage
+
+    @property
+    def boundary_steps(self) -> int:
+        """The largest move of a cut, in steps."""
+        return max((abs(b) for b in self.boundaries), default=0)
+
+    @property
+    def max_p(self) -> float:
+        return max(abs(v) for v in self.p)
+
+    @property
+    def max_share(self) -> float:
+        return max(abs(v) for row in self.shares for v in row)
+
+    @property
+    def shares_changed(self) -> int:
+        """How many (expert, stage) shares differ."""
+        return sum(v != 0 for row in self.shares for v in row)
+
+
+def prior_distance(a: MemeSpec, b: MemeSpec) -> PriorDistance:
+    """``a - b`` boundary by boundary (steps), p_n by p_n and share by share, for two priors of the
+    same N and stage count."""
+    if a.n_experts != b.n_experts or a.experts[0].n_stages != b.experts[0].n_stages:
+        raise PriorError(f"priors of {a.n_experts} and {b.n_experts} experts, {a.experts[0].n_stages} and "
+                         f"{b.experts[0].n_stages} stages cannot be compared: cut both with the same settings")
+    shares = tuple(tuple(x - y for x, y in zip(e.attention_share, f.attention_share, strict=True))
+                   for e, f in zip(a.experts, b.experts, strict=True))
+    return PriorDistance(tuple(x - y for x, y in zip(a.boundaries[1:-1], b.boundaries[1:-1], strict=True)),
+                         tuple(x - y for x, y in zip(a.soft_assignment, b.soft_assignment, strict=True)), shares)
+
+
+class BindingConstraint(NamedTuple):
+    """A constraint of the prior's rules that changes the prior (:func:`binding_constraints`)."""
+
+    kind: str  # "min_length", "p_fraction_floor", "p_cap" or "share_order"
+    expert: int  # the interval / expert it acts on
+    stage: int | None  # share_order: the stage
+    value: float  # what the prior holds: the interval's length, the expert's p_n, the stage's share
+    unconstrained: float  # what the rule gives without it (min_length: the interval's length)
+    detail: str = ""  # min_length: the cuts without the minimum
+
+    @property
+    def text(self) -> str:
+        if self.kind == "min_length":
+            return (f"interval {self.expert} has the minimum length {self.value:g}: the constraint binds; without it "
+                    f"(minimum 1 step) the cuts fall at {self.detail}")
+        if self.kind == "p_fraction_floor":
+            return (f"p_{self.expert} = {self.value:g} is the paper's in-interval fraction (a floor): it binds; the "
+                    f"paper's per-step density alone gives {self.unconstrained:.3g}")
+        if self.kind == "p_cap":
+            return f"p_{self.expert} is capped at 1: the paper's density over its interval sums to {self.unconstrained:.3g}"
+        return (f"expert {self.expert} stage {self.stage}: share {self.value:g} instead of {self.unconstrained:g} (its "
+                "rounding to heads) so a deeper stage keeps at least the attention of the stage above it: the "
+                "order constraint binds")
+
+
+def binding_constraints(profile: SpectralProfile, prior: MemeSpec, min_length: int, equal_mass: bool = False,
+                        share_range: tuple[float, float] = SHARE_RANGE,
+                        depth_weight: float = DEPTH_WEIGHT) -> tuple[BindingConstraint, ...]:
+    """Every constraint of the prior's rules that moves ``prior`` (made by :func:`prior_spec` from
+    ``profile`` with ``min_length``) away from what the rule alone proposes:
+
+    - ``min_length``: an interval has exactly the minimum length and the segmentation without a
+      minimum (1 step) cuts elsewhere (an interval at the minimum that the unconstrained optimum
+      also chooses does not bind);
+    - ``p_fraction_floor``: p_n is the paper's in-interval fraction, above the paper density's mass
+      over the interval (:func:`memekit.space.assignment.paper_soft_assignment_for`); ``p_cap``: that
+      mass exceeds 1;
+    - ``share_order``: a stage's share was raised above its rounding to whole heads to keep the
+      depth order (:func:`attention_share_proposal`).
+    """
+    profile = profile.with_alpha_bar(Diffusion(prior.diffusion).alpha_bar)
+    out = _min_length_binds(profile, prior, min_length, equal_mass)
+    T, n = prior.diffusion.timesteps, prior.n_experts
+    density, paper = paper_density(T, n), paper_soft_assignment(n)
+    for e, ((lo, hi), p) in enumerate(zip(prior.intervals, prior.soft_assignment, strict=True)):
+        mass = float(density[lo:hi].sum())
+        if n > 1 and mass > 1 + 1e-9:
+            out.append(BindingConstraint("p_cap", e, None, p, mass))
+        elif n > 1 and paper[e] > mass + 1e-9:
+            out.append(BindingConstraint("p_fraction_floor", e, None, p, mass))
+    base = prior.experts[0]
+    raw = raw_attention_shares(interval_buried_fraction(profile, prior.intervals, base.n_stages), base.n_stages,
+                               share_range, depth_weight)
+    for e, expert in enumerate(prior.experts):
+        for s, share in enumerate(expert.attention_share):
+            width = base.stage_width(s)
+            rounded = math.floor(min(max(raw[e, s], 0.0), 1.0) * width / base.head_dim + 0.5) * base.head_dim / width
+            if share > rounded + 1e-12:
+                out.append(BindingConstraint("share_order", e, s, share, rounded))
+    return tuple(out)
+
+
+def _min_length_binds(profile: SpectralProfile, prior: MemeSpec, min_length: int,
+                      equal_mass: bool) -> list[BindingConstraint]:
+    at_minimum = [e for e, (lo, hi) in enumerate(prior.intervals) if hi - lo == min_length]
+    if not at_minimum:
+        return []
+    free = propose_intervals(profile, prior.n_experts, 1, equal_mass)
+    if free == prior.intervals:
+        return []
+    cuts = str([iv[0] for iv in free] + [free[-1][1]])
+    return [BindingConstraint("min_length", e, None, min_length, free[e][1] - free[e][0], cuts) for e in at_minimum]
 
 
 def prior_frame(spec: MemeSpec, profile: SpectralProfile) -> pd.DataFrame:
@@ -325,7 +516,9 @@ def prior_frame(spec: MemeSpec, profile: SpectralProfile) -> pd.DataFrame:
 
 @dataclass(frozen=True, eq=False)
 class SpectralReport:
-    """Everything ``memekit spectrum`` computes: the profile, its tables and the prior spec."""
+    """Everything ``memekit spectrum`` computes: the profile, its tables, the prior spec, the prior
+    of a generic image set of the same slope and how far the data's lies from it, and the
+    constraints that bind."""
 
     profile: SpectralProfile
     summary: pd.DataFrame  # one row per t (spectra.summary_frame)
@@ -333,17 +526,27 @@ class SpectralReport:
     prior: MemeSpec
     priors: pd.DataFrame  # one row per expert (prior_frame)
     uniform_boundaries: tuple[int, ...]
+    min_length: int = 1  # of the intervals (given, or min_length_for_steps)
+    generic: MemeSpec | None = None  # generic_prior: a power law of the data's slope
+    distance: PriorDistance | None = None  # prior - generic
+    constraints: tuple[BindingConstraint, ...] = ()  # binding_constraints of the prior
 
 
 def spectral_report(images: np.ndarray | torch.Tensor, base: MemeSpec, n_experts: int,
                     min_length: int | None = None, batch_size: int = 256,
                     device: torch.device | str = "cpu", progress: bool = False,
                     equal_mass: bool = False) -> SpectralReport:
-    """One pass over ``images`` under ``base``'s schedule, then every table and the prior spec."""
+    """One pass over ``images`` under ``base``'s schedule, then every table, the prior spec (at least
+    ``min_length`` steps per interval, default :func:`min_length_for_steps`), the generic prior, the
+    distance between the two and the binding constraints."""
     alpha_bar = Diffusion(base.diffusion).alpha_bar
     profile = spectral_profile(images, alpha_bar, batch_size=batch_size, device=device, progress=progress)
+    min_length = min_length or min_length_for_steps(profile.timesteps)
     spec = prior_spec(profile, n_experts, base, min_length=min_length, equal_mass=equal_mass)
+    generic = generic_prior(profile, n_experts, base, min_length=min_length, equal_mass=equal_mass)
     uniform = uniform_intervals(profile.timesteps, n_experts)
     return SpectralReport(profile=profile, summary=summary_frame(profile), spectrum=spectrum_frame(profile),
                           prior=spec, priors=prior_frame(spec, profile),
-                          uniform_boundaries=tuple(iv[0] for iv in uniform) + (profile.timesteps,))
+                          uniform_boundaries=tuple(iv[0] for iv in uniform) + (profile.timesteps,),
+                          min_length=min_length, generic=generic, distance=prior_distance(spec, generic),
+                          constraints=binding_constraints(profile, spec, min_length, equal_mass))

@@ -2,7 +2,10 @@
 
 :class:`SpectrumJob` says what to measure; :func:`run_spectrum` loads the data, computes the
 :class:`~memekit.analysis.priors.SpectralReport` and writes its tables, arrays, plots and the prior
-spec (:func:`write_spectrum_report`); :func:`format_spectrum_summary` is the text printed after.
+spec (:func:`write_spectrum_report`); :func:`format_spectrum_summary` is the text printed after
+(also kept as ``prior_report.txt``, beside ``prior_report.json``: the data's slope, the generic prior
+of that slope, how far the data's prior lies from it, the minimum interval length and its rule, and
+the constraints that bind).
 :func:`write_feature_report` and :func:`format_feature_summary` do the same for feature spectra
 (:func:`memekit.analysis.features.feature_spectra`). Every folder also holds ``config.json``, the
 settings that made it.
@@ -19,15 +22,23 @@ import numpy as np
 import pandas as pd
 
 from memekit.space import MemeSpec, save_spec
-from memekit.space.files import atomic_write_json, prepare_output_dir
+from memekit.space.files import atomic_write_json, atomic_write_text, prepare_output_dir
 
 from .data import SPLITS, DataError, data_shape, load_data, spec_for_data
 from .device import resolve_device
-from .priors import PriorError, SpectralReport, default_min_length, spectral_report
+from .priors import (
+    DEFAULT_MIN_STEPS,
+    DEFAULT_SAMPLING_STEPS,
+    PriorError,
+    SpectralReport,
+    min_length_for_steps,
+    spectral_report,
+)
 from .spectra import SpectralProfile, spectral_slope
 
 DEFAULT_BASE = "meme-paper"
-SPECTRUM_FILES = ("summary.csv", "priors.csv", "spectrum.npz", "prior_spec.json", "config.json")
+SPECTRUM_FILES = ("summary.csv", "priors.csv", "spectrum.npz", "prior_spec.json", "config.json", "prior_report.json",
+                  "prior_report.txt")
 CHANNEL_FILES = ("channel_power.csv", "channel_crossover.csv", "channel_power.png")  # latent data only
 FEATURE_FILES = ("features.csv", "spec.json", "config.json", "feature_spectra.png", "feature_delta.png")
 
@@ -42,8 +53,10 @@ class SpectrumJob:
     """What ``memekit spectrum`` measures: ``data`` (images, or a latent data set) at ``resolution``
     (default: 32 px for images, the latents' own size) under the diffusion of the ``base`` spec (preset
     or JSON, built for the data's channels; ``schedule`` replaces its beta schedule), cut into
-    ``n_experts`` intervals of at least ``min_length`` steps (default ``T // (4 N)``), written into
-    ``out``. ``split`` and ``limit`` choose the images (the first ``limit`` of the split)."""
+    ``n_experts`` intervals of at least ``min_length`` steps (default: the shortest interval that holds
+    ``min_steps`` of ``sampling_steps`` DDIM steps wherever it lies,
+    :func:`~memekit.analysis.priors.min_length_for_steps`), written into ``out``. ``split`` and
+    ``limit`` choose the images (the first ``limit`` of the split)."""
 
     data: str
     out: str
@@ -58,6 +71,8 @@ class SpectrumJob:
     overwrite: bool = False
     equal_mass: bool = False  # intervals of equal training mass under the paper's density
     split: str = "all"
+    sampling_steps: int = DEFAULT_SAMPLING_STEPS  # DDIM steps of the trajectory (the study's --sampling-steps)
+    min_steps: int = DEFAULT_MIN_STEPS  # sampling steps every interval holds at least
 
     @property
     def latent(self) -> bool:
@@ -77,17 +92,28 @@ class SpectrumJob:
             raise DataError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
         base = self.base_spec()
         T = base.diffusion.timesteps
-        min_length = self.min_length or default_min_length(T, self.n_experts)
+        min_length = self.min_length or min_length_for_steps(T, self.sampling_steps, self.min_steps)
         if self.n_experts * min_length > T:
             raise PriorError(f"{self.n_experts} intervals of at least {min_length} steps do not fit in T = {T}: "
-                             "lower --n-experts or --min-length")
+                             "lower --n-experts, --min-steps or --min-length")
         expert = base.experts[0]
         return {"command": "spectrum", "data": self.data, "latent": self.latent, "channels": expert.image_channels,
                 "resolution": expert.resolution, "split": self.split, "limit": self.limit,
                 "base": self.base, "schedule": base.diffusion.schedule, "timesteps": T,
-                "n_experts": self.n_experts, "min_length": min_length, "equal_mass": self.equal_mass,
+                "n_experts": self.n_experts, "min_length": min_length,
+                "min_length_rule": min_length_rule(T, self.sampling_steps, self.min_steps, self.min_length),
+                "sampling_steps": self.sampling_steps, "min_steps": self.min_steps, "equal_mass": self.equal_mass,
                 "batch_size": self.batch_size,
                 "device": self.device, "out": str(self.out)}
+
+
+def min_length_rule(timesteps: int, sampling_steps: int, min_steps: int, given: int | None = None) -> str:
+    """The minimum interval length in words: given, or derived (:func:`min_length_for_steps`)."""
+    if given:
+        return f"{given} steps, given (--min-length)"
+    length = min_length_for_steps(timesteps, sampling_steps, min_steps)
+    return (f"{length} steps: the shortest interval that holds {min_steps} of the {min(sampling_steps, timesteps)} "
+            f"DDIM steps wherever it lies (--min-steps, --sampling-steps)")
 
 
 def run_spectrum(job: SpectrumJob, progress: bool = True) -> tuple[SpectralReport, list[str]]:
@@ -95,7 +121,7 @@ def run_spectrum(job: SpectrumJob, progress: bool = True) -> tuple[SpectralRepor
     config = job.config()
     out = prepare_output_dir(job.out, job.overwrite)
     images = load_data(job.data, config["resolution"], limit=job.limit, split=job.split, progress=progress)
-    report = spectral_report(images, job.base_spec(), job.n_experts, min_length=job.min_length,
+    report = spectral_report(images, job.base_spec(), job.n_experts, min_length=config["min_length"],
                              equal_mass=job.equal_mass, batch_size=job.batch_size, device=resolve_device(job.device),
                              progress=progress)
     return report, write_spectrum_report(report, out, config, per_channel=config["latent"])
@@ -121,6 +147,9 @@ def write_spectrum_report(report: SpectralReport, out: Path, config: dict, per_c
              corner_counts=profile.corner_counts, channel_corner_power=profile.channel_corner_power)
     save_spec(report.prior, out / "prior_spec.json")
     atomic_write_json(out / "config.json", config)
+    atomic_write_json(out / "prior_report.json", prior_report(report, config))
+    atomic_write_text(out / "prior_report.txt", format_spectrum_summary(
+        report, config.get("data", "?"), per_channel=per_channel, min_length_rule=config.get("min_length_rule")) + "\n")
     figures = {
         "snr_heatmap.png": plots.plot_spectrum_heatmap(report.spectrum, "snr", report.summary,
                                                        report.prior.boundaries),
@@ -183,8 +212,10 @@ def _channel_lines(profile: SpectralProfile) -> list[str]:
                     for t in sample_timesteps(profile.timesteps)]
 
 
-def format_spectrum_summary(report: SpectralReport, source: str, per_channel: bool = False) -> str:
-    """The short text ``memekit spectrum`` prints (``per_channel``: with the channels' spread)."""
+def format_spectrum_summary(report: SpectralReport, source: str, per_channel: bool = False,
+                            min_length_rule: str | None = None) -> str:
+    """The short text ``memekit spectrum`` prints (``per_channel``: with the channels' spread;
+    ``min_length_rule``: how the minimum interval length was set, :func:`min_length_rule`)."""
     profile, spec = report.profile, report.prior
     f_c, state = profile.crossover()
     channels = profile.channel_power.shape[0]
@@ -206,7 +237,58 @@ def format_spectrum_summary(report: SpectralReport, source: str, per_channel: bo
         shares = "/".join(f"{v:.3f}" for v in expert.effective_attention_share())
         lines.append(f"  expert {row.expert}: [{row.start}, {row.end})  buried {buried}  attention share {shares}  "
                      f"p = {row.p:g} ({row.paper_p:g})  density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
-    return "\n".join(lines)
+    return "\n".join(lines + constraint_lines(report, min_length_rule) + generic_lines(report))
+
+
+def _shares_text(spec: MemeSpec) -> str:
+    return " · ".join("/".join(f"{v:g}" for v in e.attention_share) for e in spec.experts)
+
+
+def constraint_lines(report: SpectralReport, rule: str | None = None) -> list[str]:
+    """The minimum interval length (and ``rule``, how it was set) and every binding constraint."""
+    lines = [f"minimum interval length: {rule or f'{report.min_length} steps'}"]
+    if not report.constraints:
+        return lines + ["binding constraints: none (the rules alone set the prior)"]
+    return lines + ["binding constraints:"] + [f"  - {c.text}" for c in report.constraints]
+
+
+def generic_lines(report: SpectralReport) -> list[str]:
+    """The data's slope, the generic prior of that slope and how far the data's prior lies from it."""
+    if report.generic is None or report.distance is None:
+        return []
+    profile, generic, d = report.profile, report.generic, report.distance
+    channels = profile.channel_power.shape[0] or "the same"
+    moves = "/".join(f"{b:+d}" for b in d.boundaries)
+    return [f"spectral slope of the data: P_0(f) ~ f^-{profile.slope:.3f} (least squares over rings 1..{len(profile.frequency)})",
+            f"generic prior (a synthetic image set with P(f) ~ f^-{profile.slope:.3f}, the data's total power, "
+            f"{channels} channels): boundaries {list(generic.boundaries)}, p = "
+            f"{'/'.join(f'{v:g}' for v in generic.soft_assignment)}, shares {_shares_text(generic)}",
+            f"your data moved the cuts by {d.boundary_steps} steps from the generic prior (interior boundaries {moves}); "
+            f"p_n by at most {d.max_p:.3g}; attention shares in {d.shares_changed} of "
+            f"{sum(len(row) for row in d.shares)} (expert, stage) cells, by at most {d.max_share:g}"]
+
+
+def prior_report(report: SpectralReport, config: dict[str, Any]) -> dict[str, Any]:
+    """``prior_report.json``: the slope, the data's and the generic prior, their distance, the
+    minimum interval length with its rule and the binding constraints."""
+    def summary(spec: MemeSpec) -> dict[str, Any]:
+        return {"boundaries": list(spec.boundaries), "soft_assignment": list(spec.soft_assignment),
+                "attention_shares": [list(e.attention_share) for e in spec.experts]}
+
+    d = report.distance
+    out: dict[str, Any] = {
+        "data": config.get("data"), "resolution": report.profile.resolution, "n_images": report.profile.n_images,
+        "slope": report.profile.slope, "slope_fit": f"least squares of log P_0 on log f over rings 1..{len(report.profile.frequency)}",
+        "min_length": report.min_length, "min_length_rule": config.get("min_length_rule"),
+        "prior": summary(report.prior),
+        "constraints": [{**c._asdict(), "text": c.text} for c in report.constraints]}
+    if report.generic is not None and d is not None:
+        out["generic_prior"] = {**summary(report.generic), "spec": report.generic.to_dict()}
+        out["distance"] = {"boundaries": list(d.boundaries), "boundary_steps": d.boundary_steps,
+                           "p": [round(v, 6) for v in d.p], "max_p": round(d.max_p, 6),
+                           "shares": [list(row) for row in d.shares], "max_share": d.max_share,
+                           "shares_changed": d.shares_changed}
+    return out
 
 
 # ---- two spectrum folders side by side (pixels vs latents) ----------------------------------------

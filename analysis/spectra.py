@@ -224,6 +224,18 @@ def spectral_slope(power: np.ndarray, frequency: np.ndarray) -> float:
     return float(-np.polyfit(log_f, log_p, 1)[0])
 
 
+def power_law_spectrum(frequency: np.ndarray, counts: np.ndarray, slope: float, total_power: float) -> np.ndarray:
+    """``P(f) = c f^-a`` on the rings ``frequency`` (K,), with ``c`` chosen so that the total power
+    ``sum_k n_k P(f_k)`` (``n_k = counts``) is ``total_power``: the radial spectrum of a generic
+    image set of slope ``a`` (:func:`spectral_slope`) and a given variance."""
+    f, n = np.asarray(frequency, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    if f.shape != n.shape or not ((f > 0).all() and (n > 0).all()) or not (total_power > 0 and np.isfinite(slope)):
+        raise SpectrumError(f"a power-law spectrum needs positive frequencies and counts, a finite slope and a "
+                            f"positive total power, got slope {slope!r} and total power {total_power!r}")
+    shape = f ** -float(slope)
+    return shape * (float(total_power) / float((n * shape).sum()))
+
+
 def expected_noisy_spectrum(data_power: np.ndarray, alpha_bar: np.ndarray) -> np.ndarray:
     """``E P_t(f) = alpha_bar_t P_0(f) + (1 - alpha_bar_t)`` for every t: shape ``(T, K)``.
 
@@ -365,6 +377,28 @@ class SpectralProfile:
     def with_alpha_bar(self, alpha_bar: np.ndarray) -> SpectralProfile:
         """The same data under another schedule (P_0 does not depend on the schedule)."""
         return dataclasses.replace(self, alpha_bar=np.asarray(alpha_bar, dtype=np.float64))
+
+    @property
+    def slope(self) -> float:
+        """The power-law slope ``a`` of ``P_0(f) ~ f^-a``, fitted over the full rings ``1..R // 2``
+        (:func:`spectral_slope`; the corners' partial rings are left out of the fit)."""
+        return spectral_slope(self.data_power, self.frequency)
+
+    def power_law_reference(self, slope: float | None = None) -> SpectralProfile:
+        """A generic reference of this data: the same rings, schedule, resolution, image and channel
+        counts, with ``P(f) = c f^-slope`` (default: :attr:`slope`) on every ring, corners included,
+        and the data's total power ``sum_k n_k P_0(f_k)`` over those rings (:func:`power_law_spectrum`);
+        every channel gets that spectrum. A profile that is a power law over every ring is its own
+        reference (up to rounding)."""
+        frequency, counts, power = self.all_rings
+        reference = power_law_spectrum(frequency, counts, self.slope if slope is None else slope,
+                                       float((counts * power).sum()))
+        k = len(self.frequency)
+        channels = self.channel_power.shape[0]
+        return dataclasses.replace(self, data_power=reference[:k], corner_power=reference[k:],
+                                   channel_power=np.tile(reference[:k], (channels, 1)) if channels else self.channel_power,
+                                   channel_corner_power=(np.tile(reference[k:], (channels, 1)) if channels
+                                                         else self.channel_corner_power))
 
 
 def spectral_profile(images: np.ndarray | torch.Tensor, alpha_bar: np.ndarray, batch_size: int = 256,

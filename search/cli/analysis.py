@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from memekit.analysis.data import SPLITS
+from memekit.analysis.priors import DEFAULT_MIN_STEPS, DEFAULT_SAMPLING_STEPS
 from memekit.analysis.reports import (
     DEFAULT_BASE,
     SpectrumJob,
@@ -26,12 +27,14 @@ from .args import positive_int
 
 def _spectrum(args: argparse.Namespace) -> int:
     job = SpectrumJob(args.data, args.out, args.resolution, args.schedule, args.n_experts, args.min_length, args.base,
-                      args.batch_size, args.limit, args.device, args.overwrite, args.equal_mass, split=args.split)
+                      args.batch_size, args.limit, args.device, args.overwrite, args.equal_mass, split=args.split,
+                      sampling_steps=args.sampling_steps, min_steps=args.min_steps)
+    config = job.config()
     if args.dry_run:
-        print(json.dumps(job.config(), indent=2))
+        print(json.dumps(config, indent=2))
         return 0
     report, written = run_spectrum(job)
-    print(format_spectrum_summary(report, args.data, per_channel=job.latent))
+    print(format_spectrum_summary(report, args.data, per_channel=job.latent, min_length_rule=config["min_length_rule"]))
     print(f"wrote {Path(args.out)}/: {', '.join(written)}")
     return 0
 
@@ -70,7 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="beta schedule (default: the base spec's)")
     p.add_argument("--n-experts", type=positive_int, default=4, help="number of intervals / experts (default 4)")
     p.add_argument("--min-length", type=positive_int, default=None,
-                   help="minimum interval length in steps (default T // (4 N))")
+                   help="minimum interval length in steps (default: derived, the shortest interval that holds "
+                        "--min-steps of the --sampling-steps DDIM steps wherever it lies)")
+    p.add_argument("--sampling-steps", type=positive_int, default=DEFAULT_SAMPLING_STEPS,
+                   help=f"DDIM steps of the sampling trajectory, as the study's --sampling-steps (default "
+                        f"{DEFAULT_SAMPLING_STEPS})")
+    p.add_argument("--min-steps", type=positive_int, default=DEFAULT_MIN_STEPS,
+                   help=f"sampling steps every interval holds at least (default {DEFAULT_MIN_STEPS})")
     p.add_argument("--equal-mass", action="store_true",
                    help="intervals of equal training mass under the paper's density instead of the spectral "
                         "segmentation (shares from the spectrum, p_n by the same floors; default off)")
