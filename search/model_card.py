@@ -24,6 +24,8 @@ import math
 import shlex
 from typing import Any
 
+import numpy as np
+
 from memekit.space import MemeSpec, check_spec
 from memekit.space.cost import COUNTER_NAME
 from memekit.space.diffusion import Diffusion
@@ -40,19 +42,29 @@ class MetricsFileError(MemekitError, ValueError):
 
 # ---- intervals -----------------------------------------------------------------------------------
 def log_snr(alpha_bar: float) -> float:
-    """``log(alpha_bar / (1 - alpha_bar))``, the log signal-to-noise ratio of ``x_t = a x_0 + s eps``."""
+    """``log(alpha_bar / (1 - alpha_bar))``, the log signal-to-noise ratio of ``x_t = a x_0 + s eps``;
+    ``-inf`` at ``alpha_bar = 0`` (pure noise, as a schedule's last step can be) and ``+inf`` at 1."""
+    if alpha_bar <= 0.0:
+        return -math.inf
+    if alpha_bar >= 1.0:
+        return math.inf
     return math.log(alpha_bar) - math.log1p(-alpha_bar)
+
+
+def _rounded(value: float) -> float | None:
+    """``value`` to 4 decimals for the card; None for an infinite log-SNR (JSON has no infinity)."""
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def interval_table(spec: MemeSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per expert: ``timesteps [start, end)`` and ``log_snr`` (module docstring); per hand-over: the cut
-    ``t`` as ``boundary_ratio``, ``denoising_end`` and ``log_snr``."""
+    ``t`` as ``boundary_ratio``, ``denoising_end`` and ``log_snr`` (None where it is infinite)."""
     alpha_bar = Diffusion(spec.diffusion).alpha_bar
     T = spec.diffusion.timesteps
     experts = [{"expert": n, "timesteps": [lo, hi],
-                "log_snr": [round(log_snr(alpha_bar[lo]), 4), round(log_snr(alpha_bar[hi - 1]), 4)]}
+                "log_snr": [_rounded(log_snr(alpha_bar[lo])), _rounded(log_snr(alpha_bar[hi - 1]))]}
                for n, (lo, hi) in enumerate(spec.intervals)]
-    cuts = [{"t": b, "boundary_ratio": b / T, "denoising_end": 1 - b / T, "log_snr": round(log_snr(alpha_bar[b]), 4)}
+    cuts = [{"t": b, "boundary_ratio": b / T, "denoising_end": 1 - b / T, "log_snr": _rounded(log_snr(alpha_bar[b]))}
             for b in spec.boundaries[1:-1]]
     return experts, cuts
 
@@ -137,8 +149,8 @@ def card_metadata(spec: MemeSpec, state: dict[str, Any], config: dict[str, Any],
                    params=c.params, macs_per_step=c.macs, steps_of_trajectory=c.steps)
     d = spec.diffusion
     preconditioning = {"mode": d.preconditioning, "data_std": d.data_std,
-                       "data_spectrum": None if d.data_spectrum is None else
-                       f"{len(d.data_spectrum)} channel(s) x {len(d.data_spectrum[0])} rings, in each expert's config.json"}
+                       "statistics": {k: " x ".join(map(str, np.shape(v))) + " values, in each expert's config.json"
+                                      for k, v in d.to_dict().items() if k.startswith("data_") and k != "data_std"}}
     first = spec.experts[0]
     package_words = ["memekit", "package", run, "OUT", "--steps", str(steps)]
     for m in metrics:
@@ -205,6 +217,10 @@ def _scalar(value: Any) -> str:
     return json.dumps(value)
 
 
+def _snr(value: float | None) -> str:
+    return "infinite" if value is None else f"{value:+.2f}"
+
+
 def _macs(value: float) -> str:
     return f"{value / 1e9:.3f} GMACs" if value >= 1e8 else f"{value / 1e6:.2f} MMACs"
 
@@ -239,11 +255,11 @@ def render_model_card(meta: dict[str, Any], out_name: str = "OUT") -> str:
     experts = _table(["expert", "t", "log-SNR", "p_n", "attention share per stage (built)", "params", "MACs / step",
                       f"steps of {cost['sampling_steps']}"],
                      [[e["expert"], f"[{e['timesteps'][0]}, {e['timesteps'][1]})",
-                       f"{e['log_snr'][0]:+.2f} .. {e['log_snr'][1]:+.2f}", e["soft_assignment"],
+                       f"{_snr(e['log_snr'][0])} .. {_snr(e['log_snr'][1])}", e["soft_assignment"],
                        " / ".join(f"{s:.3g}" for s in e["attention_share_built"]), f"{e['params']:,}",
                        _macs(e["macs_per_step"]), e["steps_of_trajectory"]] for e in m["intervals"]])
     cuts = (_table(["t", "boundary_ratio (Wan 2.2)", "denoising_end (SDXL)", "log-SNR"],
-                   [[c["t"], f"{c['boundary_ratio']:.6g}", f"{c['denoising_end']:.6g}", f"{c['log_snr']:+.3f}"]
+                   [[c["t"], f"{c['boundary_ratio']:.6g}", f"{c['denoising_end']:.6g}", _snr(c["log_snr"])]
                     for c in m["hand_overs"]]) if m["hand_overs"] else "One expert: no hand-over.")
     latent = m["latent"]
     load = [f'pipe = MemePipeline.from_pretrained("{out_name}")',
@@ -257,7 +273,7 @@ def render_model_card(meta: dict[str, Any], out_name: str = "OUT") -> str:
                 load[1]]
     precond = pre["mode"] if pre["mode"] == "none" else (
         f"{pre['mode']} (data_std {pre['data_std']:.4g}"
-        + (f"; data spectrum {pre['data_spectrum']}" if pre["data_spectrum"] else "") + ")")
+        + "".join(f"; {k} {v}" for k, v in pre["statistics"].items()) + ")")
     reproduce = "\n".join([f"# train\n{m['reproduce']['train']}", f"# sample\n{m['reproduce']['sample']}",
                            f"# package\n{m['reproduce']['package']}"]
                           + [f"# metrics\n{c}" for c in m["reproduce"]["metrics"]])

@@ -42,6 +42,7 @@ from .checkpoint import (
 from .model_card import MetricsFileError, card_metadata, metrics_entries, render_model_card
 
 INSTALL_HINT = "pip install memekit[diffusers]"
+DEFAULT_STEPS = 50  # memekit sample's default
 MAX_EXPERTS = 8  # memekit.search.pipeline.MAX_EXPERTS, kept here so the checks need no diffusers
 
 
@@ -123,18 +124,19 @@ class _Checked:
     metadata: dict[str, Any]
 
 
-def _checked(run: str | Path, out: str | Path, metrics: Sequence[str | Path], steps: int,
+def _checked(run: str | Path, out: str | Path, metrics: Sequence[str | Path], steps: int | None,
              overwrite: bool) -> _Checked:
     """Every check of :func:`package_run`, in the order a user fixes them; the card's metadata."""
     _check_run(run)
     out = _check_out(out, overwrite)
     _require_diffusers()
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise PackageError(f"--steps must be >= 1, got {steps}")
     state = load_checkpoint(run, map_location="cpu")
     spec = checkpoint_spec(state)
     if spec.n_experts > MAX_EXPERTS:
         raise PackageError(f"the run has {spec.n_experts} experts; a MemePipeline holds at most {MAX_EXPERTS}")
+    steps = min(DEFAULT_STEPS, spec.diffusion.timesteps) if steps is None else steps
     if steps > spec.diffusion.timesteps:
         raise PackageError(f"--steps {steps} exceeds the model's {spec.diffusion.timesteps} time-steps")
     config, latent = _training_config(state, Path(run)), checkpoint_latent(state)
@@ -143,7 +145,7 @@ def _checked(run: str | Path, out: str | Path, metrics: Sequence[str | Path], st
     return _Checked(out, state, spec, config, latent, metadata)
 
 
-def package_plan(run: str | Path, out: str | Path, metrics: Sequence[str | Path] = (), steps: int = 50,
+def package_plan(run: str | Path, out: str | Path, metrics: Sequence[str | Path] = (), steps: int | None = None,
                  overwrite: bool = False) -> dict[str, Any]:
     """What :func:`package_run` would write (checked, nothing written): ``memekit package --dry-run``."""
     c = _checked(run, out, metrics, steps, overwrite)
@@ -212,11 +214,11 @@ def write_folder(out: Path, write: Callable[[Path], None]) -> Path:
     return out
 
 
-def package_run(run: str | Path, out: str | Path, metrics: Sequence[str | Path] = (), steps: int = 50,
+def package_run(run: str | Path, out: str | Path, metrics: Sequence[str | Path] = (), steps: int | None = None,
                 overwrite: bool = False) -> PackageReport:
     """Write ``out`` from the run folder (its latest checkpoint) or checkpoint ``run`` (module docstring).
     ``metrics``: ``memekit fid --json`` files of that checkpoint, for the card; ``steps``: the DDIM steps
-    its costs and commands use. One-line :class:`PackageError` for unusable arguments."""
+    its costs and commands use (default 50, or T when smaller). One-line :class:`PackageError` for unusable arguments."""
     c = _checked(run, out, metrics, steps, overwrite)
     pipe = build_pipeline(c.spec, c.state["ema"], c.latent)
     card = render_model_card(c.metadata, c.out.name)

@@ -47,6 +47,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without diffusers
     raise ImportError("memekit's diffusers pipeline needs diffusers: pip install memekit[diffusers]") from err
 
+from memekit.analysis.autoencoders import Autoencoder
 from memekit.analysis.data import to_uint8
 from memekit.analysis.latents import normalisation_from_record
 from memekit.space.diffusers_models import MemeExpertModel
@@ -54,7 +55,7 @@ from memekit.space.diffusion import Diffusion, ddim_timesteps
 from memekit.space.errors import SpecError
 from memekit.space.spec import DiffusionSpec
 
-__all__ = ["MAX_EXPERTS", "MemeDDIMScheduler", "MemePipeline", "SchedulerMixin", "diffusion_spec_of",
+__all__ = ["MAX_EXPERTS", "AutoencoderAdapter", "MemeDDIMScheduler", "MemePipeline", "SchedulerMixin", "diffusion_spec_of",
            "scheduler_config"]
 
 MAX_EXPERTS = 8
@@ -150,9 +151,32 @@ class MemeDDIMScheduler(DDIMScheduler):
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------
+class AutoencoderAdapter(torch.nn.Module):
+    """A memekit autoencoder (:class:`~memekit.analysis.autoencoders.Autoencoder`, e.g. TAEF2) as a
+    pipeline's ``vae``: its ``decode``, and the ``device`` and ``dtype`` that diffusers asks of every
+    component. diffusers' own autoencoders need no adapter."""
+
+    def __init__(self, autoencoder: Autoencoder) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw latents -> images in [-1, 1]."""
+        return self.autoencoder.decode(latents)
+
+
 class MemePipeline(DiffusionPipeline):
     """Unconditional sampling from a multi-expert model: each step's t picks its expert (module docstring).
 
+    ``vae``: a diffusers autoencoder, or memekit's (wrapped in :class:`AutoencoderAdapter`).
     ``latent``: for a model of autoencoder latents, memekit's record of them (``autoencoder``: kind,
     folder, weight fingerprint; ``normalisation``: per-channel ``shift`` and ``scale``, decoded as
     ``vae.decode(x * scale + shift)``); None for a pixel model.
@@ -168,6 +192,8 @@ class MemePipeline(DiffusionPipeline):
                  latent: dict[str, Any] | None = None) -> None:
         super().__init__()
         experts = (expert_0, expert_1, expert_2, expert_3, expert_4, expert_5, expert_6, expert_7)
+        if isinstance(vae, Autoencoder):
+            vae = AutoencoderAdapter(vae)
         self.register_modules(scheduler=scheduler, vae=vae, **{f"expert_{n}": e for n, e in enumerate(experts)})
         self.register_to_config(latent=latent)
 
@@ -236,8 +262,9 @@ class MemePipeline(DiffusionPipeline):
             ae = (self.config.latent.get("autoencoder") or {}).get("path", "its autoencoder")
             raise SpecError(f"this model samples latents: pass vae= (the autoencoder in {ae}) to from_pretrained, "
                             "or output_type='latent'")
-        z = normalisation_from_record(self.config.latent).invert(x.float())
-        out = self.vae.decode(z.to(self.vae.dtype) if hasattr(self.vae, "dtype") else z)
+        weight = next(self.vae.parameters())
+        z = normalisation_from_record(self.config.latent).invert(x.float()).to(weight.device, weight.dtype)
+        out = self.vae.decode(z)
         return getattr(out, "sample", out).float().clamp(-1.0, 1.0)
 
     @torch.no_grad()

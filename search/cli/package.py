@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", metavar="FILE", action="append", default=None,
                    help="a 'memekit fid RUN ... --json FILE' file of this checkpoint, for the model card; repeat for "
                         "several (default: none)")
-    p.add_argument("--steps", type=positive_int, default=50,
-                   help="DDIM steps the card's cost per trajectory and its commands use")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="DDIM steps the card's cost per trajectory and its commands use (default: 50, or the model's "
+                        "T when smaller)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty OUT")
     p.add_argument("--dry-run", action="store_true", help="check everything, print the plan and the card's "
                                                           "metadata as JSON, write nothing")
