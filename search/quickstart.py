@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import torch
 
 from memekit.analysis.data import load_images
 from memekit.analysis.priors import spectral_report
 from memekit.analysis.reports import format_spectrum_summary, write_spectrum_report
+from memekit.analysis.threads import applied_threads, apply_threads, choose_threads, describe
 from memekit.space import MemeSpec, load_spec, save_spec, spec_cost, uniform_intervals
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
@@ -253,9 +253,10 @@ images; both upscaled {config.grid_scale}x (nearest neighbour).
 def run_quickstart(out: str | Path, config: QuickstartConfig | None = None) -> Path:
     """Run every stage into ``out`` (resuming finished stages); returns OUT/REPORT.md."""
     config = config or QuickstartConfig()
-    # tiny models: intra-op threads buy little and, on a busy machine, oversubscribed threads make
-    # CPU training several times slower; one thread keeps the quickstart's time predictable
-    torch.set_num_threads(1)
+    # oversubscribed threads make CPU training several times slower on a busy machine: the shared rule
+    threads = applied_threads() or choose_threads()
+    apply_threads(threads)
+    print(describe(threads), flush=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

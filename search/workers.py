@@ -28,6 +28,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from memekit.analysis.threads import (
+    ThreadChoice,
+    applied_threads,
+    apply_threads,
+    choose_threads,
+    describe,
+)
 from memekit.space import load_spec
 
 from .objective import Objective
@@ -226,13 +233,11 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def cpu_threads_per_worker(config: SearchConfig) -> int | None:
-    """Torch threads for each of several local CPU workers, so that together they use the cores once
-    (oversubscribed torch threads slow every worker down several times); ``None`` (leave it to torch)
-    for GPU workers or when the user set ``OMP_NUM_THREADS`` themselves."""
-    if config.workers < 2 or not config.run_device().startswith("cpu") or "OMP_NUM_THREADS" in os.environ:
-        return None
-    return max(1, (os.cpu_count() or 1) // config.workers)
+def cpu_threads_per_worker(config: SearchConfig) -> ThreadChoice:
+    """Torch threads of each of the ``config.workers`` local workers, so that together they use the free
+    cores once (oversubscribed torch threads slow every worker down several times): the user's
+    (``--threads``, ``OMP_NUM_THREADS``) or :func:`memekit.analysis.threads.choose_threads`'s."""
+    return choose_threads(config.workers)
 
 
 def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAULT_SEAMS, update: bool = False,
@@ -241,18 +246,20 @@ def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAU
     the settings of an existing study, ``say`` hears what changed), then run ``workers`` worker
     processes (in this process when 1; ``progress``: one line per ended trial)."""
     study = prepare_study(config, seams, update=update, say=say)
-    if config.workers == 1:
+    threads = (applied_threads() if config.workers == 1 else None) or cpu_threads_per_worker(config)
+    if say is not None:
+        say(describe(threads))
+    if config.workers == 1:  # the worker runs in this process
+        apply_threads(threads)
         if config.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = config.gpus[0]
         run_worker(config, 0, progress, seams)
         return study
     procs = []
     config_file = Path(config.study_dir) / CONFIG_FILE
-    threads = cpu_threads_per_worker(config)
     for i in range(config.workers):
         env = dict(os.environ)
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads.threads)
         if config.storage:  # the password travels in the environment, never in a file
             env[STORAGE_ENV] = config.storage
         if config.gpus:

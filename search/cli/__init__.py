@@ -6,7 +6,9 @@ One module per command group (:mod:`.space`, :mod:`.analysis`, :mod:`.encode`, :
 over a public function of :mod:`memekit.space`, :mod:`memekit.analysis` or :mod:`memekit.search`.
 Nothing outside this package imports it. User errors (:class:`MemekitError`) print one line and
 exit with code 2 (usage errors name the subcommand's ``--help``); ``--debug`` shows the traceback
-instead. Output into a pipe that closes early (``memekit ... | head``) ends quietly.
+instead. Output into a pipe that closes early (``memekit ... | head``) ends quietly. Every command
+first sets torch's threads by :func:`memekit.analysis.threads.choose_threads` (``--threads N``, given
+before or after the command, overrides it).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from memekit.analysis.threads import apply_threads, choose_threads
 from memekit.space.errors import MemekitError
 
 from . import analysis, compare, encode, fid, package, results, retrain, search, space, train
-from .args import OneLineParser
+from .args import OneLineParser, positive_int
 
 COMMAND_GROUPS = (space, analysis, encode, train, search, results, retrain, compare, fid, package)  # in help order
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a program whose reader went away
@@ -42,10 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memekit {memekit_version()}",
                         help="print memekit's version and exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in COMMAND_GROUPS:
         group.register(subparsers)
+    _add_threads_option(subparsers)
     return parser
+
+
+THREADS_HELP = ("torch threads per process (default: the cores this process may use that other programs leave "
+                "free, shared among --workers; OMP_NUM_THREADS or MKL_NUM_THREADS when set)")
+
+
+def _add_threads_option(subparsers: argparse._SubParsersAction) -> None:
+    """``--threads`` after every command too (``memekit train ... --threads 2``); SUPPRESS keeps a
+    value given before the command."""
+    for command in dict.fromkeys(subparsers.choices.values()):  # aliases map to the same parser
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            _add_threads_option(action)
+        if not nested and "--threads" not in command._option_string_actions:
+            command.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS, help=THREADS_HELP)
 
 
 def _quiet_broken_pipe() -> int:
@@ -75,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        apply_threads(choose_threads(getattr(args, "workers", None) or 1, args.threads))
         return int(args.run(args) or 0)
     except BrokenPipeError:
         raise
