@@ -128,10 +128,15 @@ class MemeDDIMScheduler(DDIMScheduler):
         return 1.0 if self.config.set_alpha_to_one else float(self.diffusion.alpha_bar[0])
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
-             eta: float = 0.0, generator: torch.Generator | list[torch.Generator] | None = None,
+             eta: float = 0.0, use_clipped_model_output: bool | None = None,
+             generator: torch.Generator | list[torch.Generator] | None = None,
              variance_noise: torch.Tensor | None = None,
              return_dict: bool = True) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """One DDIM step (Song et al. 2021, eq. 12), the arithmetic of memekit's ``sample_ddim``."""
+        """One DDIM step (Song et al. 2021, eq. 12), the arithmetic of memekit's ``sample_ddim``; a clipped
+        x_0 always gives the eps of the step (``use_clipped_model_output`` may only be None or True)."""
+        if use_clipped_model_output is False and self.config.clip_sample:
+            raise SpecError("memekit's DDIM takes eps from the clipped x_0: use_clipped_model_output=False is not "
+                            "supported (use diffusers' DDIMScheduler for that)")
         t = int(timestep)
         ab, ab_prev = float(self.diffusion.alpha_bar[t]), self._next_alpha_bar(t)
         t_batch = torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long)
@@ -288,6 +293,11 @@ class MemePipeline(DiffusionPipeline):
             raise SpecError(f"batch_size and sample_batch must be >= 1, got {batch_size} and {sample_batch}")
         e = self.experts[0].spec
         shape = (e.image_channels, e.resolution, e.resolution)
+        if latents is not None and tuple(latents.shape) != (batch_size, *shape):
+            raise SpecError(f"latents must have shape {(batch_size, *shape)} (batch_size x the experts' input), "
+                            f"got {tuple(latents.shape)}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise SpecError(f"give one generator per image: {len(generator)} generators for batch_size {batch_size}")
         if seed is None:
             chunks = [(batch_size, generator)]
         else:
