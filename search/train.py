@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 
 from memekit.analysis.autoencoders import AutoencoderError
@@ -38,9 +39,9 @@ from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import Diffusion, MemeSpec, MultiExpert, SoftIntervalSampler, spec_cost
 from memekit.space.files import atomic_write_json
 
-from .checkpoint import checkpoint_spec, latest_checkpoint, load_checkpoint, save_checkpoint
-from .control import Dist, StopControl, init_distributed
-from .runfolder import RunFolder
+from .checkpoint import checkpoint_spec, ema_weights_available, latest_checkpoint, save_checkpoint
+from .control import STOP_SYNC_STEPS, Dist, StopControl, init_distributed
+from .runfolder import ResumePoint, RunFolder
 from .sampling import sample_images, save_image_grid
 from .status import TrainProgress
 from .train_config import TrainConfig, TrainResult
@@ -271,6 +272,10 @@ class Trainer(TrainingState):
         self.resumed_images = 0
         self._decoder: LatentDecoder | None = None
         self._no_decoder: str | None = None  # why a latent run's grids cannot be decoded
+        self.clock = time.monotonic  # of the time rule of checkpoints (checkpoint_minutes)
+        self._last_checkpoint = self.clock()
+        self._point = ResumePoint()
+        self._events: list[dict[str, Any]] = []  # found while resuming, logged once the folder is written
 
     @property
     def run_dir(self) -> Path:
@@ -298,32 +303,112 @@ class Trainer(TrainingState):
             f"last good checkpoint: {last or 'none'}; lower --lr or --grad-clip, or use bf16 instead of fp16")
 
     def checkpoint(self) -> Path | None:
+        """Write the training state (and its EMA weights as safetensors) on the main process."""
         path = None
         if self.dist.main:
             path = save_checkpoint(self.state_dict(), self.run_dir, self.config.keep_last)
         self.dist.barrier()
+        self._last_checkpoint = self.clock()
         return path
+
+    def _checkpoint_time_due(self) -> bool:
+        """Whether ``checkpoint_minutes`` passed since the last checkpoint (or this call's start); several
+        processes agree every :data:`STOP_SYNC_STEPS` steps (the main process's clock decides)."""
+        minutes = self.config.checkpoint_minutes
+        if minutes <= 0:
+            return False
+        if self.dist.world > 1:
+            if self.step % STOP_SYNC_STEPS:
+                return False
+            due = torch.tensor([self.clock() - self._last_checkpoint >= 60 * minutes], device=self.device)
+            dist.broadcast(due, src=0)
+            return bool(due.item())
+        return self.clock() - self._last_checkpoint >= 60 * minutes
 
     # ---- run folder and resume ----------------------------------------------------------------
     def prepare(self, resume: str | Path | None) -> None:
-        """Create the run folder, or resume from ``resume`` / the folder's latest checkpoint."""
-        source = self.folder.resume_source(self.spec, resume)
-        if source is not None:
-            state = load_checkpoint(source, map_location=self.device)
-            self.load_state_dict(state)  # another spec, or weights that do not fit: refused first
-            changes = self.folder.config_changes(state, self.config.to_dict(), self.allow_config_change)
-            self.resumed_from, self.resumed_images = self.step, self.images_seen
-            self._say(f"resuming {self.run_dir} from step {self.step:,} (checkpoint {source})")
-            self.log_event({"event": "resumed", "from": str(source), "step": self.step})
+        """Find where the run goes on (``resume``, else the folder's newest readable checkpoint, else
+        step 0), load that state and check it against this run's spec and settings; says what it
+        found and writes nothing (see :meth:`start`)."""
+        point = self._point = self.folder.resume_point(self.spec, resume, map_location=self.device)
+        for path, why in point.unreadable:
+            self._say(f"checkpoint {path.name} cannot be read ({why}): passed over, and set aside as "
+                      f"{path.name}.unreadable")
+        if point.state is not None:
+            self._resume_from(point.state, bool(point.unreadable))
+        else:
+            self._begin_at_zero(point)
+        self._events[:0] = [{"event": "checkpoint_unreadable", "step": self.step, "path": str(path), "reason": why}
+                            for path, why in point.unreadable]
+        if self.config.images % self.config.batch:
+            self._say(f"the budget of {self.config.images:,} images is not a whole number of batches of "
+                      f"{self.config.batch}: training {self.config.steps:,} steps = "
+                      f"{self.config.steps * self.config.batch:,} images")
+
+    def _resume_from(self, state: dict[str, Any], fell_back: bool) -> None:
+        self.load_state_dict(state)  # another spec, or weights that do not fit: refused first
+        stored = json.loads(state.get("config") or "{}")
+        changes = self.folder.config_changes(stored, self.config.to_dict(), self.allow_config_change, state["path"])
+        self.resumed_from, self.resumed_images = self.step, self.images_seen
+        source = Path(state["path"])
+        newest = ", the newest readable one" if fell_back else ""
+        self._say(f"resuming {self.run_dir} from step {self.step:,} (checkpoint {source}{newest})")
+        self._events.append({"event": "resumed", "from": str(source), "step": self.step})
+        self._budget_change(stored)
+        if changes:
+            self._say("changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+            self._events.append({"event": "config_changed", "step": self.step,
+                                 "changes": {k: list(v) for k, v in changes.items()}})
+
+    def _budget_change(self, stored: dict[str, Any]) -> None:
+        """Say and log a budget other than the checkpoint's (warm-up then a constant learning rate: a
+        longer budget continues the same run)."""
+        if "images" not in stored or "batch" not in stored:
+            return
+        old_steps, total = int(stored["images"]) // int(stored["batch"]), self.config.steps
+        if old_steps == total or self.step >= total:
+            return
+        how = "extending" if total > old_steps else "shortening"
+        self._say(f"{how} the budget from {old_steps:,} to {total:,} steps ({int(stored['images']):,} -> "
+                  f"{self.config.images:,} images); the learning rate stays constant after its warm-up, so the "
+                  "run goes on as one")
+        self._events.append({"event": "budget_changed", "step": self.step,
+                             "images": [int(stored["images"]), self.config.images], "steps": [old_steps, total]})
+
+    def _begin_at_zero(self, point: ResumePoint) -> None:
+        if point.stored_config is not None:
+            changes = self.folder.config_changes(point.stored_config, self.config.to_dict(),
+                                                 self.allow_config_change, None)
             if changes:
                 self._say("changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
-                self.log_event({"event": "config_changed", "step": self.step,
-                                "changes": {k: list(v) for k, v in changes.items()}})
-        self.folder.start(self.spec, self.config.to_dict(), self.step)
+                self._events.append({"event": "config_changed", "step": 0,
+                                     "changes": {k: list(v) for k, v in changes.items()}})
+        if point.started_over:
+            self._say(f"starting over in {self.run_dir}: it holds no checkpoint (the last run stopped before its "
+                      "first one), so training begins at step 0")
+            self._events.insert(0, {"event": "started_over", "step": 0})
+
+    def start(self) -> None:
+        """Write the run folder (spec.json, config.json, the log cut back to the resumed step), set
+        unreadable checkpoints aside and log what :meth:`prepare` found; only once the data is loaded."""
+        self.folder.start(self.spec, self.config.to_dict(), self.step, self._point.unreadable)
+        for event in self._events:
+            self.log_event(event)
+        self._events = []
         if self.latent is not None and self.dist.main:
             atomic_write_json(self.run_dir / "latents.json", self.latent)
             if self.config.hflip:
                 self._say("latent data: no horizontal flips (a flipped latent is not the latent of the flipped image)")
+        if self.dist.main and not ema_weights_available():
+            self._say("the safetensors package is not installed: EMA weights are kept only inside the .pt "
+                      "checkpoints (pip install safetensors to get RUN_DIR/weights/*.ema.safetensors)")
+
+    def _nothing_to_train(self, total: int) -> None:
+        if self.step > total:
+            self._say(f"{self.run_dir} was trained to step {self.step:,} ({self.images_seen:,} images), beyond this "
+                      f"budget of {total:,} steps ({self.config.images:,} images): nothing to train (give a larger "
+                      "--images or --steps to train on)")
+        self.log_event({"event": "complete", "step": self.step, "note": "budget already reached"})
 
     def _say(self, line: str) -> None:
         if self.say is not None:
@@ -372,13 +457,16 @@ class Trainer(TrainingState):
 
     # ---- loop ----------------------------------------------------------------------------------------
     def run(self, resume: str | Path | None = None) -> TrainResult:
+        """Resume or begin, load the data, then (only then) write the run folder, and train to the budget."""
         self.prepare(resume)
         total = self.config.steps
         start_time = time.perf_counter()
         if self.step >= total:
-            self.log_event({"event": "complete", "step": self.step, "note": "budget already reached"})
+            self._nothing_to_train(total)
             return self._result(start_time, latest_checkpoint(self.run_dir))
-        self.load_data()
+        self.load_data()  # unreadable data stops the run before anything is written
+        self.start()
+        self._last_checkpoint = self.clock()
         bar = TrainProgress(total, self.step, self.progress and self.dist.main)
         window = torch.zeros(self.spec.n_experts, device=self.device)
         window_steps, window_start = 0, time.perf_counter()
@@ -420,7 +508,7 @@ class Trainer(TrainingState):
             self.validate()
         if self.dist.main and (self._due(self.config.sample_every) or final):
             self.sample_grid()
-        if self._due(self.config.checkpoint_every) and not final:
+        if not final and (self._due(self.config.checkpoint_every) or self._checkpoint_time_due()):
             self.checkpoint()
 
     def _log_train(self, mean_losses: torch.Tensor, steps: int, since: float, bar: TrainProgress) -> None:
@@ -450,8 +538,13 @@ def train(spec: MemeSpec, config: TrainConfig, run_dir: str | Path, resume: str 
     ``progress``: a bar on a terminal, else a status line every ``log_every`` steps on stderr.
     ``deadline`` (a ``time.time()`` value): past it, write a checkpoint and raise
     :class:`TrainingPaused`, for bounded chunks on time-limited allocations. ``say`` receives
-    one-line messages (``resuming RUN_DIR from step N (checkpoint ...)``). Resuming with other
-    training settings than the checkpoint's (batch, learning rate, budget, ...) raises
-    :class:`TrainingError` unless ``allow_config_change`` (the change is logged)."""
+    one-line messages (``resuming RUN_DIR from step N (checkpoint ...)``, ``starting over ...``).
+    Resuming with other training settings than the checkpoint's (batch, learning rate, data, seed,
+    ...; see :data:`~memekit.search.runfolder.TRAINED_KEYS`) raises :class:`TrainingError` unless
+    ``allow_config_change`` (the change is logged); a larger budget continues the run (logged), and
+    one at or below the trained step trains nothing. An unreadable newest checkpoint is passed over
+    for the newest readable one (said, logged, and set aside as ``NAME.unreadable``). Nothing is
+    written before the data is loaded. A checkpoint is written every ``checkpoint_every`` steps and
+    once ``checkpoint_minutes`` passed since the last one, at a pause and at the end."""
     return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation, deadline=deadline,
                    say=say, allow_config_change=allow_config_change).run(resume)

@@ -41,6 +41,9 @@ class TrainConfig:
     sample_count: int = 16
     sample_steps: int = 50
     checkpoint_every: int = 1000  # steps; 0 = only at the end
+    # also a checkpoint once this many minutes of training passed since the last one (or the start):
+    # a long run has one within its first minutes whatever checkpoint_every is; 0 = steps only
+    checkpoint_minutes: float = 5.0
     keep_last: int = 3
     device: str | None = None  # None = cuda if available, else cpu
 
@@ -61,6 +64,10 @@ class TrainConfig:
             raise TrainingError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not self.grad_clip >= 0:  # inf: no clipping, as 0
             raise TrainingError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
+        if not (isinstance(self.checkpoint_minutes, int | float) and self.checkpoint_minutes >= 0
+                and math.isfinite(self.checkpoint_minutes)):
+            raise TrainingError(f"checkpoint_minutes must be a finite number >= 0 (0: by steps only), got "
+                                f"{self.checkpoint_minutes!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise TrainingError(f"unknown mixed precision {self.mixed_precision!r}: choose no, bf16 or fp16")
         if self.images < self.batch:
@@ -68,6 +75,8 @@ class TrainConfig:
 
     @property
     def steps(self) -> int:
+        """Optimiser steps of the budget: ``images // batch`` (``memekit train`` refuses a budget that is
+        not a whole number of batches, see :func:`whole_batches`; the trainer says when it floors one)."""
         return self.images // self.batch
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,3 +101,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None  # the step this call resumed from (None: a new run)
     images_trained: int | None = None  # by this call (0: the run had reached its budget before)
+
+
+def whole_batches(images: int, batch: int) -> None:
+    """A one-line :class:`TrainingError` unless ``images`` is a whole number of batches of ``batch``
+    (a budget is never rounded silently): it names both fixes, the nearest ``--images`` and ``--steps``."""
+    if images % batch == 0:
+        return
+    down, up = images // batch * batch, -(-images // batch) * batch
+    fixes = f"--images {up}" if down == 0 else f"--images {down} or {up}"
+    raise TrainingError(f"--images {images} is not a whole number of batches of --batch {batch} "
+                        f"({images / batch:,.2f} steps): give {fixes}, or the budget as --steps {up // batch} "
+                        "(memekit never rounds a budget)")

@@ -22,24 +22,49 @@ from memekit.search.train import (
     train,
     with_preconditioning,
 )
+from memekit.search.train_config import whole_batches
 from memekit.space.diffusion import SAMPLERS
 from memekit.space.precondition import PRECONDITIONINGS
 
 from .args import nonneg_int, positive_float, positive_int
 
+DEFAULT_IMAGES = 100_000  # the budget without --images or --steps, rounded up to whole batches
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+
+def budget_images(args: argparse.Namespace) -> int:
+    """The budget in images: ``--images`` (a whole number of batches, else refused), ``--steps`` x
+    ``--batch``, or :data:`DEFAULT_IMAGES` rounded up to whole batches."""
     if args.images is not None and args.steps is not None:
         raise TrainingError("give the budget either as --images or as --steps (with --batch), not both")
-    images = args.images if args.images is not None else (args.steps or 0) * args.batch or 100_000
+    if args.steps is not None:
+        return args.steps * args.batch
+    if args.images is not None:
+        if args.images >= args.batch:  # a budget below one batch gets its own error (TrainConfig)
+            whole_batches(args.images, args.batch)
+        return args.images
+    return -(-DEFAULT_IMAGES // args.batch) * args.batch
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        data=args.data, images=images, batch=args.batch, lr=args.lr, warmup_images=args.warmup_images,
+        data=args.data, images=budget_images(args), batch=args.batch, lr=args.lr, warmup_images=args.warmup_images,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         mixed_precision=args.mixed_precision, channels_last=args.channels_last, compile=args.compile,
         seed=args.seed, hflip=not args.no_hflip, data_limit=args.data_limit, log_every=args.log_every,
         val_every=args.val_every, val_images=args.val_images, sample_every=args.sample_every,
-        sample_steps=args.sample_steps, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
-        device=args.device)
+        sample_steps=args.sample_steps, checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes, keep_last=args.keep_last, device=args.device)
+
+
+def _minutes(text: str) -> float:
+    """A finite number of minutes >= 0, or an argparse error naming the bad value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of minutes >= 0, got {text!r}")
+    return value
 
 
 def _say(line: str) -> None:
@@ -61,7 +86,9 @@ def _train(args: argparse.Namespace) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         per = config.steps * config.batch
-        _say(f"budget: {per:,} images in total = {per // n:,} per expert x {n} expert(s); {config.steps:,} "
+        default = (f" (the default {DEFAULT_IMAGES:,} rounded up to whole batches)"
+                   if args.images is None and args.steps is None and per != DEFAULT_IMAGES else "")
+        _say(f"budget: {per:,} images in total{default} = {per // n:,} per expert x {n} expert(s); {config.steps:,} "
              f"steps of batch {config.batch} ({config.batch // n} per expert)")
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes is not None else None
     try:
@@ -117,9 +144,11 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = subparsers.add_parser("train", help="train a spec or preset (auto-resumes from RUN_DIR)",
                               description="Train a spec or preset under an image budget. Rerunning the command "
-                                          "resumes from RUN_DIR's latest checkpoint and says so; resuming with "
-                                          "another batch, learning rate, budget, data or seed needs "
-                                          "--allow-config-change.")
+                                          "resumes from RUN_DIR's newest readable checkpoint and says so (a folder "
+                                          "without one starts over, and says so); a larger --images or --steps "
+                                          "extends the run, while another batch, learning rate, warm-up, data, "
+                                          "seed or spec needs --allow-config-change. Nothing is written before the "
+                                          "data has been read.")
     p.add_argument("spec", metavar="SPEC.json|PRESET", help="a spec JSON (e.g. from memekit export) or a preset name")
     p.add_argument("--data", default=d.data, help="image folder, .npz, builtin:shapes[:N], or a latent .npz made by "
                                                   "memekit encode (a preset is then built for its channels and size)")
@@ -131,7 +160,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                    help="replace the spec's preconditioning: none, edm or wiener (statistics measured from the "
                         "training split; default: the spec's own)")
     p.add_argument("--images", type=positive_int, default=None,
-                   help="budget: images seen, all experts together (default: 100,000, or --steps x --batch)")
+                   help="budget: images seen, all experts together; a whole number of batches (any other is refused, "
+                        "never rounded; a larger budget on rerun extends the run) (default: --steps x --batch, else "
+                        "100,000 rounded up to whole batches, as the budget line says)")
     p.add_argument("--steps", type=positive_int, default=None, help="budget as optimiser steps (x --batch; "
                                                                      "default: from --images)")
     p.add_argument("--batch", type=positive_int, default=d.batch, help="images per step, all experts together")
@@ -159,16 +190,20 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                    help="steps between sample grids (0: at the end only)")
     p.add_argument("--sample-steps", type=positive_int, default=d.sample_steps, help="DDIM steps of the grids")
     p.add_argument("--checkpoint-every", type=nonneg_int, default=d.checkpoint_every,
-                   help="steps between checkpoints (0: at the end only)")
-    p.add_argument("--keep-last", type=positive_int, default=d.keep_last, help="checkpoints kept")
+                   help="steps between checkpoints (0: by time, at a pause and at the end only)")
+    p.add_argument("--checkpoint-minutes", type=_minutes, default=d.checkpoint_minutes, metavar="M",
+                   help="also a checkpoint once M minutes of training passed since the last one, so a long run "
+                        "has one within its first minutes (0: by steps only)")
+    p.add_argument("--keep-last", type=positive_int, default=d.keep_last, help="checkpoints kept (with their EMA weights)")
     p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
                    help="stop after M minutes of training with a checkpoint and exit 0; the same command "
                         "resumes (time-limited or preemptible allocations; default: no limit)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None,
                    help="resume from this checkpoint (default: RUN_DIR's latest)")
     p.add_argument("--allow-config-change", action="store_true",
-                   help="resume although batch, learning rate, budget, data or seed differ from the checkpoint's "
-                        "(the change is logged)")
+                   help="go on although what was trained differs from the checkpoint's (or, before the first "
+                        "checkpoint, config.json's): batch, lr, warm-up, weight decay, grad clip, EMA decay, flips, "
+                        "data, data limit or seed (the change is logged; a larger budget needs no flag)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and costs, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
