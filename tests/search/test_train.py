@@ -91,12 +91,14 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
 
     # k steps (with the end-of-run validation and sample grid), then the same folder with budget n
     tiny_trainer(tmp_path / "cut", spec, images=8 * K_STEPS, **RESUME_FIELDS).run()
-    resumed = Trainer(spec, tiny_config(images=8 * N_STEPS, **RESUME_FIELDS), tmp_path / "cut", progress=False,
-                      allow_config_change=True)  # the budget grows from k to n steps
+    # the budget grows from k to n steps: no --allow-config-change needed, and logged
+    resumed = Trainer(spec, tiny_config(images=8 * N_STEPS, **RESUME_FIELDS), tmp_path / "cut", progress=False)
     resumed.run()
     events = resumed.history
     assert events[0]["event"] == "resumed" and events[0]["step"] == K_STEPS
-    assert events[1] == {"event": "config_changed", "step": K_STEPS, "changes": {"images": [8 * K_STEPS, 8 * N_STEPS]}}
+    assert events[1] == {"event": "budget_changed", "step": K_STEPS, "images": [8 * K_STEPS, 8 * N_STEPS],
+                         "steps": [K_STEPS, N_STEPS]}
+    assert not [e for e in events if e["event"] == "config_changed"]
     assert [e["step"] for e in events if e["event"] == "train"] == list(range(K_STEPS + 1, N_STEPS + 1))
     _assert_same_training_state(_final_state(tmp_path / "cut"), _final_state(tmp_path / "straight"))
 
