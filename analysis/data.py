@@ -24,7 +24,8 @@ repeated into RGB. Each load reports both counts in one line (to ``say``, else a
 "composited 2,429 images with transparency onto grey (128, 128, 128), converted 12 grey images to
 RGB". Opaque RGB images decode exactly as before. For folders that may hold transparency (any
 ``.png`` or ``.webp``) the background is part of the source fingerprint, so the cache of one
-background is never read for another.
+background is never read for another (JPEG-only folders keep their fingerprint). A cache written
+before the counts were stored in it is decoded again.
 
 **Latent data sets** (``.npz`` files with a ``latents`` array, :mod:`memekit.analysis.latents`, made
 by ``memekit encode``) are read by :func:`load_data`: float32 ``(N, C, H, W)`` latents normalised to
@@ -176,11 +177,13 @@ def _to_rgb(img, background: tuple[int, int, int]):  # noqa: ANN001, ANN202 - PI
     (:data:`COMPOSITED`), every other image by ``convert("RGB")`` (:data:`GREY` or :data:`OPAQUE`)."""
     from PIL import Image
 
+    kind = GREY if img.mode in GREY_MODES else OPAQUE
     if img.mode in ALPHA_MODES or "transparency" in img.info:
         rgba = np.asarray(img.convert("RGBA"))
         if rgba[..., 3].min() < 255:
             return Image.fromarray(composite(rgba, background)), COMPOSITED
-    return img.convert("RGB"), GREY if img.mode in GREY_MODES else OPAQUE
+        return Image.fromarray(np.ascontiguousarray(rgba[..., :3])), kind  # opaque after all: its colours
+    return img.convert("RGB"), kind
 
 
 # ---- image decoding ---------------------------------------------------------------------------
