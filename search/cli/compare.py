@@ -175,7 +175,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("protocol (stored in the results file; another protocol is refused)")
     g.add_argument("--data", required=True, help="training data: image folder, .npz or builtin:shapes; scored "
                                                  "against its reference split")
-    g.add_argument("--resolution", type=positive_int, default=None, help="image size of preset rows (default 32)")
+    g.add_argument("--resolution", type=positive_int, default=None, help="image size of preset rows (default: 32)")
     g.add_argument("--images", type=positive_int, default=d.images, help="training budget per run, all experts together")
     g.add_argument("--batch", type=positive_int, default=d.batch, help="images per optimiser step")
     g.add_argument("--lr", type=positive_float, default=d.lr, help="AdamW learning rate after the warm-up")
@@ -191,7 +191,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
                    help="results file, shared by processes (grids and report.md in FILE/)")
     r.add_argument("--work", default=None, metavar="DIR", help="run folders DIR/ROW/seed-K (default: FILE-runs/)")
     r.add_argument("--train-seeds", type=positive_int, default=1, help="training seeds per row")
-    r.add_argument("--seeds", nargs="*", metavar="ROW=K", default=[], help="more training seeds for some rows")
+    r.add_argument("--seeds", nargs="*", metavar="ROW=K", default=[], help="more training seeds for some rows (default: none)")
     r.add_argument("--sampling-seeds", type=positive_int, default=1, help="sampling seeds scored per run")
     r.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
                    help="stop cleanly after M minutes; the same command resumes (default: no limit)")
@@ -217,11 +217,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("rows", nargs="+", metavar="ROW", help="NAME=SPEC.json|PRESET|RUN_DIR, or just the source")
     _protocol_args(p)
     c = p.add_argument_group("claims (lower is better; declare margins before the runs)")
-    c.add_argument("--better", nargs="*", metavar="A:B", help="A better than B (two-sided t-test)")
-    c.add_argument("--noninferior", nargs="*", metavar="A:B", help="A no worse than B by more than --margin")
-    c.add_argument("--equivalent", nargs="*", metavar="A:B", help="A within --margin of B (two one-sided tests)")
+    c.add_argument("--better", nargs="*", metavar="A:B", help="A better than B (two-sided t-test; default: none)")
+    c.add_argument("--noninferior", nargs="*", metavar="A:B", help="A no worse than B by more than --margin (default: none)")
+    c.add_argument("--equivalent", nargs="*", metavar="A:B", help="A within --margin of B (two one-sided tests; default: none)")
     c.add_argument("--margin", type=positive_float, default=None, help="the margin of --noninferior and "
-                                                                       "--equivalent, in the metric's units")
+                                                                       "--equivalent, in the metric's units (default: none)")
     p.set_defaults(run=_compare)
 
     q = subparsers.add_parser(
