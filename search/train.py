@@ -320,7 +320,7 @@ class Trainer(TrainingState):
         if self.dist.world > 1:
             if self.step % STOP_SYNC_STEPS:
                 return False
-            due = torch.tensor([self.clock() - self._last_checkpoint >= 60 * minutes], device=self.device)
+            due = torch.tensor([int(self.clock() - self._last_checkpoint >= 60 * minutes)], device=self.device)
             dist.broadcast(due, src=0)
             return bool(due.item())
         return self.clock() - self._last_checkpoint >= 60 * minutes

@@ -7,17 +7,21 @@ bit-identical to a straight one."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import (
     DATA,
     assert_one_line_error,
     assert_same,
     read_log,
+    subprocess_env,
     tiny_config,
     tiny_spec,
     tiny_trainer,
@@ -144,6 +148,23 @@ def test_a_max_minutes_chunk_ends_with_a_checkpoint(tmp_path: Path, spec_file, c
     code, _, err = cli(*args, "--max-minutes", "0.01")
     assert code == 0, err
     assert f"resuming {run} from step {step:,}" in err
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                    reason="torch.distributed with the gloo backend is not available")
+def test_two_processes_agree_on_time_checkpoints(spec_file, tmp_path: Path) -> None:
+    """Under torchrun the ranks decide the time rule together every STOP_SYNC_STEPS = 10 steps (a rank
+    that wrote alone would leave the other waiting in a barrier): with checkpoint_minutes ~0, steps
+    10 and 20, then the end (25)."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "memekit.search.cli", "train", str(spec_file()), "--out", str(run), "--batch", "8", "--steps",
+               "25", "--keep-last", "5", *CLI_TRAIN[:-1], "1e-9"]
+    env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert list_checkpoints(run) == [checkpoint_path(run, s) for s in (10, 20, 25)]
 
 
 # ---- an unreadable newest checkpoint -----------------------------------------------------------------
