@@ -110,10 +110,9 @@ class SpectrumJob:
 def min_length_rule(timesteps: int, sampling_steps: int, min_steps: int, given: int | None = None) -> str:
     """The minimum interval length in words: given, or derived (:func:`min_length_for_steps`)."""
     if given:
-        return f"{given} steps, given (--min-length)"
-    length = min_length_for_steps(timesteps, sampling_steps, min_steps)
-    return (f"{length} steps: the shortest interval that holds {min_steps} of the {min(sampling_steps, timesteps)} "
-            f"DDIM steps wherever it lies (--min-steps, --sampling-steps)")
+        return "given (--min-length)"
+    return (f"the shortest interval that holds {min_steps} of the {min(sampling_steps, timesteps)} DDIM steps "
+            "wherever it lies (--min-steps, --sampling-steps)")
 
 
 def run_spectrum(job: SpectrumJob, progress: bool = True) -> tuple[SpectralReport, list[str]]:
@@ -246,7 +245,7 @@ def _shares_text(spec: MemeSpec) -> str:
 
 def constraint_lines(report: SpectralReport, rule: str | None = None) -> list[str]:
     """The minimum interval length (and ``rule``, how it was set) and every binding constraint."""
-    lines = [f"minimum interval length: {rule or f'{report.min_length} steps'}"]
+    lines = [f"minimum interval length: {report.min_length} steps" + (f", {rule}" if rule else "")]
     if not report.constraints:
         return lines + ["binding constraints: none (the rules alone set the prior)"]
     return lines + ["binding constraints:"] + [f"  - {c.text}" for c in report.constraints]

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from memekit.analysis.data import BUILTIN_PREFIX, check_data_source, data_shape, load_data
 from memekit.analysis.device import MIXED_PRECISION, resolve_device
 from memekit.analysis.linear import preconditioned_for_data
-from memekit.space import DiffusionSpec, MemeSpec, load_spec, save_spec, spec_cost
+from memekit.space import DiffusionSpec, MemeSpec, save_spec, spec_cost
 from memekit.space.errors import MemekitError, checked_fields
 from memekit.space.files import atomic_write_json
 from memekit.space.precondition import PRECONDITIONINGS
@@ -41,7 +41,13 @@ from memekit.space.precondition import PRECONDITIONINGS
 from .searchspace import SearchSpace, load_search_space
 from .storage import journal_path, open_storage, redact_url, storage_kind
 from .train import TrainConfig, train
-from .warmstart import WARM_STARTS, enqueue_warm_start, make_prior
+from .warmstart import (
+    SAMPLER_STARTUP,
+    WARM_STARTS,
+    enqueue_warm_start,
+    prior_source_text,
+    study_prior,
+)
 
 OBJECTIVES = ("multi", "single")
 QUALITIES = ("val", "val-rel", "kid", "fid")
@@ -91,6 +97,7 @@ class SearchConfig:
     gpus: tuple[str, ...] | None = None
     machine_rank: int = 0
     warm_start: tuple[str, ...] = ("prior", "meme-paper", "multi-same")
+    prior: str | None = None  # --prior: memekit spectrum's prior_spec.json; None: recomputed from the training split
     max_retries: int = 2
     heartbeat_interval: int = 30
     grace_period: int = 120
@@ -123,7 +130,7 @@ class SearchConfig:
     # keys that must match when a study is resumed or joined: they decide what a trial measures
     IDENTITY = ("space", "resolution", "data", "objective", "quality", "preconditioning", "cost", "max_macs",
                 "max_params", "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images",
-                "val_images", "fid_n", "fid_steps", "seed")
+                "val_images", "fid_n", "fid_steps", "seed", "prior")
     # where and how one invocation runs: free to differ between invocations and machines
     INVOCATION = ("study_dir", "study_name", "storage", "workers", "gpus", "machine_rank", "device")
 
@@ -184,11 +191,12 @@ class SearchConfig:
 def make_sampler(name: str, seed: int, constraints: bool = True) -> optuna.samplers.BaseSampler:
     """The sampler, always explicit and seeded (recorded in the study)."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          n_startup_trials=SAMPLER_STARTUP["tpe"])
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=SAMPLER_STARTUP["nsga2"])
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=SAMPLER_STARTUP["gp"])
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -248,6 +256,7 @@ def study_space(config: SearchConfig, study_dir: Path | None) -> SearchSpace:
 
 CONFIG_FILE = "search_config.json"
 PRIOR_FILE = "prior_spec.json"
+PRIOR_SOURCE_FILE = "prior_source.json"  # which prior the study seeded and from what (warmstart.study_prior)
 
 
 def worker_seed(config: SearchConfig, index: int) -> int:
@@ -303,7 +312,8 @@ def _same_setting(key: str, old: Any, new: Any) -> bool:
     made with ``/abs/faces`` resumes with ``../faces`` from another folder)."""
     if old == new:
         return True
-    if key != "data" or not all(isinstance(v, str) and not v.startswith(BUILTIN_PREFIX) for v in (old, new)):
+    if key not in ("data", "prior") or not all(isinstance(v, str) and not v.startswith(BUILTIN_PREFIX)
+                                               for v in (old, new)):
         return False
     return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
 
@@ -380,9 +390,10 @@ def search_config(study_dir: str | Path, **given: Any) -> SearchConfig:
     return SearchConfig.from_dict(data)
 
 
-def _plan(config: SearchConfig, study_dir: Path) -> tuple[DiffusionSpec | None, MemeSpec | None]:
-    """Check the space and the data, and make (or read) the measured diffusion spec and the prior;
-    writes nothing."""
+def _plan(config: SearchConfig, study_dir: Path) -> tuple[DiffusionSpec | None, MemeSpec | None, dict | None,
+                                                          list[str]]:
+    """Check the space and the data, and make (or read) the measured diffusion spec and the prior with
+    its source record and notes (:func:`~memekit.search.warmstart.study_prior`); writes nothing."""
     check_data_source(config.data)
     space = data_space(config)
     for split in ("train", "reference"):  # both splits exist at the space's resolution
@@ -394,11 +405,15 @@ def _plan(config: SearchConfig, study_dir: Path) -> tuple[DiffusionSpec | None, 
                      preconditioned_for_data(space.diffusion, config.preconditioning, config.data,
                                              space.base_expert.resolution))
         space = dataclasses.replace(space, diffusion=diffusion)
-    prior = None
+    prior, source, notes = None, None, []
     if "prior" in config.warm_start or space.boundary_mode == "prior":
-        path = study_dir / PRIOR_FILE
-        prior = load_spec(path) if path.is_file() else make_prior(config, space)
-    return diffusion, prior
+        stored = study_dir / PRIOR_SOURCE_FILE
+        prior, source, notes = study_prior(config, space, study_dir / PRIOR_FILE,
+                                           json.loads(stored.read_text()) if stored.is_file() else None)
+    elif config.prior:
+        raise SearchError("--prior is given but the study neither warm-starts from the prior nor centres on it: add "
+                          "prior to --warm-start, or leave --prior out")
+    return diffusion, prior, source, notes
 
 
 def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bool = False,
@@ -410,7 +425,7 @@ def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bo
     study_dir = Path(config.study_dir)
     existing = find_study(config, seams)
     changes = check_resume(config, existing, update) if existing is not None else {}
-    diffusion, prior = _plan(config, study_dir)
+    diffusion, prior, source, notes = _plan(config, study_dir)
     # ---- everything was checked: from here on the study is written
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(study_dir / CONFIG_FILE, config.public_dict())
@@ -423,6 +438,12 @@ def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bo
         atomic_write_json(study_dir / DIFFUSION_FILE, diffusion.to_dict())
     if prior is not None and not (study_dir / PRIOR_FILE).is_file():
         save_spec(prior, study_dir / PRIOR_FILE)
+    if source is not None and existing is None and not (study_dir / PRIOR_SOURCE_FILE).is_file():
+        atomic_write_json(study_dir / PRIOR_SOURCE_FILE, source)
+        study.set_user_attr("memekit_prior", source)
+    if source is not None and say is not None:
+        for line in [prior_source_text(source), *notes, *(f"binding: {c}" for c in source.get("constraints", []))]:
+            say(line)
     if not study.trials:
         enqueue_warm_start(study, config, study_space(config, study_dir), prior)
     return study

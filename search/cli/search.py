@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,7 +29,7 @@ from memekit.search.study import (
     search_config,
     stored_config,
 )
-from memekit.search.warmstart import WARM_STARTS
+from memekit.search.warmstart import WARM_STARTS, startup_note, warm_start_names
 from memekit.search.workers import count_trials, run_search
 from memekit.space.precondition import PRECONDITIONINGS
 
@@ -40,6 +41,10 @@ def _gpus(text: str) -> tuple[str, ...]:
     if not parts or not all(p.isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1,2, got {text!r}")
     return parts
+
+
+def _absolute(text: str) -> str:
+    return str(Path(text).expanduser().absolute())
 
 
 def _warm(text: str) -> tuple[str, ...]:
@@ -69,6 +74,9 @@ def _search(args: argparse.Namespace) -> int:
           f"{config.workers} worker(s), objective {config.objective} ({', '.join(config.metric_names())}), "
           f"sampler {config.sampler}" + (" (stored settings, with the options given)" if resumed else ""),
           flush=True)
+    note = startup_note(config.sampler, config.n_trials, len(warm_start_names(config, data_space(config))))
+    if note:
+        print(f"memekit: warning: {note}", flush=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one memekit line per trial instead
     study = run_search(config, progress=not args.quiet, update=args.update, say=print)
     finished, running = count_trials(study)
@@ -140,6 +148,10 @@ def _study_options(p: argparse.ArgumentParser, d: SearchConfig) -> None:
                    help=f"DDIM steps of the costed trajectory {_stored(d.sampling_steps)}")
     p.add_argument("--warm-start", type=_warm, default=None,
                    help=f"comma-separated, from {', '.join(WARM_STARTS)} {_stored(','.join(d.warm_start))}")
+    p.add_argument("--prior", type=_absolute, default=None, metavar="PRIOR_SPEC.json",
+                   help="seed the study's spectral prior (the prior warm start, the centre of a *-prior space) with "
+                        "the prior_spec.json of 'memekit spectrum DATA --out DIR', re-cut to the space's backbone "
+                        "(default: recomputed from the training split; resuming: the study's prior, never changed)")
     p.add_argument("--seed", type=nonneg_int, default=None, help=f"seed of the proxy runs and samplers "
                                                                  f"{_stored(d.seed)}")
 
