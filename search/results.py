@@ -5,12 +5,18 @@ with what is needed to rebuild its specs (:class:`LoadedStudy`); :func:`select_t
 (the feasible Pareto front, or the top K by quality); :func:`trial_spec` rebuilds a trial's MemeSpec
 with ``suggest_spec(FixedTrial(params), space, prior)`` and compares it with the spec, parameter count
 and MACs the trial recorded. Export, fidelity and rerank all start here.
+
+What a report needs to know about its noise and its sampler is read here too: :func:`seed_noise`
+(the proxy's seed-to-seed SD, pooled from the runs ``memekit rerank`` or ``memekit fidelity
+--noise-seeds`` stored in the study) and :func:`startup_phase` (which trials the sampler drew at
+random before it modelled the data).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -19,12 +25,21 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from memekit.analysis.stats import PooledSD, pooled_sd
 from memekit.space import MemeSpec, SpecCost, load_spec, spec_cost
 from memekit.space.errors import MemekitError, SpecError
 
 from .searchspace import SearchSpace, suggest_spec
 from .storage import journal_path, open_storage, redact_url, storage_kind
-from .study import CONFIG_FILE, STORAGE_ENV, SearchConfig, stored_config, study_space
+from .study import (
+    CONFIG_FILE,
+    PRIOR_SOURCE_FILE,
+    STORAGE_ENV,
+    SearchConfig,
+    stored_config,
+    study_space,
+)
+from .warmstart import startup_trials
 
 
 class ResultsError(MemekitError, ValueError):
@@ -108,6 +123,86 @@ def load_study(study_dir: str | Path | None = None, storage: str | None = None,
     prior_file = folder / "prior_spec.json" if folder is not None else None
     prior = load_spec(prior_file) if prior_file is not None and prior_file.is_file() else None
     return LoadedStudy(study, config, space, prior, folder, where)
+
+
+def prior_source(loaded: LoadedStudy) -> dict | None:
+    """Which prior the study seeded and from what (the study's user attr ``memekit_prior``, or
+    ``STUDY_DIR/prior_source.json``); None for studies made before memekit recorded it."""
+    source = loaded.study.user_attrs.get("memekit_prior")
+    path = loaded.study_dir / PRIOR_SOURCE_FILE if loaded.study_dir is not None else None
+    if source is None and path is not None and path.is_file():
+        source = json.loads(path.read_text())
+    return source if isinstance(source, dict) else None
+
+
+# ---- what a report knows about its noise and its sampler ------------------------------------------------
+@dataclass(frozen=True)
+class SeedNoise:
+    """The proxy's seed-to-seed SD of one run's validation loss, pooled over the trials that were
+    retrained with several seeds at the proxy budget (:func:`~memekit.analysis.stats.pooled_sd`)."""
+
+    sd: PooledSD
+    trials: tuple[int, ...]
+    runs: int
+    source: str  # the records it was pooled from
+
+    @property
+    def difference_se(self) -> float:
+        """SE of the difference of two single runs: ``sqrt(2) x SD`` (independent runs)."""
+        return math.sqrt(2.0) * self.sd.sd
+
+
+def seed_noise(loaded: LoadedStudy) -> SeedNoise | None:
+    """The proxy's seed SD from the study's records, one group of runs per trial: ``memekit rerank``
+    (user attr ``rerank``, when it ran at the proxy budget), then the noise runs of ``memekit fidelity
+    --noise-seeds`` (user attrs ``fidelity*``, for trials rerank did not cover); None when no trial
+    has two runs."""
+    groups: dict[int, list[float]] = {}
+    sources = []
+    rerank = loaded.study.user_attrs.get("rerank")
+    if isinstance(rerank, dict) and rerank.get("images") == loaded.config.proxy_images:
+        for trial, losses in zip(rerank.get("trials", []), rerank.get("losses", []), strict=False):
+            groups[int(trial)] = [float(v) for v in losses]
+        sources.append("memekit rerank")
+    for name, record in sorted(loaded.study.user_attrs.items()):
+        noise = record.get("noise") if name.startswith("fidelity") and isinstance(record, dict) else None
+        if isinstance(noise, dict) and int(noise.get("trial", -1)) not in groups and noise.get("proxy_val_loss"):
+            groups[int(noise["trial"])] = [float(v) for v in noise["proxy_val_loss"]]
+            sources.append(f"memekit fidelity --noise-seeds ({name})")
+    groups = {t: [v for v in values if math.isfinite(v)] for t, values in groups.items()}
+    groups = {t: values for t, values in groups.items() if len(values) > 1}
+    if not groups:
+        return None
+    sd = pooled_sd(list(groups.values()))
+    return SeedNoise(sd, tuple(sorted(groups)), sum(len(v) for v in groups.values()), " and ".join(sources))
+
+
+@dataclass(frozen=True)
+class StartupPhase:
+    """Which finished trials a study's sampler drew at random before it modelled the data."""
+
+    sampler: str
+    startup: int | None  # trials drawn at random (warm starts included); None: every trial (random sampler)
+    finished: int
+    warm: tuple[int, ...]  # warm-start trials
+    random: tuple[int, ...]  # trials drawn at random
+
+    @property
+    def proposed(self) -> int:
+        """Trials the sampler proposed from the trials before them."""
+        return self.finished - len(self.warm) - len(self.random)
+
+
+def startup_phase(loaded: LoadedStudy) -> StartupPhase:
+    """Trials numbered below the sampler's start-up (:func:`~memekit.search.warmstart.startup_trials`)
+    that are not warm starts were random draws (exact for one worker; with several, about)."""
+    startup = startup_trials(loaded.config.sampler)
+    trials = [t for t in loaded.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+              if not t.user_attrs.get("surplus")]
+    warm = tuple(t.number for t in trials if t.user_attrs.get("warm_start"))
+    random = tuple(t.number for t in trials if not t.user_attrs.get("warm_start")
+                   and (startup is None or t.number < startup))
+    return StartupPhase(loaded.config.sampler, startup, len(trials), warm, random)
 
 
 # ---- choosing trials ------------------------------------------------------------------------------

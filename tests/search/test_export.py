@@ -154,7 +154,7 @@ def test_cli_pareto_exports_exactly_the_front(tmp_path: Path, cli: Cli) -> None:
     assert sorted(p.name for p in (tmp_path / "out").glob("trial-*.json")) == \
         [f"trial-{n:05d}.json" for n in sorted(closed_form_front(POINTS))]
     report = (tmp_path / "out" / "report.md").read_text()
-    exported = report.split("## Exported trials")[1].split("## Plots")[0]
+    exported = report.split("## Exported trials")[1].split("## Differences and seed noise")[0]
     rows = [line for line in exported.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [int(r.split("|")[1]) for r in rows] == [1, 3, 5, 6]
     all_trials = report.split("## All trials")[1]
@@ -231,7 +231,14 @@ def test_export_writes_specs_csv_plots_and_report(real_study: Path, tmp_path: Pa
         speed_up = baseline / (trial.user_attrs["trajectory_gmacs"] * 1e9)
         row = next(line for line in report.splitlines() if line.startswith(f"| {trial.number} |"))
         assert f"{speed_up:.2f}x" in row and f"{trial.values[0]:.4g}" in row and "COMPLETE" in row
-    assert "| 0 | meme-paper |" in report
+    # the tiny space's share grid {0, 0.5, 1} cannot hold meme-paper's shares: the label says how far it moved
+    gap = loaded.study.trials[0].user_attrs["projection_gap"]
+    assert gap["share"] > 0
+    label = f"meme-paper (projected: share gap {gap['share']:g}"
+    assert f"| 0 | {label}" in report
+    assert csv.loc[csv["number"] == 0, "warm_start_label"].item().startswith(label)
+    assert csv.loc[csv["number"] == 1, "warm_start_label"].isna().all()  # not a warm start: empty
+    assert "| MAC ratio vs untrained single-large |" in report and "nothing in this study trains or scores" in report
     assert "equals the recorded spec" in report
 
 
@@ -249,9 +256,13 @@ def test_pareto_plot_marks_and_labels_warm_starts(real_study: Path) -> None:
     frame = trials_frame(loaded, [0])
     fig = plot_pareto(loaded, frame)
     ax = fig.axes[0]
-    assert "meme-paper" in [t.get_text() for t in ax.texts]
-    stars = [c for c in ax.collections if c.get_label() == "warm start"]
+    assert [t.get_text() for t in ax.texts] == ["#0"]
+    gap = loaded.study.trials[0].user_attrs["projection_gap"]
+    name = f"warm start #0: meme-paper (projected: share gap {gap['share']:g}"
+    stars = [c for c in ax.collections if c.get_label().startswith(name)]
     assert len(stars) == 1
+    assert [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("warm start")] == \
+        [stars[0].get_label()]
     trial = loaded.study.trials[0]
     assert stars[0].get_offsets().tolist() == [[trial.values[0], trial.values[1]]]
 
