@@ -36,7 +36,7 @@ def plot_spectrum_heatmap(spectrum: pd.DataFrame, value: str = SNR_COLUMN,
     fig = _figure()
     ax = fig.add_subplot()
     mesh = ax.pcolormesh(f, t, z, shading="nearest", cmap="magma")
-    fig.colorbar(mesh, ax=ax, label=f"log10 {value}")
+    fig.colorbar(mesh, ax=ax, label=f"log10 of the {value.replace('_', ' ')}")
     if value == SNR_COLUMN and summary is None:
         ax.contour(f, t, z, levels=[0.0], colors="white", linewidths=1.0)
     if summary is not None:

@@ -27,7 +27,8 @@ def tiny_spec(tmp_path):
 
 
 SPECTRUM_FILES = {"summary.csv", "priors.csv", "spectrum.npz", "prior_spec.json", "config.json",
-                  "snr_heatmap.png", "power_heatmap.png", "data_power.png", "crossover.png", "band_fractions.png"}
+                  "snr_heatmap.png", "power_heatmap.png", "data_power.png", "crossover.png", "band_fractions.png",
+                  "prior_report.json", "prior_report.txt"}
 
 
 def test_spectrum_writes_tables_plots_and_prior_spec(tmp_path, capsys):

@@ -100,11 +100,11 @@ def test_sample_on_missing_cuda_is_a_one_line_error(trained_run: Path, tmp_path:
 
 
 # ---- memekit train: dry run and bad input ----------------------------------------------------------
-@pytest.mark.parametrize(("budget", "batch", "steps"), [(("--images", "1000"), 24, 41),
+@pytest.mark.parametrize(("budget", "batch", "steps"), [(("--images", "984"), 24, 41),
                                                          (("--steps", "5"), 48, 5)])
 def test_dry_run_prints_the_budget(spec_file: Callable[..., Path], cli: Cli, tmp_path: Path,
                                    budget: tuple[str, str], batch: int, steps: int) -> None:
-    """images_total = steps x batch, with steps = images // batch; each of N experts gets 1/N."""
+    """images_total = steps x batch, with images a whole number of batches; each of N experts gets 1/N."""
     spec = spec_file(boundaries=(0, 10, 30, 50), soft_assignment=(0.9, 0.5, 0.2))
     code, out, err = cli("train", spec, "--data", DATA, "--batch", str(batch), *budget, "--dry-run",
                          "--out", tmp_path / "run")

@@ -20,7 +20,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import memekit.search.workers as workers_module
 from memekit.search.searchspace import load_search_space, suggest_spec
 from memekit.search.study import (
     Seams,
@@ -324,14 +323,3 @@ def test_a_data_path_given_another_way_is_the_same_data(tmp_path: Path, monkeypa
         check_identity(tiny_search(tmp_path, data="builtin:shapes:128"), stored)
 
 
-def test_local_cpu_workers_split_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(workers_module.os, "cpu_count", lambda: 16)
-    threads = workers_module.cpu_threads_per_worker
-    assert threads(tiny_search(tmp_path, workers=4, device="cpu")) == 4
-    assert threads(tiny_search(tmp_path, workers=3, device="cpu")) == 5
-    assert threads(tiny_search(tmp_path, workers=32, device="cpu")) == 1
-    assert threads(tiny_search(tmp_path, workers=1, device="cpu")) is None  # one worker: torch's default
-    assert threads(tiny_search(tmp_path, workers=4, device="cuda")) is None  # GPU workers
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert threads(tiny_search(tmp_path, workers=4, device="cpu")) is None  # the user's choice wins
