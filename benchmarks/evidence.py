@@ -24,6 +24,7 @@ import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from memekit.search import ablate
@@ -34,62 +35,94 @@ from memekit.space.files import atomic_write_text
 from memekit.space.presets import backbone_presets
 
 REPO = Path(__file__).resolve().parents[1]
-UTKFACE = REPO.parent / "shared" / "data" / "utkface" / "crop_part1"
+DATA = REPO.parent / "shared" / "data"
 BASELINES = ("single-large", "single-small", "multi-same", "meme-paper")
 CPU32 = ExpertSpec(resolution=32, base_width=16, channel_mult=(1, 2, 2), blocks_per_stage=(1, 1, 1),
                    attention_share=(0.0, 1.0, 1.0), head_dim=4, attention_pool=(2, 1, 1))
-PROFILES = {"cpu32": (CPU32, cmp.Protocol(str(UTKFACE), 100_000, 32, 1e-3, 1000, 1000, 25, "wiener"))}
-EXPORT, RANDOM_EXPORT = REPO / "benchmarks" / "utk32bw_study", REPO / "benchmarks" / "utk32bwr_study"
-SEARCHED = ("searched-utk32bw-trial-00009", "searched-utk32bw-trial-00008", "searched-utk32bw-trial-00013")
-MARGIN = 0.005  # KID: about 10 % of single-large's 0.0467; declared 2026-12-07 before the runs it decides
-# the claims, one Holm family, declared before their runs (RESULTS.md, "Margins declared before the runs")
-CLAIMS = (
-    cmp.Claim("noninferior", SEARCHED[1], "single-large", MARGIN, "(a) a 4-expert model is no worse than single-large"),
-    cmp.Claim("noninferior", "meme-paper", "multi-same", MARGIN, "(b) per-interval architectures no worse than one"),
-    cmp.Claim("better", SEARCHED[0], "meme-paper", None, "(c) the search's pick beats the hand-set configuration"),
-    cmp.Claim("better", SEARCHED[1], "meme-paper", None, "(c) the search's second pick beats it"),
-    cmp.Claim("better", "spectral-prior", "meme-paper", None, "the spectral prior beats the hand-set configuration"),
-    cmp.Claim("better", SEARCHED[0], "random-best", None, "the search's pick beats random search's"),
-    cmp.Claim("better", SEARCHED[1], "random-best", None, "the search's second pick beats random search's"),
-)
-# the attribution: trial 9 against meme-paper, {attention shares} x {intervals and p_n}
-ABLATION = (SEARCHED[0], "meme-paper", (("shares",), ("intervals", "p_n")),
-            {(1, 0): "hybrid-shares-trial9", (0, 1): "hybrid-allocation-trial9"})
+MARGIN = 0.005  # KID: about 10 % of single-large's 0.0467 on UTKFace; declared 2026-12-07 before the runs it decides
 
 
-def profile_rows(profile: str) -> dict[str, MemeSpec]:
-    """Every row of the profile, before the protocol's preconditioning is measured into it."""
+@dataclass(frozen=True)
+class Profile:
+    """One data set's table: protocol, the study exports its searched and random rows come from (the
+    first trials of each export, best proxy quality first, named by ``searched``), the claims (one Holm
+    family, declared before their runs) and the attribution (winner, baseline, groups, hybrid names)."""
+
+    backbone: ExpertSpec
+    protocol: cmp.Protocol
+    export: Path
+    random_export: Path
+    searched: tuple[str, ...]
+    claims: tuple[cmp.Claim, ...]
+    ablation: tuple
+    declared: str  # the date the claims were declared (RESULTS.md)
+
+
+def claims(searched: tuple[str, ...], a_row: str) -> tuple[cmp.Claim, ...]:
+    """The claims of a table (RESULTS.md, "Margins declared before the runs"); ``a_row`` is claim (a)'s row."""
+    pairs = [cmp.Claim("noninferior", a_row, "single-large", MARGIN, "(a) a 4-expert model is no worse than single-large"),
+             cmp.Claim("noninferior", "meme-paper", "multi-same", MARGIN, "(b) per-interval architectures no worse than one"),
+             cmp.Claim("better", searched[0], "meme-paper", None, "(c) the search's pick beats the hand-set configuration")]
+    if len(searched) > 1:
+        pairs.append(cmp.Claim("better", searched[1], "meme-paper", None, "(c) the search's second pick beats it"))
+    pairs.append(cmp.Claim("better", "spectral-prior", "meme-paper", None, "the spectral prior beats the hand-set configuration"))
+    pairs += [cmp.Claim("better", name, "random-best", None, f"the search's {rank} beats random search's")
+              for name, rank in zip(searched[:2], ("pick", "second pick"), strict=False)]
+    return tuple(pairs)
+
+
+UTK = ("searched-utk32bw-trial-00009", "searched-utk32bw-trial-00008", "searched-utk32bw-trial-00013")
+CIFAR = ("searched-best",)
+PROFILES = {
+    "cpu32": Profile(CPU32, cmp.Protocol(str(DATA / "utkface" / "crop_part1"), 100_000, 32, 1e-3, 1000, 1000, 25,
+                                         "wiener"),
+                     REPO / "benchmarks" / "utk32bw_study", REPO / "benchmarks" / "utk32bwr_study", UTK,
+                     claims(UTK[:2], UTK[1]),
+                     (UTK[0], "meme-paper", (("shares",), ("intervals", "p_n")),
+                      {(1, 0): "hybrid-shares-trial9", (0, 1): "hybrid-allocation-trial9"}), "2026-12-07"),
+    "cifar32": Profile(CPU32, cmp.Protocol(str(DATA / "cifar10" / "test"), 100_000, 32, 1e-3, 1000, 1000, 25,
+                                           "wiener"),
+                       REPO / "benchmarks" / "cifar32_study", REPO / "benchmarks" / "cifar32r_study", CIFAR,
+                       claims(CIFAR, CIFAR[0]),
+                       (CIFAR[0], "meme-paper", (("shares",), ("intervals", "p_n")),
+                        {(1, 0): "hybrid-shares", (0, 1): "hybrid-allocation"}), "2026-12-07"),
+}
+
+
+def profile_rows(name: str) -> dict[str, MemeSpec]:
+    """Every row of the profile, before the protocol's preconditioning is measured into it (the searched,
+    random and hybrid rows once their study exports exist)."""
     from memekit.analysis.data import load_images
     from memekit.analysis.linear import STATS_IMAGES
     from memekit.analysis.priors import prior_spec
 
-    backbone, protocol = PROFILES[profile]
-    presets = backbone_presets(backbone)
-    rows = {name: presets[name] for name in BASELINES}
-    images = load_images(protocol.data, backbone.resolution, split="train", limit=STATS_IMAGES, progress=False)
+    profile = PROFILES[name]
+    presets = backbone_presets(profile.backbone)
+    rows = {row: presets[row] for row in BASELINES}
+    images = load_images(profile.protocol.data, profile.backbone.resolution, split="train", limit=STATS_IMAGES,
+                         progress=False)
     rows["spectral-prior"] = prior_spec(images, 4, presets["meme-paper"])
-    manifest = json.loads((EXPORT / "export.json").read_text())
-    for entry, name in zip(manifest["trials"], SEARCHED, strict=False):
-        rows[name] = load_spec(EXPORT / entry["file"])
-    random = RANDOM_EXPORT / "export.json"
-    if random.is_file():  # the best trial (by proxy quality) of the random-sampler study
-        rows["random-best"] = load_spec(RANDOM_EXPORT / json.loads(random.read_text())["trials"][0]["file"])
-    winner, baseline, groups, names = ABLATION
-    prepared = cmp.prepared_rows({k: rows[k] for k in (winner, baseline)}, protocol)
-    for cell, spec in ablate.hybrid_cells(prepared[winner], prepared[baseline], groups).items():
-        if cell in names:
-            rows[names[cell]] = spec
+    for export, names in ((profile.export, profile.searched), (profile.random_export, ("random-best",))):
+        if (export / "export.json").is_file():  # export.json lists the trials best proxy quality first
+            for entry, row in zip(json.loads((export / "export.json").read_text())["trials"], names, strict=False):
+                rows[row] = load_spec(export / entry["file"])
+    winner, baseline, groups, names = profile.ablation
+    if winner in rows:
+        prepared = cmp.prepared_rows({k: rows[k] for k in (winner, baseline)}, profile.protocol)
+        for cell, spec in ablate.hybrid_cells(prepared[winner], prepared[baseline], groups).items():
+            if cell in names:
+                rows[names[cell]] = spec
     return rows
 
 
-def comparison(profile: str, rows: dict[str, MemeSpec]) -> cmp.Comparison:
-    _, protocol = PROFILES[profile]
-    path = REPO / "benchmarks" / f"evidence_{profile}.json"
-    opened = cmp.open_comparison(path, protocol, cmp.prepared_rows(rows, protocol), REPO / "runs" / f"compare-{profile}")
-    cmp.declare_claims(opened.results, CLAIMS, "2026-12-07")  # the whole family, scored or not
-    winner, baseline, groups, names = ABLATION
-    cells = {(1, 1): winner, (0, 0): baseline, **names}
-    ablate.record(opened.results, f"{winner} vs {baseline}", cells, groups)
+def comparison(name: str, rows: dict[str, MemeSpec]) -> cmp.Comparison:
+    profile = PROFILES[name]
+    path = REPO / "benchmarks" / f"evidence_{name}.json"
+    opened = cmp.open_comparison(path, profile.protocol, cmp.prepared_rows(rows, profile.protocol),
+                                 REPO / "runs" / f"compare-{name}")
+    cmp.declare_claims(opened.results, profile.claims, profile.declared)  # the whole family, scored or not
+    winner, baseline, groups, names = profile.ablation
+    ablate.record(opened.results, f"{winner} vs {baseline}", {(1, 1): winner, (0, 0): baseline, **names}, groups)
     return opened
 
 
@@ -164,13 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
         chosen = {n: c.rows[n] for n in (args.rows or rows)}
         if args.calibrate:
-            calibrate(c, chosen.get("single-small", c.rows["single-small"]), [int(b) for b in args.budgets.split(",")],
-                      deadline)
+            calibrate(c, c.rows["single-small"], [int(b) for b in args.budgets.split(",")], deadline)
         elif args.timing:
             c.results["timing"] = cmp.speed_rounds(c.rows, c.protocol, args.timing)
             c.save()
         elif args.floor:
-            c.results["floor"] = cmp.floor_metrics(c.protocol, PROFILES[args.profile][0].resolution)
+            c.results["floor"] = cmp.floor_metrics(c.protocol, PROFILES[args.profile].backbone.resolution)
             c.save()
         elif not args.report:
             c.rows = chosen
