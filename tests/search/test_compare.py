@@ -12,6 +12,7 @@ import json
 import os
 
 import pytest
+import torch
 from conftest import DATA, tiny_spec
 
 from memekit.search import ablate as ab
@@ -186,3 +187,36 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, cli, spec_file):
                        "--preconditioning", "keep")
     assert code == 0 and set(json.loads(out)["rows"]) == {"w", "b"}  # only p_n differs: no hybrid
     assert not res.exists()
+
+
+def test_runs_of_one_seed_share_data_order_and_noise_across_cells(tmp_path, monkeypatch):
+    """What pairing relies on: two cells of an ablation (other intervals, other p_n, other attention
+    shares) trained with one seed see the same images, flips and noise at every step, and their
+    time-steps come from the same uniforms (equal wherever the two samplers agree)."""
+    from conftest import tiny_config
+
+    from memekit.search.train import Trainer
+    from memekit.space import Diffusion
+
+    seen: dict[str, list] = {}
+    original = Diffusion.loss
+
+    def record(self, model, x0, t, noise, weighted=False):
+        seen.setdefault(self._label, []).append((x0.clone(), t.clone(), noise.clone()))
+        return original(self, model, x0, t, noise, weighted=weighted)
+
+    monkeypatch.setattr(Diffusion, "loss", record)
+    winner, baseline = two_specs()
+    for label, spec in (("winner", winner), ("baseline", baseline)):
+        trainer = Trainer(spec, tiny_config(images=24, batch=8), tmp_path / label, progress=False)
+        trainer.diffusion._label = label
+        trainer.load_data()
+        for _ in range(3):
+            trainer.train_step()
+            trainer.step += 1
+    assert len(seen["winner"]) == len(seen["baseline"]) == 6  # 3 steps x 2 experts
+    same_t = 0
+    for (x_w, t_w, n_w), (x_b, t_b, n_b) in zip(seen["winner"], seen["baseline"], strict=True):
+        assert torch.equal(x_w, x_b) and torch.equal(n_w, n_b)
+        same_t += int((t_w == t_b).sum())
+    assert 0 < same_t < 6 * 4  # the intervals differ, so some time-steps do too
