@@ -36,10 +36,12 @@ from .train_errors import TrainingError
 
 LOG_FILE = "log.jsonl"
 # what a run must share with its checkpoint (or with the folder's config.json when it stopped before its
-# first checkpoint) to continue as one run: the data and the optimisation. The budget and the cadences of
-# logs, validation, samples and checkpoints may change freely.
-TRAINED_KEYS = ("data", "data_limit", "batch", "lr", "warmup_images", "weight_decay", "grad_clip", "ema_decay",
-                "seed", "hflip")
+# first checkpoint) to continue as one run: the data (with the background transparency is composited onto) and
+# the optimisation. The budget and the cadences of logs, validation, samples, checkpoints and post-hoc EMA
+# snapshots may change freely. A config.json or checkpoint without a key (older memekit) is not compared on it:
+# its default reproduces what that run trained on.
+TRAINED_KEYS = ("data", "data_limit", "background", "batch", "lr", "warmup_images", "weight_decay", "grad_clip",
+                "ema_decay", "seed", "hflip")
 
 
 def option(key: str, value: Any) -> str:
@@ -48,6 +50,8 @@ def option(key: str, value: Any) -> str:
         return "no --no-hflip" if value else "--no-hflip"
     if value is None:
         return f"no --{key.replace('_', '-')}"
+    if key == "background" and isinstance(value, list | tuple):
+        return f"--background {','.join(str(v) for v in value)}"
     return f"--{key.replace('_', '-')} {value}"
 
 

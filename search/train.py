@@ -41,6 +41,7 @@ from memekit.space.files import atomic_write_json
 
 from .checkpoint import checkpoint_spec, ema_weights_available, latest_checkpoint, save_checkpoint
 from .control import STOP_SYNC_STEPS, Dist, StopControl, init_distributed
+from .ema import PowerFunctionEMA, drop_snapshots_after, is_reconstruction, save_snapshots
 from .runfolder import ResumePoint, RunFolder
 from .sampling import sample_images, save_image_grid
 from .status import TrainProgress
@@ -56,7 +57,7 @@ from .validation import LOGGED_VALIDATION, linear_reference, validation_loss
 
 __all__ = ["MIXED_PRECISION", "OutOfMemory", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged",
            "TrainingError", "TrainingInterrupted", "TrainingPaused", "check_budget", "dry_run", "ema_warmup_avg_fn",
-           "learning_rate", "step_seed", "train", "with_preconditioning"]
+           "learning_rate", "preflight", "preflight_summary", "step_seed", "train", "with_preconditioning"]
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -157,6 +158,9 @@ class TrainingState:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_warmup_avg_fn(config.ema_decay))
+        # post-hoc EMA profiles (memekit.search.ema): copies of the weights, no random draws
+        self.posthoc = (PowerFunctionEMA(self.model, config.posthoc_ema_sigma_rels)
+                        if config.posthoc_ema_every > 0 else None)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                            fused=device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.mixed_precision == "fp16")
@@ -213,6 +217,8 @@ class TrainingState:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update_parameters(self.model)
+        if self.posthoc is not None:  # reads the weights only
+            self.posthoc.update(self.model, self.images_seen + self.config.batch, self.config.batch)
         return loss_vec.detach()
 
     # ---- state ----------------------------------------------------------------------------------
@@ -230,9 +236,26 @@ class TrainingState:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "val": json.dumps(self.last_val),
             **({"latent": json.dumps(self.latent)} if self.latent is not None else {}),
+            **({"posthoc_ema_profiles": self.posthoc.state_dict()} if self.posthoc is not None else {}),
         }
 
+    def load_data(self, progress: bool = False, say: Callable[[str], None] | None = None) -> None:
+        """The training and validation images (or latents) on the device, and the validation's linear
+        reference; one-line errors for data that cannot be read or does not fit the spec."""
+        expert = self.spec.experts[0]
+        res = expert.resolution
+        check_data_for_spec(self.config.data, expert.image_channels, res)
+        options = dict(progress=progress, background=self.config.background, say=say)
+        train = load_data(self.config.data, res, limit=self.config.data_limit, split="train", **options)
+        val = load_data(self.config.data, res, limit=self.config.val_images, split="reference", **options)
+        self.train_images = torch.from_numpy(train).to(self.device)
+        self.val_images = torch.from_numpy(val).to(self.device)
+        self.reference = linear_reference(self.diffusion, train, val) if self.dist.main else None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if is_reconstruction(state):
+            raise TrainingError(f"{state['path']} is a post-hoc EMA reconstruction (memekit ema), not a training "
+                                "state: resume in the run's own folder, or use a new --out folder")
         stored = checkpoint_spec(state)
         if stored.to_dict() != self.spec.to_dict():
             raise TrainingError(f"checkpoint {state['path']} was trained with a different spec "
@@ -251,6 +274,25 @@ class TrainingState:
         self.images_seen = int(state.get("images_seen", self.step * self.config.batch))
         self.images_per_expert = [int(v) for v in state["images_per_expert"]]
         self.last_val = json.loads(state.get("val", "{}"))
+        self._load_posthoc(state)
+
+    def _load_posthoc(self, state: dict[str, Any]) -> None:
+        """The post-hoc EMA profiles of the checkpoint; refused when tracking would start mid-run or with
+        other lengths (a profile spans the whole run)."""
+        if self.posthoc is None:
+            return
+        stored = state.get("posthoc_ema_profiles")
+        if stored is None:
+            raise TrainingError(f"{state['path']} was trained to step {self.step:,} without post-hoc EMA snapshots; "
+                                "their profiles span the whole run: resume without --posthoc-ema-every / "
+                                "--ema-snapshots, or train a new --out run with them")
+        was = json.loads(stored["sigma_rels"])
+        if tuple(was) != self.posthoc.sigma_rels:
+            given = " ".join(f"{v:g}" for v in self.posthoc.sigma_rels)
+            raise TrainingError(f"{state['path']} tracks post-hoc EMA profiles --posthoc-ema-sigma-rel "
+                                f"{' '.join(f'{v:g}' for v in was)}, this command gives {given}: resume with "
+                                "the run's (a profile spans the whole run)")
+        self.posthoc.load_state_dict(stored)
 
 
 class Trainer(TrainingState):
@@ -282,15 +324,7 @@ class Trainer(TrainingState):
         return self.folder.path
 
     def load_data(self) -> None:
-        expert = self.spec.experts[0]
-        res = expert.resolution
-        check_data_for_spec(self.config.data, expert.image_channels, res)
-        show = self.progress and self.dist.main
-        train = load_data(self.config.data, res, limit=self.config.data_limit, split="train", progress=show)
-        val = load_data(self.config.data, res, limit=self.config.val_images, split="reference", progress=show)
-        self.train_images = torch.from_numpy(train).to(self.device)
-        self.val_images = torch.from_numpy(val).to(self.device)
-        self.reference = linear_reference(self.diffusion, train, val) if self.dist.main else None
+        super().load_data(self.progress and self.dist.main, self.say)
 
     def _check_finite(self, loss_vec: torch.Tensor) -> None:
         if bool(torch.isfinite(loss_vec).all()):
@@ -301,6 +335,12 @@ class Trainer(TrainingState):
         raise TrainingDiverged(
             f"loss is {float(loss_vec[n])} at step {self.step + 1} in interval [{lo}, {hi}) (expert {n}); "
             f"last good checkpoint: {last or 'none'}; lower --lr or --grad-clip, or use bf16 instead of fp16")
+
+    def save_snapshots(self) -> list[Path]:
+        """The post-hoc EMA profiles at this step (``RUN_DIR/ema_snapshots/``, :mod:`memekit.search.ema`)."""
+        metadata = {"spec": self.spec.to_json(), "config": json.dumps(self.config.to_dict()),
+                    **({"latent": json.dumps(self.latent)} if self.latent is not None else {})}
+        return save_snapshots(self.run_dir, self.posthoc, self.model, metadata, self.step, self.images_seen)
 
     def checkpoint(self) -> Path | None:
         """Write the training state (and its EMA weights as safetensors) on the main process."""
@@ -355,6 +395,7 @@ class Trainer(TrainingState):
         self._say(f"resuming {self.run_dir} from step {self.step:,} (checkpoint {source}{newest})")
         self._events.append({"event": "resumed", "from": str(source), "step": self.step})
         self._budget_change(stored)
+        self._posthoc_stops(state)
         if changes:
             self._say("changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
             self._events.append({"event": "config_changed", "step": self.step,
@@ -375,6 +416,19 @@ class Trainer(TrainingState):
         self._events.append({"event": "budget_changed", "step": self.step,
                              "images": [int(stored["images"]), self.config.images], "steps": [old_steps, total]})
 
+    def _posthoc_stops(self, state: dict[str, Any]) -> None:
+        """A checkpoint that tracks post-hoc EMA profiles, resumed without them: refused unless allowed
+        (then said and logged); the snapshots written so far stay usable."""
+        if self.posthoc is not None or "posthoc_ema_profiles" not in state:
+            return
+        every = json.loads(state.get("config") or "{}").get("posthoc_ema_every")
+        if not self.allow_config_change:
+            raise TrainingError(f"{self.run_dir} tracks post-hoc EMA profiles (checkpoint {Path(state['path']).name}), "
+                                f"this command gives no --posthoc-ema-every: resume with --posthoc-ema-every {every}, "
+                                "or pass --allow-config-change to stop tracking them (the snapshots so far stay usable)")
+        self._say(f"post-hoc EMA tracking stops at step {self.step:,}: the snapshots up to it stay usable")
+        self._events.append({"event": "posthoc_ema_stopped", "step": self.step})
+
     def _begin_at_zero(self, point: ResumePoint) -> None:
         if point.stored_config is not None:
             changes = self.folder.config_changes(point.stored_config, self.config.to_dict(),
@@ -392,6 +446,9 @@ class Trainer(TrainingState):
         """Write the run folder (spec.json, config.json, the log cut back to the resumed step), set
         unreadable checkpoints aside and log what :meth:`prepare` found; only once the data is loaded."""
         self.folder.start(self.spec, self.config.to_dict(), self.step, self._point.unreadable)
+        if self.dist.main and (dropped := drop_snapshots_after(self.run_dir, self.step)):
+            self._say(f"removed {len(dropped)} post-hoc EMA snapshot(s) past step {self.step:,}, written after "
+                      "the checkpoint this run goes on from (they are written again on the way)")
         for event in self._events:
             self.log_event(event)
         self._events = []
@@ -504,6 +561,8 @@ class Trainer(TrainingState):
 
     def _periodic(self, total: int) -> None:
         final = self.step == total
+        if self.posthoc is not None and self.dist.main and (self._due(self.config.posthoc_ema_every) or final):
+            self.save_snapshots()
         if self.dist.main and (self._due(self.config.val_every) or final):
             self.validate()
         if self.dist.main and (self._due(self.config.sample_every) or final):
@@ -548,3 +607,96 @@ def train(spec: MemeSpec, config: TrainConfig, run_dir: str | Path, resume: str 
     once ``checkpoint_minutes`` passed since the last one, at a pause and at the end."""
     return Trainer(spec, config, run_dir, progress=progress, on_validation=on_validation, deadline=deadline,
                    say=say, allow_config_change=allow_config_change).run(resume)
+
+
+# ---- the dry run that checks -----------------------------------------------------------------------
+def preflight(spec: MemeSpec, config: TrainConfig, run_dir: str | Path | None = None,
+              resume: str | Path | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+    """Everything :func:`train` checks before its first step, with nothing written and nothing trained:
+    the budget, the device and precision (the model is built there), the run folder's state (new, resumed
+    from step N, started over, trained past the budget; another spec or changed settings raise the run's
+    own one-line :class:`TrainingError`), and the data (loaded as the run loads it: readable, not empty;
+    not when there is nothing to train, as the run). Returns :func:`dry_run`'s plan with ``checks``."""
+    plan = dry_run(spec, config)
+    check_data_source(config.data)
+    said: list[str] = []
+    folder: dict[str, Any] = {"state": "none", "path": None}
+    if run_dir is None:
+        state: TrainingState = TrainingState(spec, config, resolve_device(config.device), init_distributed())
+    else:
+        state = trainer = Trainer(spec, config, run_dir, progress=False, say=said.append,
+                                  allow_config_change=allow_config_change)
+        trainer.prepare(resume)
+        folder = _folder_state(trainer)
+    data: dict[str, Any] | None = None
+    if folder["state"] != "complete":
+        TrainingState.load_data(state, say=said.append)  # no progress bar
+        data = {"train": len(state.train_images), "validation": len(state.val_images),
+                "shape": list(state.train_images.shape[1:])}
+    plan["checks"] = {"device": str(state.device), "mixed_precision": config.mixed_precision, "data": data,
+                      "run_folder": folder, "messages": said,
+                      "posthoc_ema": _posthoc_plan(config, sum(e["params"] for e in plan["experts"]))}
+    return plan
+
+
+def _folder_state(trainer: Trainer) -> dict[str, Any]:
+    path, events = str(trainer.run_dir), {e["event"] for e in trainer._events}
+    if trainer.resumed_from is not None:
+        state = "complete" if trainer.step >= trainer.config.steps else "resume"
+        return {"state": state, "path": path, "step": trainer.step, "images_seen": trainer.images_seen,
+                "checkpoint": trainer._point.state["path"], "changed": sorted(events - {"resumed"})}
+    state = "start_over" if "started_over" in events else "new"
+    return {"state": state, "path": path, "step": 0, "exists": trainer.run_dir.exists(),
+            "changed": sorted(events - {"started_over"})}
+
+
+def _posthoc_plan(config: TrainConfig, params: int) -> dict[str, Any] | None:
+    every = config.posthoc_ema_every
+    if every == 0:
+        return None
+    count = config.steps // every + (1 if config.steps % every else 0)  # and one at the end
+    profiles = len(config.posthoc_ema_sigma_rels)
+    return {"every": every, "sigma_rels": list(config.posthoc_ema_sigma_rels), "snapshots_per_profile": count,
+            "bytes": count * profiles * params * 4}
+
+
+def preflight_summary(plan: dict[str, Any]) -> list[str]:
+    """A few lines for people from :func:`preflight`'s plan (``--json`` prints the plan itself)."""
+    spec, config, checks = plan["spec"], plan["config"], plan["checks"]
+    n, params = len(plan["experts"]), sum(e["params"] for e in plan["experts"])
+    intervals = " ".join(f"[{e['interval'][0]}, {e['interval'][1]})" for e in plan["experts"])
+    lines = ["memekit train: dry run (checked; nothing written, nothing trained)",
+             f"spec:     {spec.get('name') or 'unnamed'}, {n} expert(s), {params:,} parameters; intervals {intervals}",
+             f"budget:   {plan['images_total']:,} images = {plan['images_per_expert']:,} per expert x {n}; "
+             f"{plan['steps']:,} steps of batch {config['batch']}"]
+    data = checks["data"]
+    if data is not None:
+        side = data["shape"][1] if len(data["shape"]) == 3 else data["shape"][0]
+        lines.append(f"data:     {config['data']}: {data['train']:,} training and {data['validation']:,} "
+                     f"validation samples at {side} px")
+    precision = "fp32" if checks["mixed_precision"] == "no" else f"{checks['mixed_precision']} autocast"
+    lines.append(f"device:   {checks['device']}, {precision}")
+    lines.append(f"run:      {_folder_line(checks['run_folder'], plan['steps'])}")
+    posthoc = checks["posthoc_ema"]
+    if posthoc is not None:
+        rels = ", ".join(f"{v:g}" for v in posthoc["sigma_rels"])
+        lines.append(f"post-hoc EMA: profiles sigma_rel {rels}, a snapshot every {posthoc['every']:,} steps and at "
+                     f"the end: {posthoc['snapshots_per_profile']:,} per profile, {posthoc['bytes'] / 1e6:,.1f} MB")
+    lines += [f"  the run would say: {line}" for line in checks["messages"]]
+    lines.append("ok (--dry-run --json prints the full configuration and costs)")
+    return lines
+
+
+def _folder_line(folder: dict[str, Any], steps: int) -> str:
+    state = folder["state"]
+    if state == "none":
+        return "no --out given (required to train)"
+    path = folder["path"]
+    if state == "complete":
+        return f"{path} was trained to step {folder['step']:,}, at or beyond this budget of {steps:,} steps: nothing to train"
+    if state == "resume":
+        return f"{path} resumes from step {folder['step']:,} of {steps:,} ({Path(folder['checkpoint']).name})"
+    if state == "start_over":
+        return f"{path} holds a run stopped before its first checkpoint: it starts over at step 0"
+    return f"{path}: a new run{' (the folder exists and holds no run)' if folder['exists'] else ''}"
+

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memekit.analysis.data import DEFAULT_BACKGROUND, DataError, check_background
 from memekit.analysis.device import MIXED_PRECISION
 from memekit.space.errors import checked_fields
 
+from .ema import DEFAULT_SIGMA_RELS, PosthocEMAError, check_sigma_rel
 from .train_errors import TrainingError
 
 
@@ -46,6 +48,11 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     keep_last: int = 3
     device: str | None = None  # None = cuda if available, else cpu
+    # the colour transparent pixels are composited onto (r, g, b): part of the data a run trains on
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND
+    # steps between post-hoc EMA snapshots (memekit.search.ema; also at the end); 0 = no tracking
+    posthoc_ema_every: int = 0
+    posthoc_ema_sigma_rels: tuple[float, ...] = DEFAULT_SIGMA_RELS  # the tracked profiles' lengths
 
     def __post_init__(self) -> None:
         positive = ("images", "batch", "log_every", "val_images", "val_timesteps", "sample_count",
@@ -53,7 +60,7 @@ class TrainConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("warmup_images", "val_every", "sample_every", "checkpoint_every", "seed"):
+        for name in ("warmup_images", "val_every", "sample_every", "checkpoint_every", "seed", "posthoc_ema_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise TrainingError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -72,6 +79,23 @@ class TrainConfig:
             raise TrainingError(f"unknown mixed precision {self.mixed_precision!r}: choose no, bf16 or fp16")
         if self.images < self.batch:
             raise TrainingError(f"the budget of {self.images} images is smaller than one batch ({self.batch})")
+        self._check_tuples()
+
+    def _check_tuples(self) -> None:
+        """``background`` and ``posthoc_ema_sigma_rels`` as tuples (JSON gives lists), checked."""
+        try:
+            object.__setattr__(self, "background", check_background(self.background))
+        except DataError as err:
+            raise TrainingError(str(err)) from None
+        rels = self.posthoc_ema_sigma_rels
+        try:
+            rels = tuple(check_sigma_rel(v) for v in rels) if isinstance(rels, list | tuple) else None
+        except PosthocEMAError as err:
+            raise TrainingError(f"posthoc_ema_sigma_rels: {err}") from None
+        if rels is None or len(set(rels)) < 2:
+            raise TrainingError(f"posthoc_ema_sigma_rels must be two or more different lengths, got "
+                                f"{self.posthoc_ema_sigma_rels!r}")
+        object.__setattr__(self, "posthoc_ema_sigma_rels", rels)
 
     @property
     def steps(self) -> int:
@@ -80,7 +104,9 @@ class TrainConfig:
         return self.images // self.batch
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready: tuples as lists, so a dict read back from JSON compares equal."""
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

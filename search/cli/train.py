@@ -9,8 +9,10 @@ import os
 import sys
 import time
 
-from memekit.analysis.data import check_data_source, spec_for_data
+from memekit.analysis.data import DataError, check_data_source, parse_background, spec_for_data
 from memekit.analysis.device import MIXED_PRECISION
+from memekit.analysis.threads import applied_threads, describe
+from memekit.search.ema import DEFAULT_SIGMA_RELS
 from memekit.search.sampling import sample_checkpoint, sample_plan
 from memekit.search.train import (
     TrainConfig,
@@ -18,7 +20,8 @@ from memekit.search.train import (
     TrainingPaused,
     TrainResult,
     check_budget,
-    dry_run,
+    preflight,
+    preflight_summary,
     train,
     with_preconditioning,
 )
@@ -45,15 +48,37 @@ def budget_images(args: argparse.Namespace) -> int:
     return -(-DEFAULT_IMAGES // args.batch) * args.batch
 
 
+def posthoc_every(args: argparse.Namespace, steps: int) -> int:
+    """Steps between post-hoc EMA snapshots: ``--posthoc-ema-every K``, or ``--ema-snapshots N`` spread over
+    the budget (ceil(steps / N), so N per profile with the last at the end), else 0 (none)."""
+    if args.posthoc_ema_every is not None and args.ema_snapshots is not None:
+        raise TrainingError("give post-hoc EMA snapshots either as --posthoc-ema-every K or as --ema-snapshots N, "
+                            "not both")
+    if args.ema_snapshots is not None:
+        return -(-steps // args.ema_snapshots)
+    return args.posthoc_ema_every or 0
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    images = budget_images(args)
     return TrainConfig(
-        data=args.data, images=budget_images(args), batch=args.batch, lr=args.lr, warmup_images=args.warmup_images,
+        data=args.data, images=images, batch=args.batch, lr=args.lr, warmup_images=args.warmup_images,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         mixed_precision=args.mixed_precision, channels_last=args.channels_last, compile=args.compile,
         seed=args.seed, hflip=not args.no_hflip, data_limit=args.data_limit, log_every=args.log_every,
         val_every=args.val_every, val_images=args.val_images, sample_every=args.sample_every,
         sample_steps=args.sample_steps, checkpoint_every=args.checkpoint_every,
-        checkpoint_minutes=args.checkpoint_minutes, keep_last=args.keep_last, device=args.device)
+        checkpoint_minutes=args.checkpoint_minutes, keep_last=args.keep_last, device=args.device,
+        background=args.background, posthoc_ema_every=posthoc_every(args, images // args.batch),
+        posthoc_ema_sigma_rels=tuple(args.posthoc_ema_sigma_rel))
+
+
+def _background(text: str) -> tuple[int, int, int]:
+    """``--background``: grey, black, white, R,G,B or #RRGGBB, or an argparse error naming the bad value."""
+    try:
+        return parse_background(text)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _minutes(text: str) -> float:
@@ -72,18 +97,25 @@ def _say(line: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank and (threads := applied_threads()) is not None:
+        _say(describe(threads))
+    if args.json and not args.dry_run:
+        raise TrainingError("--json prints the dry run's plan: give it with --dry-run")
     config = config_from_args(args)
     spec = spec_for_data(args.spec, config.data, args.resolution)
     spec = with_preconditioning(spec, args.preconditioning, config.data)
     if args.dry_run:
-        print(json.dumps(dry_run(spec, config), indent=2))
+        check_budget(spec, config, int(os.environ.get("WORLD_SIZE", "1")))
+        plan = preflight(spec, config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
+        if main_rank:
+            print(json.dumps(plan, indent=2) if args.json else "\n".join(preflight_summary(plan)))
         return 0
     if args.out is None:
         raise TrainingError("--out RUN_DIR is required (unless --dry-run)")
     check_budget(spec, config, int(os.environ.get("WORLD_SIZE", "1")))
     check_data_source(config.data)
     n = spec.n_experts
-    main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         per = config.steps * config.batch
         default = (f" (the default {DEFAULT_IMAGES:,} rounded up to whole batches)"
@@ -172,6 +204,19 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="per-expert gradient-norm clip (0: none)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay (with a warm-up)")
+    posthoc = p.add_argument_group(
+        "post-hoc EMA", "snapshots of power-function EMA profiles (EDM2), from which 'memekit ema RUN_DIR "
+        "--sigma-rel ...' reconstructs the weights of any EMA length after training; off by default (the run "
+        "trains to the same weights either way). A profile spans the whole run: turn it on from the start")
+    posthoc.add_argument("--posthoc-ema-every", type=positive_int, default=None, metavar="K",
+                         help="a snapshot of each profile every K steps and at the end (RUN_DIR/ema_snapshots/, "
+                              "float32: profiles x model size each) (default: none)")
+    posthoc.add_argument("--ema-snapshots", type=positive_int, default=None, metavar="N",
+                         help="N snapshots of each profile spread over the budget, the last at the end (sets "
+                              "--posthoc-ema-every to ceil(steps / N)) (default: none)")
+    posthoc.add_argument("--posthoc-ema-sigma-rel", type=positive_float, nargs="+", default=list(DEFAULT_SIGMA_RELS),
+                         metavar="S", help="the tracked profiles' relative standard deviations, two or more in "
+                                          "(0, 0.289) (default: 0.05 0.10, as EDM2)")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="autocast dtype (CUDA only)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last memory format (CUDA only)")
@@ -180,6 +225,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-hflip", action="store_true", help="no random horizontal flips (latents are never flipped)")
     p.add_argument("--data-limit", type=positive_int, default=None,
                    help="use the first K training images (default: all)")
+    p.add_argument("--background", type=_background, default=d.background, metavar="COLOUR",
+                   help="the colour transparent pixels are composited onto: grey, black, white, R,G,B or #RRGGBB "
+                        "(part of what a run trains on: a resumed run keeps its own) (default: grey 128,128,128)")
     p.add_argument("--log-every", type=positive_int, default=d.log_every,
                    help="steps between log.jsonl records and, when stderr is no terminal, status lines")
     p.add_argument("--val-every", type=nonneg_int, default=d.val_every, help="steps between validations (0: at "
@@ -203,9 +251,15 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="go on although what was trained differs from the checkpoint's (or, before the first "
                         "checkpoint, config.json's): batch, lr, warm-up, weight decay, grad clip, EMA decay, flips, "
-                        "data, data limit or seed (the change is logged; a larger budget needs no flag)")
+                        "data, data limit, background or seed, or resume without the post-hoc EMA tracking the run "
+                        "had (the change is logged; a larger budget needs no flag)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and costs, then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check what the run would check before its first step (data readable and not empty, device "
+                        "and precision, the run folder: new, resumable from step N, or refused) and print a summary; "
+                        "write nothing, train nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the resolved configuration, costs and "
+                                                       "checks as JSON instead of the summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
     p.set_defaults(run=_train)
 

@@ -236,11 +236,11 @@ def test_a_budget_that_is_no_whole_number_of_batches_is_refused(tmp_path: Path, 
 def test_the_default_budget_is_rounded_up_to_whole_batches_and_said(tmp_path: Path, spec_file, cli: Cli) -> None:
     """No --images or --steps: 100,000 images, at batch 64 ceil(100000 / 64) = 1563 steps = 100,032
     images (not 1562 steps = 99,968)."""
-    code, out, err = cli("train", spec_file(), "--data", DATA, "--batch", "64", "--dry-run")
+    code, out, err = cli("train", spec_file(), "--data", DATA, "--batch", "64", "--dry-run", "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["config"]["images"] == 100_032 and report["steps"] == 1563
-    code, out, err = cli("train", spec_file(), "--data", DATA, "--batch", "64", "--steps", "1562", "--dry-run")
+    code, out, err = cli("train", spec_file(), "--data", DATA, "--batch", "64", "--steps", "1562", "--dry-run", "--json")
     assert code == 0, err
     assert json.loads(out)["config"]["images"] == 99_968
     code, _, err = cli("train", spec_file(), "--out", tmp_path / "run", "--batch", "64", *CLI_TRAIN,
