@@ -21,10 +21,10 @@ from importlib.metadata import PackageNotFoundError, version
 from memekit.analysis.threads import apply_threads, choose_threads
 from memekit.space.errors import MemekitError
 
-from . import analysis, compare, encode, fid, package, results, retrain, search, space, train
+from . import analysis, compare, ema, encode, fid, package, results, retrain, search, space, train
 from .args import OneLineParser, positive_int
 
-COMMAND_GROUPS = (space, analysis, encode, train, search, results, retrain, compare, fid, package)  # in help order
+COMMAND_GROUPS = (space, analysis, encode, train, ema, search, results, retrain, compare, fid, package)  # in help order
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a program whose reader went away
 
 
