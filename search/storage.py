@@ -3,6 +3,7 @@ worker only). Passwords never reach a log: use :func:`redact_url` whenever a URL
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import optuna
 from memekit.space.errors import MemekitError
 
 JOURNAL_NAME = "study.journal"
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer is reported after this long
 _POSTGRES = re.compile(r"^postgres(ql)?(\+[a-z0-9_]+)?://", re.IGNORECASE)
 
 
@@ -42,6 +44,22 @@ def journal_path(url: str | None, study_dir: Path) -> Path:
     return Path(url[len("journal:"):].removeprefix("//") if url.startswith("journal:") else url)
 
 
+def check_journal(path: Path) -> None:
+    """A one-line :class:`StorageError` unless the journal file ``path`` can be read and written (or,
+    when it does not exist yet, created: its nearest existing folder is writable); writes nothing."""
+    if path.exists():
+        if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
+            raise StorageError(f"cannot use the journal {path}: it is not a readable and writable file (give "
+                               "another --storage or STUDY_DIR)")
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot create the journal {path}: {folder} is not a writable folder (give another "
+                           "--storage or STUDY_DIR)")
+
+
 def open_storage(url: str | None, study_dir: Path, workers: int = 1, heartbeat_interval: int = 30,
                  grace_period: int = 120, max_retries: int = 2) -> optuna.storages.BaseStorage:
     """The Optuna storage for ``url`` (None = ``STUDY_DIR/study.journal``).
@@ -59,10 +77,25 @@ def open_storage(url: str | None, study_dir: Path, workers: int = 1, heartbeat_i
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if kind == "postgresql":
         _require_postgres_driver()
-        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+        callback = SaidStaleRetry(max_retries, grace_period)
         return _rdb(postgres_url(url), shown=url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     heartbeat_stale_trial_callback=callback)
     return _rdb(url, shown=url)
+
+
+class SaidStaleRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial failed for a stale heartbeat (PostgreSQL), which also says so: one
+    line on stdout, as a worker prints its trials (a stale trial used to be failed in silence)."""
+
+    def __init__(self, max_retry: int, grace_period: int) -> None:
+        super().__init__(max_retry=max_retry)
+        self.grace_period = grace_period
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().__call__(study, trial)
+        retried = len(trial.system_attrs.get("retry_history", [])) + 1 <= self._max_retry
+        print(f"trial {trial.number} failed: no heartbeat from its worker for over {self.grace_period} s (the worker "
+              f"died?): {'retried as a new trial' if retried else 'not retried (retried enough times)'}", flush=True)
 
 
 def postgres_url(url: str) -> str:
@@ -72,12 +105,22 @@ def postgres_url(url: str) -> str:
 
 
 def _rdb(url: str, shown: str, **kwargs) -> optuna.storages.RDBStorage:
-    """RDBStorage for ``url``; errors name ``shown`` (the URL as the user wrote it), redacted."""
+    """RDBStorage for ``url``, connected (a server that cannot be reached is reported here, before a
+    study is opened or announced); errors name ``shown`` (the URL as the user wrote it), redacted, and
+    what to check."""
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    postgres = storage_kind(shown) == "postgresql"
+    if postgres:
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as err:  # noqa: BLE001 - sqlalchemy raises many types
-        reason = redact_url(str(err).splitlines()[0])[:200]
-        raise StorageError(f"cannot open storage {redact_url(shown)}: {reason}") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = redact_url(lines[0] if lines else type(err).__name__)[:200]
+        fix = ("check that the server runs and accepts connections at that host and port, and the URL's user, "
+               "password and database (or leave --storage out for a journal file in STUDY_DIR)" if postgres else
+               "check that the file's folder exists and is writable")
+        raise StorageError(f"cannot open storage {redact_url(shown)}: {reason}: {fix}") from None
 
 
 def _require_postgres_driver() -> None:

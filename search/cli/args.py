@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+from memekit.analysis.data import DataError, parse_background
+
 
 class HelpFormatter(argparse.HelpFormatter):
     """argparse's help with every option's default: ``(default: X)`` after the help text, unless the
@@ -69,3 +71,12 @@ def positive_float(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return value
+
+
+def background_colour(text: str) -> tuple[int, int, int]:
+    """``--background``: grey, black, white, ``R,G,B`` or ``#RRGGBB``
+    (:func:`memekit.analysis.data.parse_background`), or an argparse error with its message."""
+    try:
+        return parse_background(text)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
