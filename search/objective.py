@@ -25,7 +25,7 @@ from memekit.space import MemeSpec
 
 from .searchspace import SearchSpace, suggest_spec
 from .study import DEFAULT_SEAMS, FINISHED, Seams, SearchConfig
-from .train import OutOfMemory, TrainingDiverged
+from .train import OutOfMemory, TrainingDiverged, TrainingInterrupted
 from .validation import LOGGED_VALIDATION
 
 
@@ -56,7 +56,8 @@ class Objective:
         trial.set_user_attr("environment", environment(self.device))
         trial.set_user_attr("seeds", {"proxy_training": self.config.seed, "sampler": self.sampler_seed})
         over = self._budget_violation(cost.mean_macs_per_step, cost.params)
-        trial.set_constraint("budget", over)
+        if "budget" not in trial.constraints:  # a paused trial that resumes set it (to the same value) before
+            trial.set_constraint("budget", over)
         if over > 0:  # cheap check first: an over-budget candidate never trains
             trial.set_user_attr("skipped", "over budget")
             trial.set_constraint("memory", -1.0)
@@ -90,11 +91,21 @@ class Objective:
             raise SurplusTrial(f"the study already has {self.config.n_trials} trials")
 
     def _proxy_quality(self, trial: optuna.Trial, spec: MemeSpec) -> float | None:
+        """The proxy run of ``trial`` in ``STUDY_DIR/trials/trial-NNNNN`` (a paused trial resumes it from its
+        checkpoint: same folder, same settings, so the same result as an uninterrupted run); its quality,
+        or None when it ran out of memory. The checkpoints are dropped at the end (unless
+        ``keep_proxy_checkpoints``), never when a stop interrupted the run."""
         run_dir = self.study_dir / "trials" / f"trial-{trial.number:05d}"
+        keep = self.config.keep_proxy_checkpoints
         try:
             try:
+                # the trainer's lines (resuming, the data's compositing) are not printed per trial: the study said
+                # what the data loader does once, and the trial's line says when it resumed
                 result = self.seams.train(spec, self.config.proxy_config(self.device), run_dir, progress=False,
-                               on_validation=self._pruning_callback(trial))
+                                          on_validation=self._pruning_callback(trial), say=lambda line: None)
+            except TrainingInterrupted:
+                keep = True  # the study was stopped: the trial resumes from this checkpoint
+                raise
             except OutOfMemory as err:
                 trial.set_user_attr("failure_reason", str(err))
                 return None
@@ -105,12 +116,14 @@ class Objective:
                 if key in result.val:
                     trial.set_user_attr(key, result.val[key])
             trial.set_user_attr("train_images_per_s", result.train_images_per_s)
+            if result.resumed_from is not None:
+                trial.set_user_attr("proxy_resumed_from_step", result.resumed_from)
             self._upload_grid(trial, run_dir)
             if self.config.quality in ("val", "val-rel"):
                 return float(result.val["val_loss" if self.config.quality == "val" else "val_rel"])
             return self._sample_quality(trial, run_dir)
         finally:
-            if not self.config.keep_proxy_checkpoints:
+            if not keep:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
     def _pruning_callback(self, trial: optuna.Trial):

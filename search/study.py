@@ -5,8 +5,10 @@ One study lives in a study folder (``STUDY_DIR``): ``search_config.json``, the j
 ``artifacts/`` (sample grids, visible in optuna-dashboard).
 
 :class:`SearchConfig` is everything that defines a study; :func:`open_study` creates or loads it
-(refusing a study made with other settings) and :func:`prepare_study` checks the data, the space
-and the settings before it writes anything, then writes the config file, the measured
+(refusing a study made with other settings). :func:`plan_study` checks what a run needs before its
+first trial and writes nothing (device and precision, the storage reached, the folder's state, the
+data, the space, the prior; ``memekit search --dry-run`` prints it), and :func:`prepare_study`
+then writes the config file, the measured
 preconditioning and the spectral prior and enqueues the warm start (:mod:`memekit.search.warmstart`).
 Resuming: :func:`search_config` starts from the settings stored in ``STUDY_DIR``; the identity
 settings (what a trial measures) never change, the others (trials, sampler, ...) only with
@@ -28,18 +30,27 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from memekit.analysis.data import BUILTIN_PREFIX, check_data_source, data_shape, load_data
+from memekit.analysis.data import (
+    BUILTIN_PREFIX,
+    DEFAULT_BACKGROUND,
+    background_name,
+    check_background,
+    check_data_source,
+    data_shape,
+    load_data,
+)
 from memekit.analysis.device import MIXED_PRECISION, resolve_device
-from memekit.analysis.linear import preconditioned_for_data
+from memekit.analysis.linear import STATS_IMAGES, preconditioned
 from memekit.space import DiffusionSpec, MemeSpec, save_spec, spec_cost
 from memekit.space.errors import MemekitError, checked_fields
 from memekit.space.files import atomic_write_json
 from memekit.space.precondition import PRECONDITIONINGS
 
 from .searchspace import SearchSpace, load_search_space
-from .storage import journal_path, open_storage, redact_url, storage_kind
+from .storage import check_journal, journal_path, open_storage, redact_url, storage_kind
 from .train import TrainConfig, train
 from .warmstart import (
     SAMPLER_STARTUP,
@@ -104,11 +115,17 @@ class SearchConfig:
     device: str | None = None
     mixed_precision: str = "no"
     keep_proxy_checkpoints: bool = False
+    # what transparent pixels of the data become (r, g, b); studies made before it: the default, the same data
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND
 
     def __post_init__(self) -> None:
         for name in ("gpus", "warm_start"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
+        try:
+            object.__setattr__(self, "background", check_background(self.background))
+        except MemekitError as err:
+            raise SearchError(str(err)) from None
         choices = {"objective": OBJECTIVES, "quality": QUALITIES, "cost": COSTS, "sampler": OPTUNA_SAMPLERS,
                    "pruner": PRUNERS, "mixed_precision": MIXED_PRECISION, "preconditioning": PRECONDITIONINGS}
         for name, allowed in choices.items():
@@ -130,7 +147,7 @@ class SearchConfig:
     # keys that must match when a study is resumed or joined: they decide what a trial measures
     IDENTITY = ("space", "resolution", "data", "objective", "quality", "preconditioning", "cost", "max_macs",
                 "max_params", "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images",
-                "val_images", "fid_n", "fid_steps", "seed", "prior")
+                "val_images", "fid_n", "fid_steps", "seed", "prior", "background")
     # where and how one invocation runs: free to differ between invocations and machines
     INVOCATION = ("study_dir", "study_name", "storage", "workers", "gpus", "machine_rank", "device")
 
@@ -179,7 +196,8 @@ class SearchConfig:
                            warmup_images=self.proxy_warmup_images, seed=self.seed, val_images=self.val_images,
                            val_every=self.val_every, sample_every=0, sample_count=8, sample_steps=20, checkpoint_every=0,
                            keep_last=1, log_every=max(1, self.proxy_images // self.proxy_batch // 10),
-                           mixed_precision=self.mixed_precision, device=device or self.device)
+                           mixed_precision=self.mixed_precision, device=device or self.device,
+                           background=self.background)
 
     def metric_names(self) -> list[str]:
         quality = {"val": "val_loss", "val-rel": "val_rel"}.get(self.quality, f"{self.quality}{self.fid_n}")
@@ -390,42 +408,184 @@ def search_config(study_dir: str | Path, **given: Any) -> SearchConfig:
     return SearchConfig.from_dict(data)
 
 
-def _plan(config: SearchConfig, study_dir: Path) -> tuple[DiffusionSpec | None, MemeSpec | None, dict | None,
-                                                          list[str]]:
+# ---- checking a run before it starts ------------------------------------------------------------------
+PAUSED_KEY = "memekit:paused"  # system attr of a trial a stop set back to WAITING: it resumes from its checkpoint
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """Where a study stands: ``finished`` (complete or pruned) of ``n_trials``, the numbers of the
+    running trials and of the trials a stop paused (waiting to resume from their checkpoints, with
+    what stopped them), the other queued trials (warm starts, retries) and the failed ones."""
+
+    n_trials: int
+    finished: int
+    running: tuple[int, ...]
+    paused: tuple[tuple[int, str], ...]
+    queued: int
+    failed: int
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.n_trials
+
+    def text(self) -> str:
+        """``2/6 trials finished, trial 3 paused (stopped at step 40; it resumes from its checkpoint), 1
+        running, 2 more to run``: what is done and exactly what is left."""
+        parts = [f"{self.finished}/{self.n_trials} trials finished"]
+        parts += [f"trial {n} paused ({why}; it resumes from its checkpoint)" for n, why in self.paused]
+        if self.running:
+            parts.append(f"{len(self.running)} running (trial{'s' * (len(self.running) > 1)} "
+                         f"{', '.join(map(str, self.running))})")
+        left = self.n_trials - self.finished - len(self.paused) - len(self.running)
+        if left > 0:
+            parts.append(f"{left} more to run")
+        return ", ".join(parts)
+
+
+def study_progress(study: optuna.Study, n_trials: int) -> StudyProgress:
+    """The :class:`StudyProgress` of ``study`` towards ``n_trials`` finished trials (surplus trials,
+    started when enough were running and never trained, are not counted as failed)."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    paused = tuple((t.number, str(t.system_attrs[PAUSED_KEY])) for t in waiting if t.system_attrs.get(PAUSED_KEY))
+    return StudyProgress(n_trials=n_trials, finished=sum(t.state in FINISHED for t in trials),
+                         running=tuple(t.number for t in trials if t.state == TrialState.RUNNING), paused=paused,
+                         queued=len(waiting) - len(paused),
+                         failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in trials))
+
+
+def check_device(config: SearchConfig) -> str:
+    """The device the proxy runs train on, checked as the training checks it (a CUDA device on a
+    machine without CUDA, ``--mixed-precision`` off CUDA or bf16 on a GPU without it, ``--gpus`` this
+    machine does not have): a one-line error instead of failed trials."""
+    device = resolve_device(config.device)
+    if config.mixed_precision != "no" and device.type != "cuda":
+        raise SearchError(f"--mixed-precision {config.mixed_precision} needs a CUDA device: use --mixed-precision no "
+                          f"on {device}")
+    if config.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise SearchError("--mixed-precision bf16 needs a GPU that supports bf16: use fp16 or no")
+    if config.gpus:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        missing = [g for g in config.gpus if int(g) >= count]
+        if missing:
+            raise SearchError(f"--gpus {','.join(config.gpus)}: this machine has {count} CUDA device(s), so GPU "
+                              f"{missing[0]} does not exist: give indices below {count}, or leave --gpus out")
+    elif device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SearchError(f"--device {config.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return str(device)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a run of ``config`` would do, checked by :func:`plan_study` before anything is written."""
+
+    config: SearchConfig
+    state: str  # new, resuming (STUDY_DIR and the storage hold the study) or joining (only the storage does)
+    where: str  # the storage, password masked
+    device: str
+    progress: StudyProgress | None  # of the existing study
+    changes: dict[str, tuple[Any, Any]]  # settings this run changes (with update)
+    images: dict[str, int]  # split -> images (or latents)
+    diffusion: DiffusionSpec | None
+    prior: MemeSpec | None
+    source: dict | None
+    notes: tuple[str, ...]  # what the data loader had to say (transparency composited, grey converted)
+    prior_notes: tuple[str, ...]  # about the prior (a --prior file that changed since the study was seeded)
+
+    def summary(self) -> list[str]:
+        """The dry run's lines: the study's state, where it is stored, the data, the device, the trials."""
+        c = self.config
+        state = {"new": "a new study",
+                 "resuming": f"resuming: {self.progress.text() if self.progress else ''}",
+                 "joining": f"joining a study of another machine: {self.progress.text() if self.progress else ''}"}
+        lines = [f"study {c.study_name!r} in {c.study_dir}: {state[self.state]}",
+                 f"storage: {self.where} (reached)",
+                 f"data: {c.data}: {self.images['all']:,} {'latents' if data_shape(c.data).latent else 'images'} "
+                 f"({self.images['train']:,} train, {self.images['reference']:,} reference) readable at "
+                 f"{data_space(c).base_expert.resolution} px; transparent pixels onto {background_name(c.background)}",
+                 *(f"data: {note}" for note in self.notes),
+                 f"device: {self.device}, mixed precision {c.mixed_precision}, {c.workers} worker(s)"
+                 + (f" on GPUs {','.join(c.gpus)}" if c.gpus else ""),
+                 f"trials: {c.n_trials} of space {c.space}, objective {c.objective} ({', '.join(c.metric_names())}), "
+                 f"sampler {c.sampler}, proxy {c.proxy_images:,} images in batches of {c.proxy_batch}"]
+        if self.changes:
+            lines.append("changes: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self.changes.items()))
+        if self.source is not None:
+            lines.append(prior_source_text(self.source))
+        return lines + list(self.prior_notes)
+
+
+def storage_where(config: SearchConfig) -> str:
+    """The study's storage as printed: the URL with its password masked, or the journal file."""
+    if storage_kind(config.storage) == "journal":
+        return str(journal_path(config.storage, Path(config.study_dir)))
+    return redact_url(config.storage or "")
+
+
+def plan_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bool = False) -> StudyPlan:
+    """Check everything a run of ``config`` needs before its first trial, and write nothing: the device
+    and precision (:func:`check_device`), the storage (reached: a database is connected to, a journal
+    file must be writable), the study folder's state (a study with other settings is refused, see
+    :func:`check_resume`), the data (both splits readable and non-empty), the space, the
+    preconditioning and the prior."""
+    study_dir = Path(config.study_dir)
+    device = check_device(config)
+    if storage_kind(config.storage) == "journal":
+        check_journal(journal_path(config.storage, study_dir))
+    existing = find_study(config, seams)
+    changes = check_resume(config, existing, update) if existing is not None else {}
+    progress = study_progress(existing, config.n_trials) if existing is not None else None
+    state = "new" if existing is None else "resuming" if (study_dir / CONFIG_FILE).is_file() else "joining"
+    images, diffusion, prior, source, notes, prior_notes = _plan(config, study_dir)
+    return StudyPlan(config, state, storage_where(config), device, progress, changes, images, diffusion, prior,
+                     source, tuple(notes), tuple(prior_notes))
+
+
+def _plan(config: SearchConfig, study_dir: Path) -> tuple[dict[str, int], DiffusionSpec | None, MemeSpec | None,
+                                                          dict | None, list[str], list[str]]:
     """Check the space and the data, and make (or read) the measured diffusion spec and the prior with
     its source record and notes (:func:`~memekit.search.warmstart.study_prior`); writes nothing."""
     check_data_source(config.data)
     space = data_space(config)
+    resolution = space.base_expert.resolution
+    notes: list[str] = []
+    images = {"all": len(load_data(config.data, resolution, progress=False, background=config.background,
+                                   say=notes.append))}  # what compositing did, said once for the whole source
+    train = None
     for split in ("train", "reference"):  # both splits exist at the space's resolution
-        load_data(config.data, space.base_expert.resolution, split=split, limit=1, progress=False)
+        loaded = load_data(config.data, resolution, split=split, progress=False, background=config.background,
+                           say=lambda line: None)
+        images[split] = len(loaded)
+        train = loaded if split == "train" else train
     diffusion = None
     if config.preconditioning != "none":
         path = study_dir / DIFFUSION_FILE
         diffusion = (DiffusionSpec.from_dict(json.loads(path.read_text())) if path.is_file() else
-                     preconditioned_for_data(space.diffusion, config.preconditioning, config.data,
-                                             space.base_expert.resolution))
+                     preconditioned(space.diffusion, config.preconditioning, train[:STATS_IMAGES]))
         space = dataclasses.replace(space, diffusion=diffusion)
-    prior, source, notes = None, None, []
+    del train
+    prior, source, prior_notes = None, None, []
     if "prior" in config.warm_start or space.boundary_mode == "prior":
         stored = study_dir / PRIOR_SOURCE_FILE
-        prior, source, notes = study_prior(config, space, study_dir / PRIOR_FILE,
-                                           json.loads(stored.read_text()) if stored.is_file() else None)
+        prior, source, prior_notes = study_prior(config, space, study_dir / PRIOR_FILE,
+                                                 json.loads(stored.read_text()) if stored.is_file() else None)
     elif config.prior:
         raise SearchError("--prior is given but the study neither warm-starts from the prior nor centres on it: add "
                           "prior to --warm-start, or leave --prior out")
-    return diffusion, prior, source, notes
+    return images, diffusion, prior, source, notes, prior_notes
 
 
 def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bool = False,
-                  say: Callable[[str], None] | None = None) -> optuna.Study:
-    """Check the settings, the space and the data, then create (or resume) the study: config file,
-    measured preconditioning, prior spec, warm-start trials. A refused invocation writes nothing.
-    Changing a setting of an existing study needs ``update`` and is recorded (:func:`record_changes`;
-    ``say`` hears about it); its identity settings never change."""
+                  say: Callable[[str], None] | None = None, plan: StudyPlan | None = None) -> optuna.Study:
+    """Check the settings, the device, the storage, the space and the data (``plan``, else
+    :func:`plan_study`), then create (or resume) the study: config file, measured preconditioning,
+    prior spec, warm-start trials. A refused invocation writes nothing. Changing a setting of an
+    existing study needs ``update`` and is recorded (:func:`record_changes`; ``say`` hears about it,
+    and what the data loader and the prior have to say); its identity settings never change."""
+    plan = plan if plan is not None else plan_study(config, seams, update)
     study_dir = Path(config.study_dir)
-    existing = find_study(config, seams)
-    changes = check_resume(config, existing, update) if existing is not None else {}
-    diffusion, prior, source, notes = _plan(config, study_dir)
+    changes, prior, source = plan.changes, plan.prior, plan.source
     # ---- everything was checked: from here on the study is written
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(study_dir / CONFIG_FILE, config.public_dict())
@@ -434,18 +594,20 @@ def prepare_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS, update: bo
         record_changes(study, config, changes)
         if say is not None:
             say("changed study settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-    if diffusion is not None and not (study_dir / DIFFUSION_FILE).is_file():
-        atomic_write_json(study_dir / DIFFUSION_FILE, diffusion.to_dict())
+    if plan.diffusion is not None and not (study_dir / DIFFUSION_FILE).is_file():
+        atomic_write_json(study_dir / DIFFUSION_FILE, plan.diffusion.to_dict())
     if prior is not None and not (study_dir / PRIOR_FILE).is_file():
         save_spec(prior, study_dir / PRIOR_FILE)
-    if source is not None and existing is None and not (study_dir / PRIOR_SOURCE_FILE).is_file():
+    if source is not None and plan.state == "new" and not (study_dir / PRIOR_SOURCE_FILE).is_file():
         atomic_write_json(study_dir / PRIOR_SOURCE_FILE, source)
         study.set_user_attr("memekit_prior", source)
-    if source is not None and say is not None:
-        for line in [prior_source_text(source), *notes, *(f"binding: {c}" for c in source.get("constraints", []))]:
+    if say is not None:
+        lines = list(plan.notes)
+        if source is not None:
+            lines += [prior_source_text(source), *plan.prior_notes,
+                      *(f"binding: {c}" for c in source.get("constraints", []))]
+        for line in lines:
             say(line)
     if not study.trials:
         enqueue_warm_start(study, config, study_space(config, study_dir), prior)
     return study
-
-

@@ -77,7 +77,9 @@ def make_prior(config: SearchConfig, space: SearchSpace) -> MemeSpec:
 def recompute_prior(config: SearchConfig, space: SearchSpace) -> tuple[MemeSpec, dict[str, Any]]:
     """:func:`make_prior` and its source record (what :func:`prior_source_text` reads): the data, its
     split and image count, the resolution, the minimum length and its rule, the binding constraints."""
-    images = load_data(config.data, space.base_expert.resolution, split="train", limit=PRIOR_IMAGES, progress=False)
+    # what compositing did was said when the study's data was checked (memekit.search.study.plan_study)
+    images = load_data(config.data, space.base_expert.resolution, split="train", limit=PRIOR_IMAGES, progress=False,
+                       background=config.background, say=lambda line: None)
     profile = spectral_profile(images, Diffusion(space.diffusion).alpha_bar)
     min_length, rule = study_min_length(config, space)
     prior = prior_spec(profile, space.n_experts[0], prior_base(space), min_length=min_length)

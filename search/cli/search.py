@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import optuna
 from memekit.analysis.device import MIXED_PRECISION
 from memekit.search.quickstart import QuickstartConfig, quickstart_plan, run_quickstart
 from memekit.search.searchspace import SPACE_PRESETS
-from memekit.search.storage import redact_url
 from memekit.search.study import (
     COSTS,
     OBJECTIVES,
@@ -25,15 +25,19 @@ from memekit.search.study import (
     QUALITIES,
     STORAGE_ENV,
     SearchConfig,
+    SearchError,
+    StudyPlan,
     data_space,
+    plan_study,
     search_config,
     stored_config,
+    study_progress,
 )
 from memekit.search.warmstart import WARM_STARTS, startup_note, warm_start_names
-from memekit.search.workers import count_trials, run_search
+from memekit.search.workers import SearchPaused, run_search
 from memekit.space.precondition import PRECONDITIONINGS
 
-from .args import nonneg_int, positive_int
+from .args import background_colour, nonneg_int, positive_int
 
 
 def _gpus(text: str) -> tuple[str, ...]:
@@ -62,26 +66,49 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _search(args: argparse.Namespace) -> int:
+    if args.json and not args.dry_run:
+        raise SearchError("--json prints the dry run's configuration: give it with --dry-run")
     resumed = stored_config(args.study_dir) is not None
     config = search_config(args.study_dir, **given_settings(args))
+    plan = plan_study(config, update=args.update)  # everything checked, the storage reached; nothing written
     if args.dry_run:
-        space = data_space(config)
-        print(json.dumps({"config": config.public_dict(), "resumed": resumed, "space": space.to_dict(),
-                          "proxy": config.proxy_config().to_dict()}, indent=2))
-        return 0
-    where = redact_url(config.storage) if config.storage else f"{config.study_dir}/study.journal"
-    print(f"{'resuming' if resumed else 'new'} study {config.study_name!r} in {where}: {config.n_trials} trials, "
-          f"{config.workers} worker(s), objective {config.objective} ({', '.join(config.metric_names())}), "
-          f"sampler {config.sampler}" + (" (stored settings, with the options given)" if resumed else ""),
-          flush=True)
+        return _dry_run(args, config, plan, resumed)
+    print(banner(plan, resumed), flush=True)
     note = startup_note(config.sampler, config.n_trials, len(warm_start_names(config, data_space(config))))
     if note:
         print(f"memekit: warning: {note}", flush=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one memekit line per trial instead
-    study = run_search(config, progress=not args.quiet, update=args.update, say=print)
-    finished, running = count_trials(study)
-    print(f"done: {finished} finished trials ({running} still running elsewhere); "
-          f"export with: memekit export {config.study_dir} --out {config.study_dir}/export")
+    try:
+        study = run_search(config, progress=not args.quiet, update=args.update, say=print, plan=plan)
+    except SearchPaused as paused:  # a stop, not an error: no traceback, the one line that says how to go on
+        sys.stdout.flush()
+        print(f"memekit: {paused}", file=sys.stderr, flush=True)
+        return paused.exit_code
+    print(f"done: {study_progress(study, config.n_trials).text()}; export with: memekit export {config.study_dir} "
+          f"--out {config.study_dir}/export")
+    return 0
+
+
+def banner(plan: StudyPlan, resumed: bool) -> str:
+    """The first line of a search: new, resuming or joining which study where, and what is left of it."""
+    c = plan.config
+    line = (f"{plan.state} study {c.study_name!r} in {plan.where}: {c.n_trials} trials, {c.workers} worker(s), "
+            f"objective {c.objective} ({', '.join(c.metric_names())}), sampler {c.sampler}")
+    if resumed:
+        line += " (stored settings, with the options given)"
+    return line + (f"; {plan.progress.text()}" if plan.progress is not None else "")
+
+
+def _dry_run(args: argparse.Namespace, config: SearchConfig, plan: StudyPlan, resumed: bool) -> int:
+    """The checked plan: a short summary, or (``--json``) the resolved configuration as JSON."""
+    if args.json:
+        print(json.dumps({"config": config.public_dict(), "resumed": resumed, "state": plan.state,
+                          "space": data_space(config).to_dict(), "proxy": config.proxy_config().to_dict()}, indent=2))
+        return 0
+    for line in plan.summary():
+        print(line)
+    print("dry run: everything checked, nothing written; run the command without --dry-run to start (--json prints "
+          "the full configuration)")
     return 0
 
 
@@ -109,7 +136,10 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     _run_options(p, d)
     p.add_argument("--update", action="store_true",
                    help="allow changing settings of an existing study (trials, sampler, pruner, retries, ...)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything the run needs (data, device, storage, STUDY_DIR's study), print a "
+                        "summary and exit, writing nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the resolved configuration as JSON")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     p.set_defaults(run=_search)
 
@@ -154,6 +184,9 @@ def _study_options(p: argparse.ArgumentParser, d: SearchConfig) -> None:
                         "(default: recomputed from the training split; resuming: the study's prior, never changed)")
     p.add_argument("--seed", type=nonneg_int, default=None, help=f"seed of the proxy runs and samplers "
                                                                  f"{_stored(d.seed)}")
+    p.add_argument("--background", type=background_colour, default=None, metavar="COLOUR",
+                   help="what transparent pixels of the data become: grey, black, white, R,G,B or #RRGGBB "
+                        "(default: grey 128,128,128; resuming: the study's, never changed)")
 
 
 def _proxy_options(p: argparse.ArgumentParser, d: SearchConfig) -> None:

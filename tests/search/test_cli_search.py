@@ -85,26 +85,33 @@ def test_pruner_with_multi_objective(tmp_path: Path, cli, pruner: str) -> None:
     assert not (tmp_path / "study").exists()
     # the same pruner is accepted in a single-objective study
     code, out, err = cli("search", tmp_path / "study", "--pruner", pruner, "--objective", "single", *TINY,
-                         "--dry-run")
+                         "--dry-run", "--json")
     assert code == 0, err
     assert json.loads(out)["config"]["pruner"] == pruner
 
 
 @pytest.mark.parametrize("scheme, workers", [("postgresql", "1"), ("postgresql+psycopg2", "2")])
-def test_password_never_printed_when_the_server_is_down(tmp_path: Path, scheme: str, workers: str) -> None:
+def test_an_unreachable_server_is_reported_before_any_study_is_announced(tmp_path: Path, scheme: str,
+                                                                         workers: str) -> None:
+    """The storage is reached before the study is announced: one line naming the URL with the password
+    masked and what to check; no 'new study ...' banner, nothing written, the password nowhere."""
     url = f"{scheme}://memekit:sekrit@127.0.0.1:{closed_port()}/memekit_test"
     result = run_memekit("search", tmp_path / "study", "--storage", url, "--workers", workers, *TINY)
-    assert_one_line_error(result.returncode, result.stderr, contains=f"{scheme}://memekit:***@127.0.0.1")
+    line = assert_one_line_error(result.returncode, result.stderr,
+                                 contains=f"cannot open storage {scheme}://memekit:***@127.0.0.1")
+    assert "check that the server runs" in line
+    assert result.stdout == ""  # no banner: nothing was announced
     assert "sekrit" not in result.stdout + result.stderr
-    assert f"{scheme}://memekit:***@" in result.stdout  # the banner names the storage, redacted
+    assert not (tmp_path / "study").exists()
 
 
-def test_password_never_printed_by_dry_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("json_flag", [(), ("--json",)], ids=["summary", "json"])
+def test_dry_run_reaches_the_storage_and_never_prints_the_password(tmp_path: Path, json_flag: tuple[str, ...]) -> None:
     url = f"postgresql://memekit:sekrit@127.0.0.1:{closed_port()}/memekit_test"
-    result = run_memekit("search", tmp_path / "study", "--storage", url, *TINY, "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["config"]["storage"].startswith("postgresql://memekit:")
-    assert "sekrit" not in result.stdout + result.stderr
+    result = run_memekit("search", tmp_path / "study", "--storage", url, *TINY, "--dry-run", *json_flag)
+    assert_one_line_error(result.returncode, result.stderr, contains="cannot open storage postgresql://memekit:***@")
+    assert result.stdout == "" and "sekrit" not in result.stderr
+    assert not (tmp_path / "study").exists()
 
 
 @pytest.mark.parametrize("args, message", [(("bogus",), "invalid choice: 'bogus'"),

@@ -103,13 +103,14 @@ def test_saved_configs_refuse_unknown_keys(tmp_path: Path, cli) -> None:
     assert TrainConfig.from_dict(TrainConfig(batch=8).to_dict()) == TrainConfig(batch=8)  # the round trip holds
 
 
-def test_an_interrupted_trial_stops_the_search_and_is_retried_on_resume(tmp_path: Path) -> None:
-    """SIGINT/SIGTERM reach a search as the proxy training's TrainingInterrupted: the search must stop
-    there (it used to fail the trial and go on to the next one), and resuming retries the trial."""
-    from memekit.search.study import Seams
+def test_an_interrupted_trial_is_paused_not_failed_and_resumes_in_its_folder(tmp_path: Path) -> None:
+    """SIGINT/SIGTERM reach a search as the proxy training's TrainingInterrupted (its checkpoint written):
+    the search stops there (nothing else is trained), the trial goes back to the queue marked paused,
+    not FAIL, and the rerun resumes that same trial (number, parameters, run folder) and completes it."""
+    from memekit.search.study import PAUSED_KEY, Seams
     from memekit.search.train import train
     from memekit.search.train_errors import TrainingInterrupted
-    from memekit.search.workers import run_search
+    from memekit.search.workers import SearchPaused, run_search
 
     calls: list[str] = []
 
@@ -121,11 +122,16 @@ def test_an_interrupted_trial_stops_the_search_and_is_retried_on_resume(tmp_path
 
     config = SearchConfig(study_dir=str(tmp_path / "study"), space="tiny", data="builtin:shapes:128", n_trials=3,
                           proxy_images=32, proxy_batch=16, val_images=16, warm_start=(), device="cpu", seed=1)
-    with pytest.raises(TrainingInterrupted, match="rerun"):
+    with pytest.raises(SearchPaused, match=r"paused by SIGTERM: 1/3 trials finished, trial 1 paused \(stopped at "
+                                           r"step 1; it resumes from its checkpoint\), 1 more to run; rerun") as info:
         run_search(config, progress=False, seams=Seams(train=interrupted_second))
+    assert info.value.exit_code == 143
     assert calls == ["trial-00000", "trial-00001"]  # nothing trained after the interruption
     trials = load_study(config.study_dir).study.trials
-    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.WAITING]
+    assert trials[1].system_attrs[PAUSED_KEY] == "stopped at step 1"
     run_search(config, progress=False, seams=Seams(train=interrupted_second))
-    done = finished(config.study_dir)
-    assert len(done) == 3 and trials[1].params in [t.params for t in done]  # the failed trial's retry finished
+    assert calls == ["trial-00000", "trial-00001", "trial-00001", "trial-00002"]  # the paused trial first, in its folder
+    after = load_study(config.study_dir).study.trials
+    assert [t.state for t in after] == [TrialState.COMPLETE] * 3  # no FAIL, no extra trial
+    assert after[1].params == trials[1].params and not after[1].system_attrs.get(PAUSED_KEY)
