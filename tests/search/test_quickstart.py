@@ -1,18 +1,25 @@
 """``memekit quickstart --tiny``: every stage runs, the report links only files that exist, and a
-rerun resumes instead of redoing (or duplicating) the study."""
+rerun resumes instead of redoing (or duplicating) the study; the resemblance measures against
+closed forms; the quickstart's built-in data is flat where dead leaves are textured."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
+from memekit.analysis.data import dead_leaves, few_shapes, load_images
 from memekit.search.cli import main
+from memekit.search.quickstart import distinct_colours, neighbour_equal_fraction
 from memekit.search.results import load_study
 from memekit.space import load_spec
+from memekit.space.errors import MemekitError
 
 
 def test_quickstart_tiny_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
@@ -48,14 +55,67 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     side = 2 * (4 * 16 + 2) + 2  # a 2 x 2 grid of 16 px images upscaled 4x, with 2 px gaps
     assert Image.open(out / "5-samples.png").size == (2 * side + 12, side + 16)  # two grids, 12 px apart, titles
     assert "training images" in report and "upscaled 4x" in report
+    # the status lines name their loss, and the report shows it beside the validation loss
+    assert "the status lines' loss is the MSE of the predicted v" in first.out
+    assert "The training status lines' loss is the MSE of the predicted v" in report
+    # the resemblance stage measured samples and as many training images, and the report shows both
+    numbers = json.loads((out / "6-resemblance.json").read_text())
+    samples = np.load(out / "5-samples.npz")["images"]
+    training = load_images("builtin:few-shapes:128", 16, split="train", limit=len(samples), progress=False)
+    assert numbers["equal_training"] == neighbour_equal_fraction(training)
+    assert numbers["colours_samples"] == distinct_colours(samples)
+    assert f"| {numbers['equal_training']:.3f} | {numbers['equal_samples']:.3f} |" in report
+    assert "KID" not in report  # --tiny scores no KID (Inception would dominate its seconds)
+    timing = json.loads((out / "timing.json").read_text())
+    assert set(timing) == {"spectrum", "search", "export", "train", "sample", "resemblance"}
 
     (out / "REPORT.md").unlink()
     capsys.readouterr()
     assert main(["quickstart", str(out), "--tiny", "--device", "cpu"]) == 0
     again = capsys.readouterr().out
-    assert again.count("(done earlier, skipped)") == 5  # every stage but the report
+    assert again.count("(done earlier, skipped)") == 6  # every stage but the report
+    assert json.loads((out / "timing.json").read_text()) == timing  # skipped stages keep their first times
     assert "resuming" in again and not re.search(r"^trial \d+ ", again, re.M)  # no trial ran again
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     assert len(load_study(out / "2-study").study.trials) == len(study.trials)
     assert load_spec(out / "1-spectrum" / "prior_spec.json") == prior
     assert (out / "REPORT.md").is_file()
+
+
+# ---- the resemblance measures against closed forms ------------------------------------------------------
+def test_neighbour_equal_fraction_counts_pairs_within_the_tolerance():
+    flat = np.full((2, 4, 4, 3), 100, np.uint8)
+    assert neighbour_equal_fraction(flat) == 1.0
+    # one vertical edge in a 4 x 4 image: 4 of the 12 horizontal pairs cross it, none of the 12 vertical
+    edge = flat[:1].copy()
+    edge[:, :, 2:, 1] += 9
+    assert neighbour_equal_fraction(edge, tolerance=8) == pytest.approx(20 / 24)
+    assert neighbour_equal_fraction(edge, tolerance=9) == 1.0  # the tolerance is inclusive
+    checkerboard = ((np.indices((4, 4)).sum(0) % 2) * 255).astype(np.uint8)[None, :, :, None].repeat(3, -1)
+    assert neighbour_equal_fraction(checkerboard) == 0.0
+    with pytest.raises(MemekitError, match="2 x 2"):
+        neighbour_equal_fraction(np.zeros((1, 1, 5, 3), np.uint8))
+
+
+def test_distinct_colours_counts_quantised_colours_per_image():
+    image = np.zeros((1, 2, 2, 3), np.uint8)
+    image[0, 0, 0] = (7, 7, 7)  # the same bin as black at 32 levels (bins of 8)
+    image[0, 0, 1] = (8, 0, 0)  # another bin in one channel
+    image[0, 1, 1] = (0, 0, 255)
+    assert distinct_colours(image, levels=32) == 3.0
+    assert distinct_colours(image, levels=256) == 4.0
+    flat = np.full((1, 2, 2, 3), 200, np.uint8)
+    assert distinct_colours(np.concatenate([image, flat]), levels=256) == (4 + 1) / 2  # the mean over images
+
+
+# ---- the quickstart's built-in data -------------------------------------------------------------------
+def test_few_shapes_is_deterministic_flat_and_reads_as_a_builtin_source():
+    images = few_shapes(6, 16)
+    np.testing.assert_array_equal(images, few_shapes(6, 16))
+    np.testing.assert_array_equal(few_shapes(3, 16), images[:3])  # image i does not depend on n
+    np.testing.assert_array_equal(load_images("builtin:few-shapes:6", 16, use_cache=False), images)
+    assert load_images("builtin:few-shapes", 8, limit=2, use_cache=False).shape == (2, 8, 8, 3)
+    # large flat shapes on a flat background against the texture of many small dead leaves
+    many = few_shapes(64, 16)
+    assert neighbour_equal_fraction(many) > 0.7 > 0.5 > neighbour_equal_fraction(dead_leaves(64, 16))
+    assert distinct_colours(many) < 20 < 60 < distinct_colours(dead_leaves(64, 16))
