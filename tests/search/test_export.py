@@ -246,7 +246,7 @@ def test_exported_spec_is_accepted_by_memekit_train(real_study: Path, tmp_path: 
     out = tmp_path / "export"
     assert cli("export", real_study, "--out", out, "--top", "1")[0] == 0
     (spec_file,) = out.glob("trial-*.json")
-    code, stdout, err = cli("train", spec_file, "--dry-run", "--images", "32", "--batch", "16")
+    code, stdout, err = cli("train", spec_file, "--dry-run", "--json", "--images", "32", "--batch", "16")
     assert code == 0, err
     assert json.loads(stdout)["spec"] == load_spec(spec_file).to_dict()
 
