@@ -92,7 +92,7 @@ def test_spec_and_latents_must_fit(taef2_folder, tmp_path, cli) -> None:
     code, _, err = cli("train", "single-small", "--data", bare, "--out", tmp_path / "r", "--steps", 1, "--batch", 2)
     assert_one_line_error(code, err, contains="holds latents without their normalisation")
     spec.write_text(latent_spec().to_json())
-    code, out, err = cli("train", spec, "--data", latents, "--dry-run", "--steps", 1, "--batch", 4, "--sample-steps", 2)
+    code, out, err = cli("train", spec, "--data", latents, "--dry-run", "--json", "--steps", 1, "--batch", 4, "--sample-steps", 2)
     assert code == 0, err
     plan = json.loads(out)
     assert plan["spec"]["experts"][0]["image_channels"] == 4 and plan["decode_macs_per_image"] > 0

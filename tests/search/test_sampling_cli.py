@@ -106,7 +106,7 @@ def test_dry_run_prints_the_budget(spec_file: Callable[..., Path], cli: Cli, tmp
                                    budget: tuple[str, str], batch: int, steps: int) -> None:
     """images_total = steps x batch, with images a whole number of batches; each of N experts gets 1/N."""
     spec = spec_file(boundaries=(0, 10, 30, 50), soft_assignment=(0.9, 0.5, 0.2))
-    code, out, err = cli("train", spec, "--data", DATA, "--batch", str(batch), *budget, "--dry-run",
+    code, out, err = cli("train", spec, "--data", DATA, "--batch", str(batch), *budget, "--dry-run", "--json",
                          "--out", tmp_path / "run")
     assert code == 0, err
     report = json.loads(out)
