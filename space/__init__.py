@@ -1,37 +1,43 @@
 """memekit.space: what can be built (specs, presets, expert U-Net, multi-expert model,
-diffusion process and samplers, cost model). Depends on nothing else in memekit."""
+diffusion process and samplers, cost model). Depends on nothing else in memekit.
+
+The names below are imported from their modules when first used (PEP 562), so that
+``import memekit.space.errors`` (or the spec and preset tables, which are torch-free) does not
+import torch: the command line answers ``--help`` without it.
+"""
 
 from __future__ import annotations
 
-from .cost import (
-    SpecCost,
-    check_spec,
-    cost_table,
-    count_flops,
-    count_params,
-    expert_macs,
-    measure_latency,
-    spec_cost,
-)
-from .diffusion import Diffusion, beta_schedule, ddim_timesteps, sample, sample_ddim, sample_ddpm
-from .errors import MemekitError, SpecError
-from .expert import ExpertUNet, InceptionMixer, build_expert
-from .multi_expert import MultiExpert, SoftIntervalSampler
-from .presets import PRESETS, get_preset, resolve_spec
-from .spec import (
-    DiffusionSpec,
-    ExpertSpec,
-    MemeSpec,
-    intervals_from_boundaries,
-    load_spec,
-    save_spec,
-    uniform_intervals,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "PRESETS", "Diffusion", "DiffusionSpec", "ExpertSpec", "ExpertUNet", "InceptionMixer", "MemeSpec",
-    "MemekitError", "MultiExpert", "SoftIntervalSampler", "SpecCost", "SpecError", "beta_schedule",
-    "build_expert", "check_spec", "cost_table", "count_flops", "count_params", "ddim_timesteps", "expert_macs", "get_preset",
-    "intervals_from_boundaries", "load_spec", "measure_latency", "resolve_spec", "sample", "sample_ddim", "sample_ddpm",
-    "save_spec", "spec_cost", "uniform_intervals",
-]
+# name -> the module of memekit.space that defines it
+_MODULES = {
+    "SpecCost": "cost", "check_spec": "cost", "cost_table": "cost", "spec_cost": "cost",
+    "count_flops": "cost", "count_params": "cost", "expert_macs": "cost", "measure_latency": "cost",
+    "Diffusion": "diffusion", "beta_schedule": "diffusion", "sample": "diffusion", "sample_ddim": "diffusion",
+    "sample_ddpm": "diffusion",
+    "ddim_timesteps": "diffusion",
+    "MemekitError": "errors", "SpecError": "errors",
+    "ExpertUNet": "expert", "InceptionMixer": "expert", "build_expert": "expert",
+    "MultiExpert": "multi_expert", "SoftIntervalSampler": "multi_expert",
+    "PRESETS": "presets", "get_preset": "presets", "resolve_spec": "presets",
+    "DiffusionSpec": "spec", "ExpertSpec": "spec", "MemeSpec": "spec", "intervals_from_boundaries": "spec",
+    "load_spec": "spec", "save_spec": "spec", "uniform_intervals": "spec",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULES})
+
