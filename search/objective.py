@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from memekit.analysis.device import device_name
 from memekit.space import MemeSpec
 
+from .artifacts import upload_trial_artifacts
 from .searchspace import SearchSpace, suggest_spec
 from .study import DEFAULT_SEAMS, FINISHED, Seams, SearchConfig
 from .train import OutOfMemory, TrainingDiverged, TrainingInterrupted
@@ -118,7 +119,7 @@ class Objective:
             trial.set_user_attr("train_images_per_s", result.train_images_per_s)
             if result.resumed_from is not None:
                 trial.set_user_attr("proxy_resumed_from_step", result.resumed_from)
-            self._upload_grid(trial, run_dir)
+            upload_trial_artifacts(trial, self.artifact_store, run_dir, result.val, spec)
             if self.config.quality in ("val", "val-rel"):
                 return float(result.val["val_loss" if self.config.quality == "val" else "val_rel"])
             return self._sample_quality(trial, run_dir)
@@ -143,14 +144,6 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at step {step} (val loss {val['val_loss']:.4f})")
 
         return report
-
-    def _upload_grid(self, trial: optuna.Trial, run_dir: Path) -> None:
-        grids = sorted((run_dir / "samples").glob("*.png"))
-        if self.artifact_store is None or not grids:
-            return
-        artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(grids[-1]),
-                                                       study_or_trial=trial, mimetype="image/png")
-        trial.set_user_attr("sample_grid_artifact", artifact_id)
 
     def _sample_quality(self, trial: optuna.Trial, run_dir: Path) -> float:
         """KID or FID of ``fid_n`` DDIM-``fid_steps`` samples of the proxy against the data's reference
