@@ -36,7 +36,8 @@ import torch
 
 from memekit.space import DiffusionSpec
 from memekit.space.errors import MemekitError
-from memekit.space.precondition import PRECONDITIONINGS, ring_counts, ring_index
+from memekit.space.rings import ring_counts, ring_index
+from memekit.space.spec import PRECONDITIONINGS
 
 from .data import sample_side
 from .spectra import SpectrumError, _model_range_batches, _square_size

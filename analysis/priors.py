@@ -90,14 +90,13 @@ from memekit.space import (
 from memekit.space.assignment import paper_density, paper_soft_assignment, paper_soft_assignment_for
 from memekit.space.errors import MemekitError
 from memekit.space.spec import intervals_from_boundaries
+from memekit.space.trajectory import DEFAULT_MIN_STEPS, DEFAULT_SAMPLING_STEPS
 
 from .spectra import SpectralProfile, snr, spectral_profile, spectrum_frame, summary_frame
 
 PRIOR_NAME = "spectral-prior"
 SHARE_RANGE = (0.25, 1.0)
 DEPTH_WEIGHT = 0.5
-DEFAULT_SAMPLING_STEPS = 50  # DDIM steps of the trajectory a study costs (SearchConfig.sampling_steps)
-DEFAULT_MIN_STEPS = 3  # sampling steps every interval holds at least (min_length_for_steps)
 
 
 class PriorError(MemekitError, ValueError):

@@ -42,8 +42,8 @@ import pandas as pd
 import torch
 
 from memekit.space.errors import MemekitError
-from memekit.space.precondition import ring_index
 from memekit.space.progress import progress_bar
+from memekit.space.rings import ring_index
 
 from .data import sample_side, to_model_range
 

@@ -17,7 +17,7 @@ _MODULES = {
     "count_flops": "cost", "count_params": "cost", "expert_macs": "cost", "measure_latency": "cost",
     "Diffusion": "diffusion", "beta_schedule": "diffusion", "sample": "diffusion", "sample_ddim": "diffusion",
     "sample_ddpm": "diffusion",
-    "ddim_timesteps": "diffusion",
+    "ddim_timesteps": "trajectory",
     "MemekitError": "errors", "SpecError": "errors",
     "ExpertUNet": "expert", "InceptionMixer": "expert", "build_expert": "expert",
     "MultiExpert": "multi_expert", "SoftIntervalSampler": "multi_expert",

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .diffusion import ddim_timesteps
 from .errors import SpecError
 from .expert import build_expert
 from .spec import ExpertSpec, MemeSpec
+from .trajectory import trajectory_steps as trajectory_steps  # re-exported (moved to trajectory.py)
 
 COUNTER_NAME = "torch FlopCounterMode + SDPA formula (MACs = FLOPs/2)"
 
@@ -90,14 +90,6 @@ class SpecCost:
     @property
     def mean_macs_per_step(self) -> float:
         return self.trajectory_macs / self.sampling_steps
-
-
-def trajectory_steps(spec: MemeSpec, sampling_steps: int) -> list[int]:
-    """How many of the S DDIM steps each expert serves (the step's t picks the expert)."""
-    counts = [0] * spec.n_experts
-    for t in ddim_timesteps(spec.diffusion.timesteps, sampling_steps):
-        counts[spec.expert_for(t)] += 1
-    return counts
 
 
 def spec_cost(spec: MemeSpec, sampling_steps: int = 50, device: str = "cpu") -> SpecCost:

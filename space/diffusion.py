@@ -21,9 +21,12 @@ import numpy as np
 import torch
 
 from .errors import SpecError
-from .precondition import Preconditioner, ring_count
+from .precondition import Preconditioner
 from .progress import progress_bar
+from .rings import ring_count
 from .spec import DiffusionSpec
+from .trajectory import SAMPLERS as SAMPLERS  # re-exported: the samplers' names are torch-free
+from .trajectory import ddim_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,15 +52,6 @@ def beta_schedule(name: str, timesteps: int) -> np.ndarray:
         f = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         return np.clip(1.0 - f[1:] / f[:-1], 0.0, 0.999)
     raise SpecError(f"unknown schedule {name!r}: choose linear-ldm, linear-ddpm or cosine")
-
-
-def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
-    """Descending time-steps of an S-step trajectory, evenly spaced from T-1 to 0 (both kept)."""
-    if not 1 <= steps <= timesteps:
-        raise SpecError(f"sampling steps must be in [1, {timesteps}], got {steps}")
-    if steps == 1:
-        return [timesteps - 1]
-    return [int(v) for v in np.round(np.linspace(timesteps - 1, 0, steps))]
 
 
 class Diffusion:
@@ -202,9 +196,6 @@ def sample_ddpm(denoiser: Denoiser, diffusion: Diffusion, shape: tuple[int, ...]
             var = beta * (1.0 - ab_prev) / (1.0 - ab)
             x = x + math.sqrt(var) * _noise(shape, generator, device)
     return x
-
-
-SAMPLERS = ("ddim", "ddpm")
 
 
 def sample(denoiser: Denoiser, diffusion: Diffusion, shape: tuple[int, ...], sampler: str = "ddim",

@@ -46,25 +46,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-PRECONDITIONINGS = ("none", "edm", "wiener", "colour")
-
-
-def ring_index(size: int) -> np.ndarray:
-    """Integer-radius ring of every coefficient of a ``size x size`` FFT grid: coefficient
-    ``(ky, kx)`` (signed integer frequencies, ``numpy.fft.fftfreq(size) * size``) is in ring
-    ``floor(sqrt(ky^2 + kx^2) + 1/2)``; ring 0 is the DC term. Shape (size, size), int64."""
-    k = np.fft.fftfreq(size) * size
-    return np.floor(np.hypot(k[:, None], k[None, :]) + 0.5).astype(np.int64)
-
-
-def ring_count(size: int) -> int:
-    """Number of rings of a ``size x size`` grid, corners included (``ring_index(size).max() + 1``)."""
-    return int(ring_index(size).max()) + 1
-
-
-def ring_counts(size: int) -> np.ndarray:
-    """Coefficients per ring, shape ``(ring_count(size),)``; sums to ``size^2``."""
-    return np.bincount(ring_index(size).ravel())
+# ring_count and PRECONDITIONINGS are re-exported (the rings live in memekit.space.rings, the modes in the spec)
+from .rings import ring_count as ring_count
+from .rings import ring_counts, ring_index
+from .spec import PRECONDITIONINGS as PRECONDITIONINGS
 
 
 def coefficient_power(spectrum: np.ndarray, size: int) -> np.ndarray:

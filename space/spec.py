@@ -32,12 +32,14 @@ from typing import Any
 
 from .errors import SpecError, checked_fields
 from .files import atomic_write_text
-from .precondition import PRECONDITIONINGS, ring_count
+from .rings import ring_count
 
 SPEC_FORMAT_VERSION = 1
 SCHEDULES = ("linear-ldm", "linear-ddpm", "cosine")
 PREDICTIONS = ("eps", "v")
 OUT_OF_INTERVAL = ("uniform-all", "uniform-complement")
+# how a network output becomes the prediction (memekit.space.precondition, DiffusionSpec.preconditioning)
+PRECONDITIONINGS = ("none", "edm", "wiener", "colour")
 
 
 def _is_int(x: Any) -> bool:
