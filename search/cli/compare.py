@@ -137,11 +137,7 @@ def _compare(args: argparse.Namespace) -> int:
     # every claim declared in the file is one family (Holm), whichever the command names
     text = cmp.report(comparison.results, cmp.stored_claims(comparison.results), args.metric,
                       blocked=not args.unblocked, rows=list(rows))
-    print(text)
-    path = cmp.figures_dir(comparison) / "report.md"
-    atomic_write_text(path, f"# memekit compare\n\n{text}\n")
-    _say(f"report: {path}")
-    return 0
+    return _report(comparison, "report.md", "memekit compare", text)
 
 
 def _ablate(args: argparse.Namespace) -> int:
@@ -162,9 +158,14 @@ def _ablate(args: argparse.Namespace) -> int:
             spec_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(spec_file, comparison.rows[name].to_json() + "\n")
     text = ab.report(comparison.results, cells, groups, args.metric, not args.unblocked)
+    return _report(comparison, "ablation.md", f"memekit ablate {w_name} {b_name}", text)
+
+
+def _report(comparison: cmp.Comparison, file: str, title: str, text: str) -> int:
+    """Print the report and write it beside the results file."""
     print(text)
-    path = cmp.figures_dir(comparison) / "ablation.md"
-    atomic_write_text(path, f"# memekit ablate {w_name} {b_name}\n\n{text}\n")
+    path = cmp.figures_dir(comparison) / file
+    atomic_write_text(path, f"# {title}\n\n{text}\n")
     _say(f"report: {path}")
     return 0
 
