@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import tiny_spec
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -98,8 +99,6 @@ def test_the_plot_is_a_png_kept_in_the_trial_folder(finished_trial, tmp_path: Pa
 
 
 def test_a_result_without_per_t_loss_has_no_curve() -> None:
-    from conftest import tiny_spec
-
     assert validation_curve({"val_loss": 1.0, "val_loss_quarters": [1.0] * 4}, tiny_spec()) is None
     with pytest.raises(ValueError, match="3 validation time-steps but 2 losses"):
         validation_curve({"val_timesteps": [1, 2, 3], "val_loss_per_t": [1.0, 2.0]}, tiny_spec())

@@ -13,7 +13,7 @@ import os
 
 import pytest
 import torch
-from conftest import DATA, tiny_spec
+from conftest import DATA, assert_one_line_error, tiny_config, tiny_spec
 
 from memekit.search import ablate as ab
 from memekit.search import compare as cmp
@@ -172,7 +172,6 @@ def test_effects_of_an_additive_factorial_are_its_parts():
 
 
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, cli, spec_file):
-    from conftest import assert_one_line_error
 
     a, b = spec_file(), spec_file(soft_assignment=(0.5, 0.5))
     res = tmp_path / "res.json"
@@ -193,7 +192,6 @@ def test_runs_of_one_seed_share_data_order_and_noise_across_cells(tmp_path, monk
     """What pairing relies on: two cells of an ablation (other intervals, other p_n, other attention
     shares) trained with one seed see the same images, flips and noise at every step, and their
     time-steps come from the same uniforms (equal wherever the two samplers agree)."""
-    from conftest import tiny_config
 
     from memekit.search.train import Trainer
     from memekit.space import Diffusion
