@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from memekit.space.cost import count_flops
+from memekit.space.counting import count_flops
 from memekit.space.errors import MemekitError
 
 from . import taef2

@@ -455,15 +455,16 @@ def torch_threads() -> int:
 
 
 def timing_sentence(out: Path) -> str:
-    """"total time 5.1 min wall, 9.8 min CPU, on 2 cores (1-minute load average 0.1 to 2.3)" from
-    OUT/timing.json (stages done in earlier invocations included)."""
+    """"the stages took 5.1 min wall and 9.8 min CPU on 2 cores with 2 threads (1-minute load average
+    0.1 to 2.3; ...)" from OUT/timing.json (stages done in earlier invocations included; start-up and
+    the report are not counted)."""
     stages = _timing(out).values()
     if not stages:
         return "no stage timed."
     wall, cpu = sum(s["wall_s"] for s in stages), sum(s["cpu_s"] for s in stages)
     loads = [v for s in stages for v in (s["load_before"], s["load_after"])]
     cores = max(s["cores"] or 0 for s in stages)
-    return (f"total time {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU, on {cores} cores with "
+    return (f"the stages took {wall / 60:.1f} min wall and {cpu / 60:.1f} min CPU on {cores} cores with "
             f"{max(s['threads'] for s in stages)} threads (1-minute load average {min(loads):.1f} to "
             f"{max(loads):.1f}; per stage in [timing.json](timing.json)).")
 

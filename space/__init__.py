@@ -14,7 +14,7 @@ from typing import Any
 # name -> the module of memekit.space that defines it
 _MODULES = {
     "SpecCost": "cost", "check_spec": "cost", "cost_table": "cost", "spec_cost": "cost",
-    "count_flops": "cost", "count_params": "cost", "expert_macs": "cost", "measure_latency": "cost",
+    "count_flops": "counting", "count_params": "counting", "expert_macs": "counting", "measure_latency": "counting",
     "Diffusion": "diffusion", "beta_schedule": "diffusion", "sample": "diffusion", "sample_ddim": "diffusion",
     "sample_ddpm": "diffusion",
     "ddim_timesteps": "trajectory",

@@ -1,65 +1,34 @@
-"""Cost model: parameters, MACs per forward, MACs of a sampling trajectory, latency.
+"""Cost model: parameters, MACs per forward, MACs of a sampling trajectory.
 
-The counter is ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, linear layers,
-matrix products and attention; elementwise ops, norms and pooling are not counted), extended
-with a formula for the CPU flash-attention kernel that PyTorch leaves at 0:
-``FLOPs = 2 B H S_q S_k d_qk + 2 B H S_q S_k d_v`` (QK^T and AV). memekit reports
-**MACs = FLOPs / 2** for one sample (batch 1) unless stated otherwise.
+Counts come from :mod:`memekit.space.counting` (torch's ``FlopCounterMode`` plus a formula for
+the CPU flash-attention kernel; **MACs = FLOPs / 2** for one sample, batch 1). This module itself
+is torch-free: :func:`check_spec` of a preset's experts reads :data:`PRESET_EXPERT_COSTS` (the
+counts of every preset at 32 and 64 px, recounted by ``tests/space/test_space_check.py``), so
+``memekit space check PRESET`` answers without importing torch; other specs are counted.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
-
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from typing import Any
 
 from .errors import SpecError
-from .expert import build_expert
 from .spec import ExpertSpec, MemeSpec
-from .trajectory import trajectory_steps as trajectory_steps  # re-exported (moved to trajectory.py)
+from .trajectory import trajectory_steps
 
 COUNTER_NAME = "torch FlopCounterMode + SDPA formula (MACs = FLOPs/2)"
+_COUNTING = ("SDPA_FLOP_MAPPING", "count_flops", "count_params", "expert_macs", "measure_latency")
 
 
-def count_params(module: nn.Module) -> int:
-    """Number of parameters (trainable or not)."""
-    return sum(p.numel() for p in module.parameters())
+def __getattr__(name: str) -> Any:
+    """The counting functions that lived here (``memekit.space.cost.count_flops``, ...), from
+    :mod:`memekit.space.counting`, imported (with torch) when first asked for."""
+    if name in _COUNTING:
+        from . import counting
 
-
-def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of softmax(QK^T)V for shapes (B, H, S_q, d_qk), (B, H, S_k, d_qk), (B, H, S_k, d_v)."""
-    b, h, s_q, d_qk = query_shape
-    s_k, d_v = key_shape[-2], value_shape[-1]
-    return 2 * b * h * s_q * s_k * d_qk + 2 * b * h * s_q * s_k * d_v
-
-
-SDPA_FLOP_MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of running ``fn()`` once (forward only, no autograd)."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=SDPA_FLOP_MAPPING) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def expert_macs(spec: ExpertSpec, model: nn.Module | None = None) -> int:
-    """MACs of one expert forward for a single image (batch 1) at ``spec.resolution``."""
-    model = build_expert(spec) if model is None else model
-    device = next(model.parameters()).device
-    x = torch.zeros(1, spec.image_channels, spec.resolution, spec.resolution, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        return count_flops(lambda: model(x, t)) // 2
-    finally:
-        model.train(was_training)
+        return getattr(counting, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -95,17 +64,46 @@ class SpecCost:
 def spec_cost(spec: MemeSpec, sampling_steps: int = 50, device: str = "cpu") -> SpecCost:
     """Parameters and MACs of every expert, and the MACs of an S-step sampling trajectory; the
     experts are built on ``device`` (``"meta"``: shapes only, no memory, see :func:`check_spec`)."""
+    from .counting import count_expert
+
+    return _spec_cost(spec, sampling_steps, lambda expert: count_expert(expert, device))
+
+
+def _spec_cost(spec: MemeSpec, sampling_steps: int, count: Any) -> SpecCost:
+    """:class:`SpecCost` with ``count(expert) -> (params, macs)`` called once per distinct expert."""
     steps = trajectory_steps(spec, sampling_steps)
     cache: dict[ExpertSpec, tuple[int, int]] = {}
     experts = []
     for n, expert in enumerate(spec.experts):
         if expert not in cache:
-            with torch.device(device):
-                model = build_expert(expert)
-            cache[expert] = (count_params(model), expert_macs(expert, model))
+            cache[expert] = count(expert)
         params, macs = cache[expert]
         experts.append(ExpertCost(spec.intervals[n], params, macs, steps[n]))
     return SpecCost(tuple(experts), sampling_steps)
+
+
+# (parameters, MACs per forward) of each expert of every preset, counted on the meta device
+# (check_spec); tests/space/test_space_check.py recounts them, so a change to the network fails there
+PRESET_EXPERT_COSTS: dict[tuple[str, int], tuple[tuple[int, int], ...]] = {
+    ("single-large", 32): ((7898579, 1289062656),),
+    ("single-large", 64): ((7898579, 4847598336),),
+    ("single-small", 32): ((2592323, 442226688),),
+    ("single-small", 64): ((2592323, 1628688384),),
+    ("multi-same", 32): ((2592323, 442226688),) * 4,
+    ("multi-same", 64): ((2592323, 1628688384),) * 4,
+    ("meme-paper", 32): ((2499971, 418720000), (2514083, 418971520), (2537203, 432727680), (2554003, 433022208)),
+    ("meme-paper", 64): ((2499971, 1585681408), (2514083, 1586982400), (2537203, 1604160000),
+                         (2554003, 1605633024)),
+}
+
+
+@functools.cache
+def preset_expert_costs() -> dict[ExpertSpec, tuple[int, int]]:
+    """:data:`PRESET_EXPERT_COSTS` by expert spec."""
+    from .presets import PRESETS
+
+    return {expert: cost for (name, resolution), costs in PRESET_EXPERT_COSTS.items()
+            for expert, cost in zip(PRESETS[name][resolution].experts, costs, strict=True)}
 
 
 # beyond this no machine could build the network: 40 GB of fp32 weights, 4x that with gradients,
@@ -114,30 +112,23 @@ MAX_PARAMS = 10**10
 
 
 def check_spec(spec: MemeSpec, sampling_steps: int = 50) -> SpecCost:
-    """:func:`spec_cost` counted on PyTorch's meta device (shapes only: no memory, any size), or a
-    one-line :class:`SpecError` when the spec has more than :data:`MAX_PARAMS` parameters."""
-    cost = spec_cost(spec, sampling_steps, device="meta")
+    """:func:`spec_cost` counted on PyTorch's meta device (shapes only: no memory, any size; a
+    preset's experts are looked up in :data:`PRESET_EXPERT_COSTS` instead), or a one-line
+    :class:`SpecError` when the spec has more than :data:`MAX_PARAMS` parameters."""
+    known = preset_expert_costs()
+
+    def count(expert: ExpertSpec) -> tuple[int, int]:
+        if expert in known:
+            return known[expert]
+        from .counting import count_expert
+
+        return count_expert(expert, "meta")
+
+    cost = _spec_cost(spec, sampling_steps, count)
     if cost.params > MAX_PARAMS:
         raise SpecError(f"{cost.params:,} parameters ({cost.params / 1e9:,.0f} billion) exceed 10^10: no machine "
                         "could build this network; lower base_width, channel_mult or blocks_per_stage")
     return cost
-
-
-def measure_latency(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
-                    device: torch.device | str | None = None) -> float:
-    """Median wall time of ``fn()`` in seconds after ``warmup`` calls; CUDA-synchronised."""
-    cuda = device is not None and torch.device(device).type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _fmt_share(shares: tuple[float, ...]) -> str:

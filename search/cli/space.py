@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from memekit.space import PRESETS, check_spec, cost_table, get_preset, load_spec, resolve_spec
-from memekit.space.cost import COUNTER_NAME
+from memekit.space.cost import COUNTER_NAME, check_spec, cost_table
 from memekit.space.errors import SpecError
+from memekit.space.presets import PRESETS, get_preset, resolve_spec
 
 from .args import positive_int
 
@@ -28,7 +28,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = resolve_spec(args.spec)
     try:
         cost = check_spec(spec, args.steps)
     except SpecError as err:
@@ -41,7 +41,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    space = subparsers.add_parser("space", help="list, show and check architecture specs")
+    space = subparsers.add_parser("space", help="list, show and check architecture specs",
+                                  description="The design space: the presets (list), a spec's resolved JSON and "
+                                              "cost table (show), and a spec checked and costed without building "
+                                              "it (check).")
     sub = space.add_subparsers(dest="space_command", metavar="ACTION", required=True)
     p = sub.add_parser("list", help="list the presets")
     p.add_argument("--resolution", type=positive_int, default=32, help="image size of the listed presets")
@@ -52,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="image size (default: the spec's; presets: 32)")
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps of the costed trajectory")
     p.set_defaults(run=_show)
-    p = sub.add_parser("check", help="validate a spec JSON and print its parameters and MACs (exit 0), or exit 2 "
-                                     "with the problem (also: beyond 10^10 parameters)")
-    p.add_argument("spec", metavar="SPEC.json", help="the spec JSON to check")
+    p = sub.add_parser("check", help="validate a spec JSON or preset and print its parameters and MACs (exit 0), or "
+                                     "exit 2 with the problem (also: beyond 10^10 parameters)")
+    p.add_argument("spec", metavar="SPEC.json|PRESET", help="the spec JSON or preset name to check")
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps of the costed trajectory")
     p.set_defaults(run=_check)

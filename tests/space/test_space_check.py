@@ -12,16 +12,23 @@ import pytest
 
 from memekit.search.cli import main as cli_main
 from memekit.space import PRESETS, MemeSpec, check_spec, get_preset, spec_cost
-from memekit.space.cost import MAX_PARAMS
+from memekit.space.cost import MAX_PARAMS, PRESET_EXPERT_COSTS
 from memekit.space.errors import SpecError
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_meta_counts_equal_the_built_networks(name: str) -> None:
-    spec = get_preset(name, 32)
+@pytest.mark.parametrize(("name", "resolution"), [(n, r) for n in PRESETS for r in PRESETS[n]])
+def test_preset_counts_equal_the_built_networks(name: str, resolution: int) -> None:
+    # check_spec reads a preset's experts from PRESET_EXPERT_COSTS (so that ``space check PRESET``
+    # needs no torch); the networks really built on the CPU recount every entry of that table
+    spec = get_preset(name, resolution)
+    assert (name, resolution) in PRESET_EXPERT_COSTS
     meta, built = check_spec(spec, 50), spec_cost(spec, 50)
     assert meta == built
     assert meta.params > 0 and meta.trajectory_macs > 0
+
+
+def test_the_preset_table_holds_only_presets() -> None:
+    assert set(PRESET_EXPERT_COSTS) == {(n, r) for n in PRESETS for r in PRESETS[n]}
 
 
 def test_tiny_spec_counts_equal_the_built_network(tiny_spec_dict) -> None:
