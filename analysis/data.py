@@ -40,6 +40,9 @@ Splits are fixed and documented: an image is in the **reference** split when
 ``crc32(key) % 10 == 0`` (about 10 %), and in the **train** split otherwise. The key is the
 image's relative path for folders, and its index (as text) for ``.npz`` and builtin sources, so
 adding files never moves an existing image between splits.
+
+torch is imported by the few functions that make tensors, so that the command line reads the splits
+and the background colours without importing torch.
 """
 
 from __future__ import annotations
@@ -52,10 +55,9 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
 from memekit.space import PRESETS, MemeSpec, resolve_spec
 from memekit.space.errors import MemekitError
@@ -63,6 +65,9 @@ from memekit.space.files import atomic_write
 from memekit.space.progress import progress_bar
 
 from .threads import available_cores
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -540,6 +545,8 @@ def load_data(source: str, resolution: int, limit: int | None = None, split: str
 
 def sample_side(batch: np.ndarray | torch.Tensor) -> int:
     """The side of uint8 ``(N, r, r, C)`` images or of float ``(N, C, r, r)`` model inputs."""
+    import torch
+
     return int(batch.shape[1] if batch.dtype in (np.uint8, torch.uint8) else batch.shape[-1])
 
 
@@ -547,6 +554,8 @@ def to_model_input(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A batch of :func:`load_data`'s output as the model sees it: uint8 images -> float32
     ``(N, C, H, W)`` in [-1, 1] (:func:`to_model_range`); float latents (already NCHW, unit scale)
     -> float32 unchanged."""
+    import torch
+
     if batch.dtype in (np.uint8, torch.uint8):
         return to_model_range(batch)
     return torch.as_tensor(batch).float()
@@ -589,6 +598,8 @@ def read_images(source: str, keys: list[str], resolution: int, background: tuple
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1], the range the diffusion model sees."""
+    import torch
+
     x = torch.as_tensor(images)
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
