@@ -459,6 +459,8 @@ def _verdict_text(c: Claim, d: stats.Difference, p: float, q: float, met: bool |
                                               "equivalent": "equivalent"}[c.kind],
             False: {"better": "not shown better", "noninferior": "non-inferiority not shown",
                     "equivalent": "equivalence not shown"}[c.kind]}[met]
+    if c.kind == "better" and met is False and q < alpha and d.diff > 0:
+        word = "B better (the claim's opposite)"
     label = f"{c.label}: " if c.label else ""
     return (f"{label}{metric.upper()} {c.a} - {c.b} = {d.diff:+.4f} +- {d.se:.4f} ({100 * (1 - alpha):.0f} % CI "
             f"{lo:+.4f} .. {hi:+.4f}; {d.dof:g} dof; sampling seed{'s' * (len(sampling) > 1)} "

@@ -73,6 +73,10 @@ def test_claims_blocked_by_seed_see_through_the_shared_seed_effect(tmp_path, fak
     # b - a = +0.0101 against a margin of 0.005: not shown non-inferior (it is worse)
     assert blocked[1].met is False
     assert blocked[0].p_holm == pytest.approx(min(1.0, 2 * min(blocked[0].p, blocked[1].p)))
+    assert blocked[0].text.endswith("-> A better")
+    # the claim turned round (b better than a) is rejected in the other direction: said so, not "not shown"
+    opposite, _ = cmp.decide(results, [cmp.Claim("better", "b", "a")])
+    assert opposite[0].met is False and opposite[0].text.endswith("-> B better (the claim's opposite)")
 
 
 def test_a_run_claimed_by_a_live_process_is_left_alone(tmp_path, fake_scores):
