@@ -1,18 +1,17 @@
-"""Optuna studies over the MEME design space: the study's configuration, opening and preparing it.
+"""Optuna studies over the MEME design space: opening, planning and preparing them.
 
 One study lives in a study folder (``STUDY_DIR``): ``search_config.json``, the journal file (unless
 ``--storage`` points elsewhere), ``prior_spec.json``, ``trials/trial-NNNNN/`` (proxy runs) and
 ``artifacts/`` (sample grids, visible in optuna-dashboard).
 
-:class:`SearchConfig` is everything that defines a study; :func:`open_study` creates or loads it
+:class:`~memekit.search.search_config.SearchConfig` is everything that defines a study, with its
+resume rules (:mod:`memekit.search.search_config`); :func:`open_study` creates or loads it
 (refusing a study made with other settings). :func:`plan_study` checks what a run needs before its
 first trial and writes nothing (device and precision, the storage reached, the folder's state, the
 data, the space, the prior; ``memekit search --dry-run`` prints it), and :func:`prepare_study`
 then writes the config file, the measured
 preconditioning and the spectral prior and enqueues the warm start (:mod:`memekit.search.warmstart`).
-Resuming: :func:`search_config` starts from the settings stored in ``STUDY_DIR``; the identity
-settings (what a trial measures) never change, the others (trials, sampler, ...) only with
-``update=True``, recorded in the study's user attr ``memekit_changes``. Trials are run by the objective
+Trials are run by the objective
 (:mod:`memekit.search.objective`) in workers (:mod:`memekit.search.workers`).
 **Optuna cannot prune multi-objective studies**: pruners act only with ``--objective single``.
 """
@@ -20,9 +19,7 @@ settings (what a trial measures) never change, the others (trials, sampler, ...)
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,176 +30,38 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from memekit.analysis.data import (
-    BUILTIN_PREFIX,
-    DEFAULT_BACKGROUND,
-    background_name,
-    check_background,
-    check_data_source,
-    data_shape,
-    load_data,
-)
-from memekit.analysis.device import MIXED_PRECISION, resolve_device
+from memekit.analysis.data import background_name, check_data_source, data_shape, load_data
+from memekit.analysis.device import resolve_device
 from memekit.analysis.linear import STATS_IMAGES, preconditioned
 from memekit.space import DiffusionSpec, MemeSpec, save_spec, spec_cost
-from memekit.space.errors import MemekitError, checked_fields
 from memekit.space.files import atomic_write_json
-from memekit.space.precondition import PRECONDITIONINGS
 
-from .searchspace import SearchSpace, load_search_space
-from .storage import check_journal, journal_path, open_storage, redact_url, storage_kind
-from .train import TrainConfig, train
-from .warmstart import (
-    SAMPLER_STARTUP,
-    WARM_STARTS,
-    enqueue_warm_start,
-    prior_source_text,
-    study_prior,
+from .search_config import (
+    CONFIG_FILE,
+    SearchConfig,
+    SearchError,
+    check_identity,
+    check_resume,
+    record_changes,
 )
 
-OBJECTIVES = ("multi", "single")
-QUALITIES = ("val", "val-rel", "kid", "fid")
-COSTS = ("macs", "latency")
-OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp", "random")
-PRUNERS = ("none", "median", "hyperband", "wilcoxon")
-STORAGE_ENV = "MEMEKIT_STORAGE"  # default --storage; also how workers receive the URL with its password
+# re-exported: the config's choices and resume rules moved to memekit.search.search_config
+from .search_config import COSTS as COSTS
+from .search_config import OBJECTIVES as OBJECTIVES
+from .search_config import OPTUNA_SAMPLERS as OPTUNA_SAMPLERS
+from .search_config import PRUNERS as PRUNERS
+from .search_config import QUALITIES as QUALITIES
+from .search_config import STORAGE_ENV as STORAGE_ENV
+from .search_config import search_config as search_config
+from .search_config import stored_config as stored_config
+from .searchspace import SearchSpace, load_search_space
+from .storage import check_journal, journal_path, open_storage, redact_url, storage_kind
+from .train import train
+from .warmstart import SAMPLER_STARTUP, enqueue_warm_start, prior_source_text, study_prior
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # group=True, set_metric_names and artifacts are "experimental" in Optuna 5; memekit pins optuna<6
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-class SearchError(MemekitError, ValueError):
-    """A study cannot be created, joined or run."""
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything that defines a study (saved as ``search_config.json`` and in the study)."""
-
-    study_dir: str
-    study_name: str = "memekit"
-    storage: str | None = None
-    space: str = "meme"
-    resolution: int | None = None
-    data: str = "builtin:shapes"
-    n_trials: int = 20
-    objective: str = "multi"
-    quality: str = "val"
-    preconditioning: str = "wiener"  # measured in benchmarks/RESULTS.md (issue 10); studies before it: "none"
-    cost: str = "macs"
-    sampler: str = "tpe"
-    pruner: str = "none"
-    max_macs: float | None = None  # budget on mean MACs per sampling step
-    max_params: int | None = None  # budget on total parameters (all experts)
-    sampling_steps: int = 50  # DDIM steps of the costed trajectory
-    proxy_images: int = 10_000
-    proxy_batch: int = 64
-    proxy_lr: float = 2e-4
-    proxy_warmup_images: int = 1_000
-    val_images: int = 256
-    val_every: int = 0  # proxy validation every K steps (single-objective pruning); 0 = at the end
-    fid_n: int = 1000
-    fid_steps: int = 50
-    seed: int = 0
-    workers: int = 1
-    gpus: tuple[str, ...] | None = None
-    machine_rank: int = 0
-    warm_start: tuple[str, ...] = ("prior", "meme-paper", "multi-same")
-    prior: str | None = None  # --prior: memekit spectrum's prior_spec.json; None: recomputed from the training split
-    max_retries: int = 2
-    heartbeat_interval: int = 30
-    grace_period: int = 120
-    device: str | None = None
-    mixed_precision: str = "no"
-    keep_proxy_checkpoints: bool = False
-    # what transparent pixels of the data become (r, g, b); studies made before it: the default, the same data
-    background: tuple[int, int, int] = DEFAULT_BACKGROUND
-
-    def __post_init__(self) -> None:
-        for name in ("gpus", "warm_start"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        try:
-            object.__setattr__(self, "background", check_background(self.background))
-        except MemekitError as err:
-            raise SearchError(str(err)) from None
-        choices = {"objective": OBJECTIVES, "quality": QUALITIES, "cost": COSTS, "sampler": OPTUNA_SAMPLERS,
-                   "pruner": PRUNERS, "mixed_precision": MIXED_PRECISION, "preconditioning": PRECONDITIONINGS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise SearchError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-        for name in ("n_trials", "workers", "proxy_images", "proxy_batch", "fid_n", "fid_steps", "sampling_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SearchError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.max_macs is not None and not (self.max_macs > 0 and math.isfinite(self.max_macs)):
-            raise SearchError(f"max_macs must be a positive number of MACs per step, got {self.max_macs!r}")
-        bad = [w for w in self.warm_start if w not in WARM_STARTS]
-        if bad:
-            raise SearchError(f"unknown warm start {bad[0]!r}: choose from {', '.join(WARM_STARTS)}")
-        if self.pruner != "none" and self.objective == "multi":
-            raise SearchError("Optuna cannot prune multi-objective studies: use --objective single with a pruner, "
-                              "or --pruner none")
-        storage_kind(self.storage)  # validates the scheme
-
-    # keys that must match when a study is resumed or joined: they decide what a trial measures
-    IDENTITY = ("space", "resolution", "data", "objective", "quality", "preconditioning", "cost", "max_macs",
-                "max_params", "sampling_steps", "proxy_images", "proxy_batch", "proxy_lr", "proxy_warmup_images",
-                "val_images", "fid_n", "fid_steps", "seed", "prior", "background")
-    # where and how one invocation runs: free to differ between invocations and machines
-    INVOCATION = ("study_dir", "study_name", "storage", "workers", "gpus", "machine_rank", "device")
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that must match when a study is resumed or joined (studies made before a
-        setting existed stored no value for it: they count as its default or :attr:`LEGACY` value)."""
-        return {k: getattr(self, k) for k in self.IDENTITY}
-
-    def settings(self) -> dict[str, Any]:
-        """The study's other settings (trials, sampler, pruner, warm start, retries, ...): changing
-        one of an existing study needs ``update=True`` and is recorded (:func:`prepare_study`)."""
-        fixed = {*self.IDENTITY, *self.INVOCATION}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in fixed}
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def public_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` with the storage password replaced by ``***`` (for files, studies, logs)."""
-        data = self.to_dict()
-        if data["storage"]:
-            data["storage"] = redact_url(data["storage"])
-        return data
-
-    # what a study made before a setting existed measured: a stored config without the key means this
-    # value, not today's default (preconditioning became a setting, defaulting to "wiener", later)
-    LEGACY = {"preconditioning": "none", "quality": "val"}
-
-    @classmethod
-    def from_stored(cls, data: dict[str, Any]) -> SearchConfig:
-        """:meth:`from_dict` of a saved config, a setting it lacks counting as :attr:`LEGACY`'s value."""
-        return cls.from_dict({**cls.LEGACY, **data} if isinstance(data, dict) else data)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        """The inverse of :meth:`to_dict`; a one-line :class:`SearchError` for a key it does not know."""
-        return cls(**checked_fields(cls, data, "a search config", "search setting", SearchError))
-
-    def run_device(self) -> str:
-        """``device``, or cuda when this machine has it, else cpu."""
-        return self.device or str(resolve_device(None))
-
-    def proxy_config(self, device: str | None = None) -> TrainConfig:
-        """The proxy training every trial gets: same data, seed and image budget."""
-        return TrainConfig(data=self.data, images=self.proxy_images, batch=self.proxy_batch, lr=self.proxy_lr,
-                           warmup_images=self.proxy_warmup_images, seed=self.seed, val_images=self.val_images,
-                           val_every=self.val_every, sample_every=0, sample_count=8, sample_steps=20, checkpoint_every=0,
-                           keep_last=1, log_every=max(1, self.proxy_images // self.proxy_batch // 10),
-                           mixed_precision=self.mixed_precision, device=device or self.device,
-                           background=self.background)
-
-    def metric_names(self) -> list[str]:
-        quality = {"val": "val_loss", "val-rel": "val_rel"}.get(self.quality, f"{self.quality}{self.fid_n}")
-        cost = "trajectory_gmacs" if self.cost == "macs" else "trajectory_latency_ms"
-        return [quality, cost] if self.objective == "multi" else [quality]
 
 
 # ---- samplers and pruners ------------------------------------------------------------------------
@@ -272,7 +131,6 @@ def study_space(config: SearchConfig, study_dir: Path | None) -> SearchSpace:
     return dataclasses.replace(space, diffusion=DiffusionSpec.from_dict(json.loads(path.read_text())))
 
 
-CONFIG_FILE = "search_config.json"
 PRIOR_FILE = "prior_spec.json"
 PRIOR_SOURCE_FILE = "prior_source.json"  # which prior the study seeded and from what (warmstart.study_prior)
 
@@ -316,36 +174,6 @@ def open_study(config: SearchConfig, seed: int, create: bool = True, seams: Seam
     return study
 
 
-def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (stored, wanted)}`` where they differ (a key the study did not store counts as its
-    default, or its :attr:`SearchConfig.LEGACY` value: the setting is newer than the study)."""
-    defaults = {**SearchConfig(study_dir="").to_dict(), **SearchConfig.LEGACY}
-    wanted = json.loads(json.dumps(wanted))
-    return {k: (stored.get(k, defaults[k]), v) for k, v in wanted.items()
-            if not _same_setting(k, stored.get(k, defaults[k]), v)}
-
-
-def _same_setting(key: str, old: Any, new: Any) -> bool:
-    """Equal settings; a data path counts as the same when both name the same file or folder (a study
-    made with ``/abs/faces`` resumes with ``../faces`` from another folder)."""
-    if old == new:
-        return True
-    if key not in ("data", "prior") or not all(isinstance(v, str) and not v.startswith(BUILTIN_PREFIX)
-                                               for v in (old, new)):
-        return False
-    return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
-
-
-def check_identity(config: SearchConfig, stored: dict[str, Any]) -> None:
-    """A one-line :class:`SearchError` when ``config`` measures trials differently from the study
-    whose stored config is ``stored``."""
-    diff = _differences(config.identity(), stored)
-    if diff:
-        key, (old, new) = next(iter(diff.items()))
-        raise SearchError(f"study {config.study_name!r} exists with a different {key} ({old!r}, this command "
-                          f"gives {new!r}): use another --study-name or STUDY_DIR, or the same settings")
-
-
 def find_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS) -> optuna.Study | None:
     """The study of ``config`` if it exists; creates nothing (a missing journal stays missing)."""
     if storage_kind(config.storage) == "journal" and not journal_path(config.storage, Path(config.study_dir)).is_file():
@@ -355,57 +183,6 @@ def find_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS) -> optuna.Stu
                                  sampler=optuna.samplers.RandomSampler())
     except KeyError:
         return None
-
-
-def check_resume(config: SearchConfig, study: optuna.Study, update: bool) -> dict[str, tuple[Any, Any]]:
-    """The settings ``config`` changes in the existing ``study``: identity settings never change, the
-    others only with ``update``; ``{key: (stored, new)}``."""
-    stored = study.user_attrs.get("memekit_config") or {}
-    check_identity(config, stored)
-    changes = _differences(config.settings(), stored)
-    if changes and not update:
-        key, (old, new) = next(iter(changes.items()))
-        raise SearchError(f"study {config.study_name!r} has {key} {old!r} and this command gives {new!r}: pass "
-                          "--update to change it (recorded in the study), or leave the option out to resume with "
-                          "the stored settings")
-    return changes
-
-
-def record_changes(study: optuna.Study, config: SearchConfig, changes: dict[str, tuple[Any, Any]]) -> None:
-    """Store ``config`` as the study's config and append ``changes`` (with the time) to the user
-    attr ``memekit_changes``."""
-    history = list(study.user_attrs.get("memekit_changes", []))
-    history.append({"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "changes": {k: [old, new] for k, (old, new) in changes.items()}})
-    study.set_user_attr("memekit_changes", history)
-    study.set_user_attr("memekit_config", config.public_dict())
-
-
-def stored_config(study_dir: str | Path) -> SearchConfig | None:
-    """The config ``memekit search`` saved in ``STUDY_DIR/search_config.json`` (None: no study there)."""
-    path = Path(study_dir) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SearchError(f"{path} is not valid JSON ({err}): repair it or use another STUDY_DIR") from None
-    try:
-        return SearchConfig.from_stored(data)
-    except SearchError as err:
-        raise SearchError(f"{path}: {err}") from None
-
-
-def search_config(study_dir: str | Path, **given: Any) -> SearchConfig:
-    """The config of an invocation on ``study_dir``: the stored one (when the folder holds a study)
-    with the ``given`` settings replacing its own, else the defaults with ``given``; a stored
-    storage URL lost its password, so it must be given again (``--storage`` or ``$MEMEKIT_STORAGE``)."""
-    stored = stored_config(study_dir)
-    data = {**(stored.to_dict() if stored else {}), **given, "study_dir": str(study_dir)}
-    if data.get("storage") and ":***@" in data["storage"]:
-        raise SearchError("the study's storage URL is stored without its password: pass --storage URL "
-                          f"(or set {STORAGE_ENV})")
-    return SearchConfig.from_dict(data)
 
 
 # ---- checking a run before it starts ------------------------------------------------------------------

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
@@ -37,13 +37,10 @@ from memekit.analysis.spectra import spectral_profile
 from memekit.space import Diffusion, ExpertSpec, MemeSpec, get_preset, load_spec, uniform_intervals
 from memekit.space.errors import MemekitError, SpecError
 
+# WARM_STARTS is re-exported: the names a SearchConfig accepts live beside it
+from .search_config import WARM_STARTS as WARM_STARTS
+from .search_config import SearchConfig
 from .searchspace import SearchSpace, params_for, projection_gap, suggest_spec
-
-if TYPE_CHECKING:
-    from .study import SearchConfig
-
-WARM_STARTS = ("prior", "meme-paper", "multi-same", "single-large", "single-small")
-
 
 PRIOR_IMAGES = 2048  # images of the training split a recomputed prior measures
 # sampler -> trials drawn at random before it models the data (memekit.search.study.make_sampler)
