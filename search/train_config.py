@@ -13,7 +13,7 @@ from memekit.analysis.data import DEFAULT_BACKGROUND, DataError, check_backgroun
 from memekit.analysis.device import MIXED_PRECISION
 from memekit.space.errors import checked_fields
 
-from .ema import DEFAULT_SIGMA_RELS, PosthocEMAError, check_sigma_rel
+from .ema_profiles import DEFAULT_SIGMA_RELS, PosthocEMAError, check_sigma_rel
 from .train_errors import TrainingError
 
 
