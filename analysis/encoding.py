@@ -1,7 +1,8 @@
 """Encoding an image data set into a latent file, once, resumably (``memekit encode``).
 
-:class:`EncodeJob` says what to encode; :func:`encode_plan` resolves it (counts, latent shape, the
-autoencoder's cost, chunks already done) without encoding anything; :func:`run_encode` encodes.
+:class:`EncodeJob` (:mod:`memekit.analysis.encode_job`, torch-free) says what to encode;
+:func:`encode_plan` resolves it (counts, latent shape, the autoencoder's cost, chunks already done)
+without encoding anything; :func:`run_encode` encodes.
 
 Resuming: the images (in source order, at most ``limit`` per split) are cut into chunks of
 ``chunk_size``; each chunk is encoded and written atomically to ``OUT.parts/chunk-NNNNN.npz`` next to
@@ -33,39 +34,10 @@ from memekit.space.progress import progress_bar
 from .autoencoders import Autoencoder, autoencoder_macs, load_autoencoder
 from .data import read_images, reference_mask, source_fingerprint, source_keys, to_model_range
 from .device import device_name, resolve_device
-from .latents import NORMALISATIONS, LatentError, measure_normalisation, write_latents
+from .encode_job import EncodeJob
+from .latents import LatentError, measure_normalisation, write_latents
 
 PLAN_FILE = "plan.json"
-
-
-@dataclass(frozen=True)
-class EncodeJob:
-    """Encode the images of ``data`` at ``resolution`` px with the autoencoder in the folder
-    ``autoencoder`` into the latent file ``out``."""
-
-    data: str
-    autoencoder: str
-    out: str
-    resolution: int = 128
-    batch_size: int = 32  # images per autoencoder call
-    chunk_size: int = 512  # images per resumable chunk
-    limit: int | None = None  # at most the first K images of each split (train and reference)
-    normalisation: str = "channel"
-    device: str = "auto"
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.normalisation not in NORMALISATIONS:
-            raise LatentError(f"unknown normalisation {self.normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
-        if not Path(self.out).name.endswith(".npz"):
-            raise LatentError(f"--out {self.out!r}: the latent file must end in .npz")
-        for name in ("resolution", "batch_size", "chunk_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise LatentError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-
-    @property
-    def parts(self) -> Path:
-        return Path(self.out).with_name(Path(self.out).name + ".parts")
 
 
 def selected_keys(keys: list[str], limit: int | None) -> list[str]:

@@ -43,16 +43,14 @@ from .autoencoders import (
     check_recorded,
     load_autoencoder,
 )
-from .data import SPLITS, DataError, is_latent_source, reference_mask, to_uint8
-
-LATENT_FORMAT = "memekit-latents"
-LATENT_VERSION = 1
-NORMALISATIONS = ("channel", "global")
-REQUIRED = ("latents", "shift", "scale")
-
-
-class LatentError(DataError):
-    """A latent file is missing, malformed or does not fit what uses it."""
+from .data import SPLITS, is_latent_source, reference_mask, to_uint8
+from .latent_format import (  # noqa: F401 - the format's names, torch-free there (re-exported)
+    LATENT_FORMAT,
+    LATENT_VERSION,
+    NORMALISATIONS,
+    REQUIRED,
+    LatentError,
+)
 
 
 @dataclass(frozen=True, eq=False)
