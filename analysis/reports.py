@@ -23,6 +23,7 @@ import pandas as pd
 
 from memekit.space import MemeSpec, save_spec
 from memekit.space.files import atomic_write_json, atomic_write_text, prepare_output_dir
+from memekit.space.presets import DEFAULT_BASE
 
 from .data import SPLITS, DataError, data_shape, load_data, spec_for_data
 from .device import resolve_device
@@ -36,7 +37,6 @@ from .priors import (
 )
 from .spectra import SpectralProfile, spectral_slope
 
-DEFAULT_BASE = "meme-paper"
 SPECTRUM_FILES = ("summary.csv", "priors.csv", "spectrum.npz", "prior_spec.json", "config.json", "prior_report.json",
                   "prior_report.txt")
 CHANNEL_FILES = ("channel_power.csv", "channel_crossover.csv", "channel_power.png")  # latent data only

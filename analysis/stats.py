@@ -32,9 +32,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as _st
 
 ALPHA = 0.05
+
+
+def _st():  # scipy.stats
+    """``scipy.stats``, imported at the first distribution needed, so that the modules built on this
+    one (compare, ablate) give the command line their choices without importing scipy."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -106,14 +113,14 @@ def t_cutoff(dof: float, level: float = 0.95, sided: int = 2) -> float:
     if not dof >= 1:
         return math.nan
     q = (1 + level) / 2 if sided == 2 else level
-    return float(_st.t.ppf(q, dof))
+    return float(_st().t.ppf(q, dof))
 
 
 def two_sided_p(diff: float, se: float, dof: float) -> float:
     """``2 T_dof(-|diff| / se)``; NaN when the SE or dof is unknown."""
     if not (se > 0 and dof >= 1):
         return math.nan
-    return float(2 * _st.t.sf(abs(diff) / se, dof))
+    return float(2 * _st().t.sf(abs(diff) / se, dof))
 
 
 # ---- two samples ------------------------------------------------------------------------------------
@@ -153,7 +160,7 @@ def pooled_sd(groups: Sequence[Sequence[float]], level: float = 0.95) -> PooledS
 
 def _pooled(ss: float, dof: int, level: float) -> PooledSD:
     sd = math.sqrt(ss / dof)
-    lo, hi = _st.chi2.ppf((1 - level) / 2, dof), _st.chi2.ppf((1 + level) / 2, dof)
+    lo, hi = _st().chi2.ppf((1 - level) / 2, dof), _st().chi2.ppf((1 + level) / 2, dof)
     return PooledSD(sd, dof, sd * math.sqrt(dof / hi), sd * math.sqrt(dof / lo), level)
 
 
@@ -220,7 +227,7 @@ def noninferiority_p(d: Difference, margin: float) -> float:
         raise ValueError(f"a non-inferiority margin must be > 0, got {margin}")
     if not (d.se > 0 and d.dof >= 1):
         return math.nan
-    return float(_st.t.cdf((d.diff - margin) / d.se, d.dof))
+    return float(_st().t.cdf((d.diff - margin) / d.se, d.dof))
 
 
 def equivalence_p(d: Difference, margin: float) -> float:
@@ -229,8 +236,8 @@ def equivalence_p(d: Difference, margin: float) -> float:
         raise ValueError(f"an equivalence margin must be > 0, got {margin}")
     if not (d.se > 0 and d.dof >= 1):
         return math.nan
-    upper = _st.t.cdf((d.diff - margin) / d.se, d.dof)
-    lower = _st.t.sf((d.diff + margin) / d.se, d.dof)
+    upper = _st().t.cdf((d.diff - margin) / d.se, d.dof)
+    lower = _st().t.sf((d.diff + margin) / d.se, d.dof)
     return float(max(upper, lower))
 
 

@@ -41,7 +41,8 @@ from memekit.space import MemeSpec, spec_cost
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
 
-from .train import TrainConfig, TrainingPaused
+from .train_config import TrainConfig
+from .train_errors import TrainingPaused
 
 RESULTS_VERSION = 1
 METRICS = {"kid": "kid_mean", "fid": "fid", "lsd": "lsd"}

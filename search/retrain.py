@@ -4,7 +4,8 @@
 process or in ``jobs`` spawned processes that split the CPU threads (each run equals a serial
 one: its randomness depends on its own seed and step only). :func:`score_run` scores a finished
 run by a target (its validation loss, or KID / FID of freshly drawn samples, cached in the run
-folder). :func:`save_record` stores a check's result in the study, as ``STUDY_DIR/NAME.json`` and
+folder; :class:`Target` and the error lie in :mod:`memekit.search.retrain_target`, torch-free).
+:func:`save_record` stores a check's result in the study, as ``STUDY_DIR/NAME.json`` and
 as a section of the export's ``report.md``.
 """
 
@@ -23,19 +24,15 @@ import torch
 from optuna.trial import FrozenTrial
 
 from memekit.analysis.stats import sample_sd
-from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_json, atomic_write_text
 
 from .export import REPORT_FILE
 from .results import LoadedStudy, select_trials
+from .retrain_target import TARGETS as TARGETS  # re-exported: torch-free there
+from .retrain_target import RetrainError, Target
 from .train import TrainConfig, TrainResult, train
 
-TARGETS = ("val", "kid", "fid")
 MIN_TRIALS = 3  # rank correlations of fewer pairs say nothing
-
-
-class RetrainError(MemekitError, ValueError):
-    """Trials cannot be retrained or scored as asked (too few trials, a bad budget, ...)."""
 
 
 def ranked_trials(loaded: LoadedStudy, k: int) -> list[FrozenTrial]:
@@ -93,27 +90,6 @@ def train_jobs(work: Sequence[TrainJob], jobs: int, progress: bool,
             if on_run is not None:
                 on_run(job.trial, results[-1])
     return results
-
-
-@dataclass(frozen=True)
-class Target:
-    """How a retrained run is scored: ``val`` (its validation loss) or ``kid`` / ``fid`` of ``n``
-    DDIM-``steps`` samples against ``reference`` (a source of ``memekit fid``)."""
-
-    kind: str = "val"
-    n: int = 1000
-    steps: int = 25
-    reference: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in TARGETS:
-            raise RetrainError(f"unknown target {self.kind!r}: choose one of {', '.join(TARGETS)}")
-        if self.kind != "val" and (self.n < 2 or self.steps < 1 or not self.reference):
-            raise RetrainError("a kid/fid target needs n >= 2 samples, steps >= 1 and a reference set")
-
-    @property
-    def name(self) -> str:
-        return "val_loss" if self.kind == "val" else f"{self.kind}{self.n}"
 
 
 def score_run(result: TrainResult, target: Target, device: str | None = None) -> float:

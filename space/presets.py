@@ -27,6 +27,8 @@ from .errors import SpecError
 from .spec import DiffusionSpec, ExpertSpec, MemeSpec, load_spec, uniform_intervals
 
 RESOLUTIONS = (32, 64)
+# the preset whose backbone and diffusion a spectral prior reuses by default (spectrum --base)
+DEFAULT_BASE = "meme-paper"
 LDM_LIKE_SHARE = (0.0, 1.0, 1.0, 1.0)
 # per expert, lowest noise first; per stage, shallow to deep
 MEME_PAPER_SHARES = (
