@@ -19,17 +19,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from memekit.analysis.data import BUILTIN_PREFIX, DEFAULT_BACKGROUND, check_background
 from memekit.analysis.device import MIXED_PRECISION, resolve_device
 from memekit.space.errors import MemekitError, checked_fields
-from memekit.space.precondition import PRECONDITIONINGS
+from memekit.space.spec import PRECONDITIONINGS
 
-from .storage import redact_url, storage_kind
+from .storage_url import redact_url, storage_kind
 from .train_config import TrainConfig
+
+if TYPE_CHECKING:
+    import optuna
 
 OBJECTIVES = ("multi", "single")
 QUALITIES = ("val", "val-rel", "kid", "fid")

@@ -4,44 +4,20 @@ worker only). Passwords never reach a log: use :func:`redact_url` whenever a URL
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import optuna
 
-from memekit.space.errors import MemekitError
+from .storage_url import (  # noqa: F401 - what a URL names, optuna-free there (re-exported)
+    JOURNAL_NAME,
+    StorageError,
+    journal_path,
+    postgres_url,
+    redact_url,
+    storage_kind,
+)
 
-JOURNAL_NAME = "study.journal"
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer is reported after this long
-_POSTGRES = re.compile(r"^postgres(ql)?(\+[a-z0-9_]+)?://", re.IGNORECASE)
-
-
-class StorageError(MemekitError, ValueError):
-    """A storage URL is unsupported or unusable."""
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def storage_kind(url: str | None) -> str:
-    """``journal``, ``postgresql`` or ``sqlite``; a one-line error for anything else."""
-    if url is None or url.endswith(".journal") or url.startswith("journal:"):
-        return "journal"
-    if _POSTGRES.match(url):
-        return "postgresql"
-    if url.startswith("sqlite:///"):
-        return "sqlite"
-    scheme = url.split("://", 1)[0] if "://" in url else url
-    raise StorageError(f"unsupported storage {redact_url(scheme)!r}: use a .journal file (default), "
-                       "postgresql://user:password@host/db or sqlite:///file.db (one worker only)")
-
-
-def journal_path(url: str | None, study_dir: Path) -> Path:
-    if url is None:
-        return study_dir / JOURNAL_NAME
-    return Path(url[len("journal:"):].removeprefix("//") if url.startswith("journal:") else url)
 
 
 def check_journal(path: Path) -> None:
@@ -96,12 +72,6 @@ class SaidStaleRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
         retried = len(trial.system_attrs.get("retry_history", [])) + 1 <= self._max_retry
         print(f"trial {trial.number} failed: no heartbeat from its worker for over {self.grace_period} s (the worker "
               f"died?): {'retried as a new trial' if retried else 'not retried (retried enough times)'}", flush=True)
-
-
-def postgres_url(url: str) -> str:
-    """``postgresql://`` -> ``postgresql+psycopg2://`` (SQLAlchemy 2.1 would pick psycopg 3 instead);
-    a URL that names its driver is kept as it is."""
-    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url, flags=re.IGNORECASE)
 
 
 def _rdb(url: str, shown: str, **kwargs) -> optuna.storages.RDBStorage:
