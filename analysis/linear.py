@@ -39,7 +39,7 @@ from memekit.space.errors import MemekitError
 from memekit.space.rings import ring_counts, ring_index
 from memekit.space.spec import PRECONDITIONINGS
 
-from .data import sample_side
+from .data import DEFAULT_BACKGROUND, load_data, sample_side
 from .spectra import SpectrumError, _model_range_batches, _square_size
 
 STATS_IMAGES = 4096  # training images from which preconditioning statistics are measured
@@ -169,10 +169,13 @@ def _rounded(values: np.ndarray) -> tuple:
     return tuple(tuple(tuple(float(f"{v:.6g}") for v in row) for row in m) for m in values)
 
 
-def preconditioned_for_data(spec: DiffusionSpec, mode: str, data: str, resolution: int) -> DiffusionSpec:
+def preconditioned_for_data(spec: DiffusionSpec, mode: str, data: str, resolution: int,
+                            background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> DiffusionSpec:
     """:func:`preconditioned` with statistics from (at most :data:`STATS_IMAGES` of) the training split
-    of the data source ``data`` at ``resolution``."""
-    from .data import load_data
-
-    images = load_data(data, resolution, split="train", limit=STATS_IMAGES, progress=False)
+    of the data source ``data`` at ``resolution``, transparent pixels composited onto ``background``.
+    The one way a study (:func:`memekit.search.study.plan_study`), a training run
+    (:func:`memekit.search.train.with_preconditioning`) and a comparison measure a preconditioning."""
+    # what compositing did is said by the run's own load of the data, not by this statistics pass
+    images = load_data(data, resolution, split="train", limit=STATS_IMAGES, progress=False, background=background,
+                       say=lambda line: None)
     return preconditioned(spec, mode, images)

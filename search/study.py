@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from memekit.analysis.data import background_name, check_data_source, data_shape, load_data
 from memekit.analysis.device import resolve_device
-from memekit.analysis.linear import STATS_IMAGES, preconditioned
+from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import DiffusionSpec, MemeSpec, save_spec, spec_cost
 from memekit.space.files import atomic_write_json
 
@@ -329,19 +329,16 @@ def _plan(config: SearchConfig, study_dir: Path) -> tuple[dict[str, int], Diffus
     notes: list[str] = []
     images = {"all": len(load_data(config.data, resolution, progress=False, background=config.background,
                                    say=notes.append))}  # what compositing did, said once for the whole source
-    train = None
     for split in ("train", "reference"):  # both splits exist at the space's resolution
-        loaded = load_data(config.data, resolution, split=split, progress=False, background=config.background,
-                           say=lambda line: None)
-        images[split] = len(loaded)
-        train = loaded if split == "train" else train
+        images[split] = len(load_data(config.data, resolution, split=split, progress=False,
+                                      background=config.background, say=lambda line: None))
     diffusion = None
     if config.preconditioning != "none":
         path = study_dir / DIFFUSION_FILE
         diffusion = (DiffusionSpec.from_dict(json.loads(path.read_text())) if path.is_file() else
-                     preconditioned(space.diffusion, config.preconditioning, train[:STATS_IMAGES]))
+                     preconditioned_for_data(space.diffusion, config.preconditioning, config.data, resolution,
+                                             config.background))
         space = dataclasses.replace(space, diffusion=diffusion)
-    del train
     prior, source, prior_notes = None, None, []
     if "prior" in config.warm_start or space.boundary_mode == "prior":
         stored = study_dir / PRIOR_SOURCE_FILE

@@ -32,7 +32,13 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 
 from memekit.analysis.autoencoders import AutoencoderError
-from memekit.analysis.data import check_data_for_spec, check_data_source, load_data, to_model_input
+from memekit.analysis.data import (
+    DEFAULT_BACKGROUND,
+    check_data_for_spec,
+    check_data_source,
+    load_data,
+    to_model_input,
+)
 from memekit.analysis.device import MIXED_PRECISION, autocast, resolve_device
 from memekit.analysis.latents import LatentDecoder, autoencoder_cost, latent_decoder, latent_record
 from memekit.analysis.linear import preconditioned_for_data
@@ -86,15 +92,17 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * min(1.0, (step + 1) / warmup_steps)
 
 
-def with_preconditioning(spec: MemeSpec, mode: str | None, data: str) -> MemeSpec:
-    """``spec`` preconditioned by ``mode`` (statistics measured from the training split of ``data``);
-    unchanged when ``mode`` is None or already the spec's."""
+def with_preconditioning(spec: MemeSpec, mode: str | None, data: str,
+                         background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> MemeSpec:
+    """``spec`` preconditioned by ``mode``, its statistics measured as a study measures them
+    (:func:`~memekit.analysis.linear.preconditioned_for_data`: the training split of ``data``,
+    transparent pixels onto ``background``); unchanged when ``mode`` is None or already the spec's."""
     if mode is None:
         return spec
     check_data_source(data)
     if mode == spec.diffusion.preconditioning:
         return spec
-    diffusion = preconditioned_for_data(spec.diffusion, mode, data, spec.experts[0].resolution)
+    diffusion = preconditioned_for_data(spec.diffusion, mode, data, spec.experts[0].resolution, background)
     return dataclasses.replace(spec, diffusion=diffusion)
 
 

@@ -4,6 +4,7 @@ once what was composited."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from memekit.search.study import (
     Seams,
     SearchConfig,
     SearchError,
+    data_space,
     open_study,
+    plan_study,
     prepare_study,
     stored_config,
 )
-from memekit.search.train import TrainConfig, TrainResult
+from memekit.search.train import TrainConfig, TrainResult, with_preconditioning
 from memekit.search.workers import run_search
+from memekit.space import get_preset
 
 N_SPRITES = 40  # 4 of them fall in the reference split (crc32 of the file name)
 
@@ -97,6 +101,24 @@ def test_the_background_changes_what_the_study_measures(tmp_path: Path) -> None:
         prepare_study(config)
         stds[name] = json.loads((tmp_path / name / "diffusion.json").read_text())["data_std"]
     assert stds["grey"] != stds["black"]
+
+
+def test_a_study_and_a_training_run_measure_one_preconditioning(tmp_path: Path) -> None:
+    """``search`` and ``train`` resolve a preconditioning the same way: a study's planned diffusion
+    spec is what :func:`with_preconditioning` gives a spec of the same base diffusion and size, on the
+    same data and background (and the background reaches both: grey gives other statistics)."""
+    data = sprites(tmp_path / "sprites")
+    config = SearchConfig(study_dir=str(tmp_path / "study"), space="tiny", data=str(data), n_trials=1,
+                          warm_start=(), device="cpu", background=(0, 0, 0))
+    planned = plan_study(config).diffusion
+    space = data_space(config)
+    spec = dataclasses.replace(get_preset("meme-paper", space.base_expert.resolution), diffusion=space.diffusion)
+    trained = with_preconditioning(spec, "wiener", str(data), background=(0, 0, 0)).diffusion
+    assert planned.preconditioning == trained.preconditioning == "wiener"
+    assert planned == trained
+    grey = with_preconditioning(spec, "wiener", str(data)).diffusion
+    assert grey.data_std != trained.data_std
+    assert not (tmp_path / "study").exists()  # planning wrote nothing
 
 
 def test_a_study_made_before_background_existed_resumes_with_the_default(tmp_path: Path) -> None:
