@@ -7,8 +7,15 @@ over a public function of :mod:`memekit.space`, :mod:`memekit.analysis` or :mod:
 Nothing outside this package imports it. User errors (:class:`MemekitError`) print one line and
 exit with code 2 (usage errors name the subcommand's ``--help``); ``--debug`` shows the traceback
 instead. Output into a pipe that closes early (``memekit ... | head``) ends quietly. Every command
-first sets torch's threads by :func:`memekit.analysis.threads.choose_threads` (``--threads N``, given
-before or after the command, overrides it).
+that computes with torch first sets torch's threads by :func:`memekit.analysis.threads.choose_threads`
+(``--threads N``, given before or after the command, overrides it); ``memekit space``, which reads
+specs and tables, does not (its parser sets ``torch_threads=False``).
+
+Start-up: the command modules import only torch-free modules at the top (the choices and defaults
+their parsers show come from :mod:`memekit.space`, the ``*_config`` modules and a few others kept
+torch-free for it) and the heavy ones inside their handlers, so ``--help``, ``--version`` and
+``memekit space check PRESET`` answer without importing torch, Optuna, SciPy, pandas or matplotlib
+(``tests/search/test_cli_startup.py``; timings: ``benchmarks/startup_time.py``).
 """
 
 from __future__ import annotations
@@ -95,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        apply_threads(choose_threads(getattr(args, "workers", None) or 1, args.threads))
+        if getattr(args, "torch_threads", True):
+            apply_threads(choose_threads(getattr(args, "workers", None) or 1, args.threads))
         return int(args.run(args) or 0)
     except BrokenPipeError:
         raise

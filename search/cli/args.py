@@ -7,19 +7,28 @@ from typing import NoReturn
 
 from memekit.analysis.data import DataError, parse_background
 
+ArgumentGroup = argparse._ArgumentGroup  # what add_argument_group returns (argparse names it privately)
+
+
+def with_default(text: str, default: object) -> str:
+    """``TEXT (default: DEFAULT)``: the one way memekit's help states a default, written by
+    :class:`HelpFormatter` from an option's default, and by hand where argparse's default is not the
+    one that applies (``None`` for "the study's stored value", "the spec's", ...)."""
+    return f"{text} (default: {default})"
+
 
 class HelpFormatter(argparse.HelpFormatter):
-    """argparse's help with every option's default: ``(default: X)`` after the help text, unless the
-    text already says what the default is, the option is a flag or it has no default."""
+    """argparse's help with every option's default: ``(default: X)`` after the help text
+    (:func:`with_default`), unless the text already says it, the option is a flag or it has no default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         no_default = action.default is None or action.default is False or action.default is argparse.SUPPRESS
-        if "default" in text.lower() or no_default or action.required:
+        if "(default: " in text or no_default or action.required:
             return text
         if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text
-        return f"{text} (default: %(default)s)"
+        return with_default(text, "%(default)s")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -14,9 +14,10 @@ from memekit.search import compare as cmp
 from memekit.space import MemeSpec
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
-from memekit.space.precondition import PRECONDITIONINGS
+from memekit.space.spec import PRECONDITIONINGS
 
-from .args import nonneg_int, positive_float, positive_int
+from .args import nonneg_int, positive_float, positive_int, with_default
+from .fid import PROTOCOL_CHOICES
 
 
 def _say(line: str) -> None:
@@ -185,7 +186,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=positive_int, default=d.steps, help="DDIM steps of the scored samples")
     g.add_argument("--preconditioning", choices=(*PRECONDITIONINGS, "keep"), default="wiener",
                    help="the skip every row gets, measured once from the data ('keep': each spec's own)")
-    g.add_argument("--fid-protocol", choices=("pytorch-fid", "clean"), default=d.fid_protocol,
+    g.add_argument("--fid-protocol", choices=PROTOCOL_CHOICES, default=d.fid_protocol,
                    help="how images are resized for Inception")
     r = p.add_argument_group("runs")
     r.add_argument("--results", required=True, metavar="FILE.json",
@@ -218,11 +219,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("rows", nargs="+", metavar="ROW", help="NAME=SPEC.json|PRESET|RUN_DIR, or just the source")
     _protocol_args(p)
     c = p.add_argument_group("claims (lower is better; declare margins before the runs)")
-    c.add_argument("--better", nargs="*", metavar="A:B", help="A better than B (two-sided t-test; default: none)")
-    c.add_argument("--noninferior", nargs="*", metavar="A:B", help="A no worse than B by more than --margin (default: none)")
-    c.add_argument("--equivalent", nargs="*", metavar="A:B", help="A within --margin of B (two one-sided tests; default: none)")
-    c.add_argument("--margin", type=positive_float, default=None, help="the margin of --noninferior and "
-                                                                       "--equivalent, in the metric's units (default: none)")
+    c.add_argument("--better", nargs="*", metavar="A:B",
+                   help=with_default("A better than B, by a two-sided t-test", "none"))
+    c.add_argument("--noninferior", nargs="*", metavar="A:B",
+                   help=with_default("A no worse than B by more than --margin", "none"))
+    c.add_argument("--equivalent", nargs="*", metavar="A:B",
+                   help=with_default("A within --margin of B, by two one-sided tests", "none"))
+    c.add_argument("--margin", type=positive_float, default=None,
+                   help=with_default("the margin of --noninferior and --equivalent, in the metric's units", "none"))
     p.set_defaults(run=_compare)
 
     q = subparsers.add_parser(
@@ -234,6 +238,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("winner", metavar="WINNER", help="NAME=SPEC.json|PRESET|RUN_DIR")
     q.add_argument("baseline", metavar="BASELINE", help="NAME=SPEC.json|PRESET|RUN_DIR")
     q.add_argument("--groups", nargs="*", default=None, metavar="GROUP",
-                   help=f"groups to swap ({', '.join(ab.GROUPS)}; join with '+'; default: every group that differs)")
+                   help=with_default(f"groups to swap ({', '.join(ab.GROUPS)}; join with '+')",
+                                     "every group that differs"))
     _protocol_args(q)
     q.set_defaults(run=_ablate)

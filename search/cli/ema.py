@@ -6,20 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from memekit.analysis.inception import data_source
-from memekit.search.ema import (
-    QUALITIES,
-    SweepResult,
-    kid_scorer,
-    posthoc_sweep,
-    snapshot_metadata,
-    snapshots_until,
-    sweep_plan,
-    validation_scorer,
-)
+from memekit.search.ema_profiles import QUALITIES
 
 from .args import positive_float, positive_int
+
+if TYPE_CHECKING:
+    from memekit.search.ema import SweepResult
 
 METRICS = {"val": "val_loss", "kid": "kid_mean", "none": None}
 
@@ -29,6 +23,16 @@ def _say(line: str) -> None:
 
 
 def _ema(args: argparse.Namespace) -> int:
+    from memekit.analysis.inception import data_source
+    from memekit.search.ema import (
+        kid_scorer,
+        posthoc_sweep,
+        snapshot_metadata,
+        snapshots_until,
+        sweep_plan,
+        validation_scorer,
+    )
+
     plan = sweep_plan(args.run_dir, args.sigma_rel, args.out, args.step)  # checked before any work
     if args.dry_run:
         print(json.dumps(plan, indent=2))

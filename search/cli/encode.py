@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from memekit.analysis.encoding import EncodeJob, encode_plan, run_encode
-from memekit.analysis.latents import NORMALISATIONS, read_latent_header
+from memekit.analysis.encode_job import EncodeJob
+from memekit.analysis.latent_format import NORMALISATIONS
 
 from .args import positive_int
 
@@ -19,6 +19,9 @@ def _job(args: argparse.Namespace) -> EncodeJob:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from memekit.analysis.encoding import encode_plan, run_encode
+    from memekit.analysis.latents import read_latent_header
+
     job = _job(args)
     if args.dry_run:
         print(json.dumps(encode_plan(job), indent=2))

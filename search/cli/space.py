@@ -9,7 +9,7 @@ from memekit.space.cost import COUNTER_NAME, check_spec, cost_table
 from memekit.space.errors import SpecError
 from memekit.space.presets import PRESETS, get_preset, resolve_spec
 
-from .args import positive_int
+from .args import positive_int, with_default
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -45,18 +45,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description="The design space: the presets (list), a spec's resolved JSON and "
                                               "cost table (show), and a spec checked and costed without building "
                                               "it (check).")
+    space.set_defaults(torch_threads=False)  # specs and tables: no torch threads to set (nor torch to import)
     sub = space.add_subparsers(dest="space_command", metavar="ACTION", required=True)
-    p = sub.add_parser("list", help="list the presets")
+    p = sub.add_parser("list", help="list the presets",
+                       description="Every preset with its number of experts, intervals and soft assignment p_n.")
     p.add_argument("--resolution", type=positive_int, default=32, help="image size of the listed presets")
     p.set_defaults(run=_list)
-    p = sub.add_parser("show", help="resolved spec JSON and its cost table")
+    p = sub.add_parser("show", help="resolved spec JSON and its cost table",
+                       description="A preset or spec JSON resolved to the full spec JSON, and its cost table "
+                                   "(parameters, MACs per step and per trajectory) beside single-large.")
     p.add_argument("spec", metavar="NAME|SPEC.json", help="a preset name or a spec JSON")
     p.add_argument("--resolution", type=positive_int, default=None,
-                   help="image size (default: the spec's; presets: 32)")
+                   help=with_default("image size", "the spec's; presets: 32"))
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps of the costed trajectory")
     p.set_defaults(run=_show)
-    p = sub.add_parser("check", help="validate a spec JSON or preset and print its parameters and MACs (exit 0), or "
-                                     "exit 2 with the problem (also: beyond 10^10 parameters)")
+    p = sub.add_parser("check", help="validate a spec JSON or preset and print its parameters and MACs",
+                       description="Validate a spec JSON or preset without building it: print its parameters and "
+                                   "MACs and exit 0, or print the problem and exit 2 (also beyond 10^10 "
+                                   "parameters).")
     p.add_argument("spec", metavar="SPEC.json|PRESET", help="the spec JSON or preset name to check")
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps of the costed trajectory")
     p.set_defaults(run=_check)

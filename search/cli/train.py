@@ -12,24 +12,13 @@ import time
 from memekit.analysis.data import DataError, check_data_source, parse_background, spec_for_data
 from memekit.analysis.device import MIXED_PRECISION
 from memekit.analysis.threads import applied_threads, describe
-from memekit.search.ema import DEFAULT_SIGMA_RELS
-from memekit.search.sampling import sample_checkpoint, sample_plan
-from memekit.search.train import (
-    TrainConfig,
-    TrainingError,
-    TrainingPaused,
-    TrainResult,
-    check_budget,
-    preflight,
-    preflight_summary,
-    train,
-    with_preconditioning,
-)
-from memekit.search.train_config import whole_batches
-from memekit.space.diffusion import SAMPLERS
-from memekit.space.precondition import PRECONDITIONINGS
+from memekit.search.ema_profiles import DEFAULT_SIGMA_RELS
+from memekit.search.train_config import TrainConfig, TrainResult, whole_batches
+from memekit.search.train_errors import TrainingError, TrainingPaused
+from memekit.space.spec import PRECONDITIONINGS
+from memekit.space.trajectory import SAMPLERS
 
-from .args import nonneg_int, positive_float, positive_int
+from .args import ArgumentGroup, nonneg_int, positive_float, positive_int, with_default
 
 DEFAULT_IMAGES = 100_000  # the budget without --images or --steps, rounded up to whole batches
 
@@ -97,6 +86,14 @@ def _say(line: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from memekit.search.train import (
+        check_budget,
+        preflight,
+        preflight_summary,
+        train,
+        with_preconditioning,
+    )
+
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank and (threads := applied_threads()) is not None:
         _say(describe(threads))
@@ -149,6 +146,8 @@ def result_line(result: TrainResult) -> str:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from memekit.search.sampling import sample_checkpoint, sample_plan
+
     options = dict(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, batch=args.batch,
                    device=args.device, use_ema=not args.no_ema, mixed_precision=args.mixed_precision,
                    overwrite=args.overwrite, autoencoder=args.autoencoder)
@@ -175,6 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = subparsers.add_parser("train", help="train a spec or preset (auto-resumes from RUN_DIR)",
+                              usage="%(prog)s SPEC.json|PRESET [--out RUN_DIR] [OPTIONS]",  # options by group below
                               description="Train a spec or preset under an image budget. Rerunning the command "
                                           "resumes from RUN_DIR's newest readable checkpoint and says so (a folder "
                                           "without one starts over, and says so); a larger --images or --steps "
@@ -182,90 +182,119 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                                           "seed or spec needs --allow-config-change. Nothing is written before the "
                                           "data has been read.")
     p.add_argument("spec", metavar="SPEC.json|PRESET", help="a spec JSON (e.g. from memekit export) or a preset name")
-    p.add_argument("--data", default=d.data, help="image folder, .npz, builtin:shapes[:N], or a latent .npz made by "
-                                                  "memekit encode (a preset is then built for its channels and size)")
-    p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log.jsonl, samples (no default: "
-                                                     "required unless --dry-run)")
-    p.add_argument("--resolution", type=positive_int, default=None,
-                   help="image size (default: the spec's; presets: 32, or the latents' size)")
-    p.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
-                   help="replace the spec's preconditioning: none, edm or wiener (statistics measured from the "
-                        "training split; default: the spec's own)")
-    p.add_argument("--images", type=positive_int, default=None,
-                   help="budget: images seen, all experts together; a whole number of batches (any other is refused, "
-                        "never rounded; a larger budget on rerun extends the run) (default: --steps x --batch, else "
-                        "100,000 rounded up to whole batches, as the budget line says)")
-    p.add_argument("--steps", type=positive_int, default=None, help="budget as optimiser steps (x --batch; "
-                                                                     "default: from --images)")
-    p.add_argument("--batch", type=positive_int, default=d.batch, help="images per step, all experts together")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate after the warm-up")
-    p.add_argument("--warmup-images", type=nonneg_int, default=d.warmup_images,
-                   help="linear learning-rate warm-up over this many images")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="per-expert gradient-norm clip (0: none)")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay (with a warm-up)")
-    posthoc = p.add_argument_group(
-        "post-hoc EMA", "snapshots of power-function EMA profiles (EDM2), from which 'memekit ema RUN_DIR "
+    p.add_argument("--out", metavar="RUN_DIR",
+                   help=with_default("run folder: checkpoints, log.jsonl, samples; required unless --dry-run", "none"))
+    _data_options(p.add_argument_group("data", "What the run trains on (part of what a resumed run must match)."), d)
+    _budget_options(p.add_argument_group("budget and optimiser"), d)
+    _posthoc_options(p.add_argument_group(
+        "post-hoc EMA", "Snapshots of power-function EMA profiles (EDM2), from which 'memekit ema RUN_DIR "
         "--sigma-rel ...' reconstructs the weights of any EMA length after training; off by default (the run "
-        "trains to the same weights either way). A profile spans the whole run: turn it on from the start")
-    posthoc.add_argument("--posthoc-ema-every", type=positive_int, default=None, metavar="K",
-                         help="a snapshot of each profile every K steps and at the end (RUN_DIR/ema_snapshots/, "
-                              "float32: profiles x model size each) (default: none)")
-    posthoc.add_argument("--ema-snapshots", type=positive_int, default=None, metavar="N",
-                         help="N snapshots of each profile spread over the budget, the last at the end (sets "
-                              "--posthoc-ema-every to ceil(steps / N)) (default: none)")
-    posthoc.add_argument("--posthoc-ema-sigma-rel", type=positive_float, nargs="+", default=list(DEFAULT_SIGMA_RELS),
-                         metavar="S", help="the tracked profiles' relative standard deviations, two or more in "
-                                          "(0, 0.289) (default: 0.05 0.10, as EDM2)")
-    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="autocast dtype (CUDA only)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels-last memory format (CUDA only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every expert")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights and of every step's randomness")
-    p.add_argument("--no-hflip", action="store_true", help="no random horizontal flips (latents are never flipped)")
-    p.add_argument("--data-limit", type=positive_int, default=None,
-                   help="use the first K training images (default: all)")
-    p.add_argument("--background", type=_background, default=d.background, metavar="COLOUR",
-                   help="the colour transparent pixels are composited onto: grey, black, white, R,G,B or #RRGGBB "
-                        "(part of what a run trains on: a resumed run keeps its own) (default: grey 128,128,128)")
-    p.add_argument("--log-every", type=positive_int, default=d.log_every,
+        "trains to the same weights either way). A profile spans the whole run: turn it on from the start."), d)
+    _record_options(p.add_argument_group("logs, validation, samples and checkpoints"), d)
+    _run_options(p.add_argument_group("run", "Where and how this invocation runs, and how it resumes."))
+    out = p.add_argument_group("output")
+    out.add_argument("--dry-run", action="store_true",
+                     help="check what the run would check before its first step (data readable and not empty, "
+                          "device and precision, the run folder: new, resumable from step N, or refused) and print "
+                          "a summary; write nothing, train nothing")
+    out.add_argument("--json", action="store_true", help="with --dry-run: print the resolved configuration, costs "
+                                                         "and checks as JSON instead of the summary")
+    out.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    p.set_defaults(run=_train)
+
+
+
+def _data_options(g: ArgumentGroup, d: TrainConfig) -> None:
+    g.add_argument("--data", default=d.data, help="image folder, .npz, builtin:shapes[:N], or a latent .npz made by "
+                                                  "memekit encode (a preset is then built for its channels and size)")
+    g.add_argument("--resolution", type=positive_int, default=None,
+                   help=with_default("image size", "the spec's; presets: 32, or the latents' size"))
+    g.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
+                   help=with_default("replace the spec's preconditioning (statistics measured from the training "
+                                     "split)", "the spec's own"))
+    g.add_argument("--data-limit", type=positive_int, default=None,
+                   help=with_default("use the first K training images", "all"))
+    g.add_argument("--no-hflip", action="store_true", help="no random horizontal flips (latents are never flipped)")
+    g.add_argument("--background", type=_background, default=d.background, metavar="COLOUR",
+                   help=with_default("the colour transparent pixels are composited onto: grey, black, white, R,G,B "
+                                     "or #RRGGBB (a resumed run keeps its own)",
+                                     f"grey {','.join(map(str, d.background))}"))
+
+
+def _budget_options(g: ArgumentGroup, d: TrainConfig) -> None:
+    g.add_argument("--images", type=positive_int, default=None,
+                   help=with_default("budget: images seen, all experts together; a whole number of batches (any "
+                                     "other is refused, never rounded; a larger budget on rerun extends the run)",
+                                     f"--steps x --batch, else {DEFAULT_IMAGES:,} rounded up to whole batches, as "
+                                     "the budget line says"))
+    g.add_argument("--steps", type=positive_int, default=None,
+                   help=with_default("budget as optimiser steps (x --batch)", "from --images"))
+    g.add_argument("--batch", type=positive_int, default=d.batch, help="images per step, all experts together")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate after the warm-up")
+    g.add_argument("--warmup-images", type=nonneg_int, default=d.warmup_images,
+                   help="linear learning-rate warm-up over this many images")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="per-expert gradient-norm clip (0: none)")
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay (with a warm-up)")
+    g.add_argument("--seed", type=nonneg_int, default=d.seed, help="seed of the weights and of every step's randomness")
+
+
+def _posthoc_options(g: ArgumentGroup, d: TrainConfig) -> None:
+    g.add_argument("--posthoc-ema-every", type=positive_int, default=None, metavar="K",
+                   help=with_default("a snapshot of each profile every K steps and at the end "
+                                     "(RUN_DIR/ema_snapshots/, float32: profiles x model size each)", "none"))
+    g.add_argument("--ema-snapshots", type=positive_int, default=None, metavar="N",
+                   help=with_default("N snapshots of each profile spread over the budget, the last at the end "
+                                     "(sets --posthoc-ema-every to ceil(steps / N))", "none"))
+    g.add_argument("--posthoc-ema-sigma-rel", type=positive_float, nargs="+", default=list(d.posthoc_ema_sigma_rels),
+                   metavar="S", help=with_default("the tracked profiles' relative standard deviations, two or more "
+                                                  "in (0, 0.289)", f"{' '.join(map(str, DEFAULT_SIGMA_RELS))}, as "
+                                                                   "EDM2"))
+
+
+def _record_options(g: ArgumentGroup, d: TrainConfig) -> None:
+    g.add_argument("--log-every", type=positive_int, default=d.log_every,
                    help="steps between log.jsonl records and, when stderr is no terminal, status lines")
-    p.add_argument("--val-every", type=nonneg_int, default=d.val_every, help="steps between validations (0: at "
-                                                                              "the end only)")
-    p.add_argument("--val-images", type=positive_int, default=d.val_images, help="held-out images of the "
-                                                                                  "validation loss")
-    p.add_argument("--sample-every", type=nonneg_int, default=d.sample_every,
+    g.add_argument("--val-every", type=nonneg_int, default=d.val_every,
+                   help="steps between validations (0: at the end only)")
+    g.add_argument("--val-images", type=positive_int, default=d.val_images,
+                   help="held-out images of the validation loss")
+    g.add_argument("--sample-every", type=nonneg_int, default=d.sample_every,
                    help="steps between sample grids (0: at the end only)")
-    p.add_argument("--sample-steps", type=positive_int, default=d.sample_steps, help="DDIM steps of the grids")
-    p.add_argument("--checkpoint-every", type=nonneg_int, default=d.checkpoint_every,
+    g.add_argument("--sample-steps", type=positive_int, default=d.sample_steps, help="DDIM steps of the grids")
+    g.add_argument("--checkpoint-every", type=nonneg_int, default=d.checkpoint_every,
                    help="steps between checkpoints (0: by time, at a pause and at the end only)")
-    p.add_argument("--checkpoint-minutes", type=_minutes, default=d.checkpoint_minutes, metavar="M",
+    g.add_argument("--checkpoint-minutes", type=_minutes, default=d.checkpoint_minutes, metavar="M",
                    help="also a checkpoint once M minutes of training passed since the last one, so a long run "
                         "has one within its first minutes (0: by steps only)")
-    p.add_argument("--keep-last", type=positive_int, default=d.keep_last, help="checkpoints kept (with their EMA weights)")
-    p.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
-                   help="stop after M minutes of training with a checkpoint and exit 0; the same command "
-                        "resumes (time-limited or preemptible allocations; default: no limit)")
-    p.add_argument("--resume", metavar="CHECKPOINT", default=None,
-                   help="resume from this checkpoint (default: RUN_DIR's latest)")
-    p.add_argument("--allow-config-change", action="store_true",
+    g.add_argument("--keep-last", type=positive_int, default=d.keep_last,
+                   help="checkpoints kept (with their EMA weights)")
+
+
+def _run_options(g: ArgumentGroup) -> None:
+    g.add_argument("--device", default=None, help=with_default("cpu, cuda or cuda:N", "cuda if available"))
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="autocast dtype (CUDA only)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format (CUDA only)")
+    g.add_argument("--compile", action="store_true", help="torch.compile every expert")
+    g.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
+                   help=with_default("stop after M minutes of training with a checkpoint and exit 0; the same "
+                                     "command resumes (time-limited or preemptible allocations)", "no limit"))
+    g.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                   help=with_default("resume from this checkpoint", "RUN_DIR's latest"))
+    g.add_argument("--allow-config-change", action="store_true",
                    help="go on although what was trained differs from the checkpoint's (or, before the first "
                         "checkpoint, config.json's): batch, lr, warm-up, weight decay, grad clip, EMA decay, flips, "
                         "data, data limit, background or seed, or resume without the post-hoc EMA tracking the run "
                         "had (the change is logged; a larger budget needs no flag)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check what the run would check before its first step (data readable and not empty, device "
-                        "and precision, the run folder: new, resumable from step N, or refused) and print a summary; "
-                        "write nothing, train nothing")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the resolved configuration, costs and "
-                                                       "checks as JSON instead of the summary")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
-    p.set_defaults(run=_train)
 
 
 def _register_sample(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("sample", help="sample images from a run folder or checkpoint")
+    p = subparsers.add_parser("sample", help="sample images from a run folder or checkpoint",
+                              description="Sample images from a run folder (its latest checkpoint) or a "
+                                          "checkpoint with DDIM or DDPM, with the EMA weights unless --no-ema, into "
+                                          "a folder of PNGs or an .npz; a run trained on latents is decoded by its "
+                                          "autoencoder.")
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="run folder (its latest checkpoint) or .pt file")
     p.add_argument("--out", required=True, metavar="DIR|FILE.npz", help="a folder of PNGs or an .npz file")
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
@@ -274,13 +303,13 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="batch k is drawn with seed + k")
     p.add_argument("--batch", type=positive_int, default=64, help="images per sampling batch")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None, help=with_default("cpu, cuda or cuda:N", "cuda if available"))
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="autocast dtype (CUDA only)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--autoencoder", metavar="PATH", default=None,
-                   help="a run trained on latents: the autoencoder folder that decodes its samples (default: the one "
-                        "the run recorded; it must have the same weights). Without one, an .npz --out keeps the "
-                        "undecoded latents")
+                   help=with_default("a run trained on latents: the autoencoder folder that decodes its samples "
+                                     "(it must have the weights the run recorded; without one, an .npz --out "
+                                     "keeps the undecoded latents)", "the one the run recorded"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--dry-run", action="store_true", help="print the checkpoint and the settings as JSON, write "
                                                           "nothing")

@@ -48,9 +48,50 @@ def test_every_option_has_help_and_shows_its_default(name: str, parser: argparse
         label = "/".join(action.option_strings) or action.dest
         assert action.help and action.help.strip(), f"{name} {label}: no help text"
         takes_value = action.nargs != 0 and action.option_strings
+        text = formatter._get_help_string(action) % {**vars(action), "default": action.default}
         if takes_value and not action.required:
-            text = formatter._get_help_string(action) % {**vars(action), "default": action.default}
-            assert "default" in text.lower(), f"{name} {label}: the help does not say the default: {text!r}"
+            assert "(default: " in text, f"{name} {label}: the help does not say the default: {text!r}"
+        # one wording: every mention of a default is "(default: X)"
+        assert text.lower().count("default") == text.count("(default: "), f"{name} {label}: {text!r}"
+
+
+@pytest.mark.parametrize("name, parser", ALL, ids=[n for n, _ in ALL])
+def test_every_command_has_a_description_that_its_help_shows(name: str, parser: argparse.ArgumentParser,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from memekit.search.cli import main
+
+    assert parser.description and len(parser.description.split()) >= 5, f"{name}: no description"
+    assert main([*name.split()[1:], "--help"]) == 0
+    shown = "".join(capsys.readouterr().out.split())  # argparse rewraps the description (also at hyphens)
+    assert "".join(parser.description.split()) in shown
+
+
+def help_sections(text: str) -> dict[str, str]:
+    """``--help`` output cut at its group headings (an unindented line ending in ':')."""
+    sections, title = {}, ""
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+        sections[title] = sections.get(title, "") + line + "\n"
+    return sections
+
+
+def test_search_help_groups_the_options_and_says_the_resuming_rule_once_per_group(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from memekit.search.cli import main
+    from memekit.search.search_config import SearchConfig
+
+    assert main(["search", "--help"]) == 0
+    sections = help_sections(capsys.readouterr().out)
+    assert {"study", "proxy", "search", "run", "output"} <= set(sections)
+    for title, text in sections.items():
+        assert text.lower().count("resuming") <= 1, f"search --help, {title}: the resuming rule said twice"
+    assert all(sections[g].lower().count("resuming") == 1 for g in ("study", "proxy", "search", "run"))
+    parser = dict(ALL)["memekit search"]
+    assert not [a.dest for a in parser._actions if "resuming" in (a.help or "").lower()]  # said by the groups
+    # the "study" group holds exactly the settings that never change (what a trial measures)
+    study = [a.dest for g in parser._action_groups if g.title == "study" for a in g._group_actions]
+    assert set(study) <= set(SearchConfig.IDENTITY) and "--proxy-images" in sections["proxy"]
 
 
 @pytest.mark.parametrize("name", ["memekit", "memekit search", "memekit train", "memekit space check"])

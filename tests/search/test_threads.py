@@ -154,22 +154,36 @@ def test_one_worker_runs_with_the_choice(tmp_path: Path, monkeypatch) -> None:
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [["--threads", "1", "space", "list"], ["space", "list", "--threads", "1"]])
-def test_threads_option_before_or_after_the_command(argv, monkeypatch, capsys) -> None:
+def spectrum_dry_run(tmp_path: Path) -> list[str]:
+    """A command that computes with torch, in its cheapest form (nothing is measured or written)."""
+    return ["spectrum", "builtin:shapes:8", "--out", str(tmp_path / "spectrum"), "--dry-run"]
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_threads_option_before_or_after_the_command(before, tmp_path, monkeypatch, capsys) -> None:
     machine(monkeypatch, 2, 0)
     torch.set_num_threads(2)
-    assert main(argv) == 0
+    command = spectrum_dry_run(tmp_path)
+    assert main(["--threads", "1", *command] if before else [*command, "--threads", "1"]) == 0
     assert torch.get_num_threads() == 1 and threads.applied_threads()[:2] == (1, "--threads")
     assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"  # for the processes it starts
 
 
-def test_every_command_applies_the_rule(monkeypatch, capsys) -> None:
+def test_every_torch_command_applies_the_rule(tmp_path, monkeypatch, capsys) -> None:
     machine(monkeypatch, 2, 1)
     torch.set_num_threads(2)
-    assert main(["space", "list"]) == 0
+    assert main(spectrum_dry_run(tmp_path)) == 0
     assert torch.get_num_threads() == 1 and threads.applied_threads() == ThreadChoice(1, "chosen", 2, 1, 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "zero")
     capsys.readouterr()
-    assert main(["space", "list"]) == 2
+    assert main(spectrum_dry_run(tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "OMP_NUM_THREADS='zero' is not a positive thread count" in err
+
+
+def test_space_commands_leave_torch_threads_alone(monkeypatch, capsys) -> None:
+    """memekit space reads specs and tables: it neither sets threads nor needs torch for it."""
+    machine(monkeypatch, 2, 0)
+    torch.set_num_threads(2)
+    assert main(["space", "list"]) == 0 and main(["space", "check", "meme-paper", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 2 and threads.applied_threads() is None
