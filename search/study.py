@@ -36,6 +36,7 @@ from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import DiffusionSpec, MemeSpec, save_spec, spec_cost
 from memekit.space.files import atomic_write_json
 
+from .heartbeat import PAUSED_KEY
 from .search_config import (
     CONFIG_FILE,
     SearchConfig,
@@ -186,7 +187,6 @@ def find_study(config: SearchConfig, seams: Seams = DEFAULT_SEAMS) -> optuna.Stu
 
 
 # ---- checking a run before it starts ------------------------------------------------------------------
-PAUSED_KEY = "memekit:paused"  # system attr of a trial a stop set back to WAITING: it resumes from its checkpoint
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ from memekit.analysis.spectra import spectral_profile
 from memekit.space import Diffusion, ExpertSpec, MemeSpec, get_preset, load_spec, uniform_intervals
 from memekit.space.errors import MemekitError, SpecError
 
+from .heartbeat import queue_trial
+
 # WARM_STARTS is re-exported: the names a SearchConfig accepts live beside it
 from .search_config import WARM_STARTS as WARM_STARTS
 from .search_config import SearchConfig
@@ -293,7 +295,7 @@ def enqueue_warm_start(study: optuna.Study, config: SearchConfig, space: SearchS
     for name, spec in warm_start_specs(config, space, prior).items():
         params = params_for(spec, space, prior)
         gap = projection_gap(spec, suggest_spec(optuna.trial.FixedTrial(params), space, prior))
-        study.enqueue_trial(params, user_attrs={"warm_start": name, "projection_gap": gap}, skip_if_exists=True)
+        queue_trial(study, params, {"warm_start": name, "projection_gap": gap}, skip_if_exists=True)
 
 
 def warm_start_label(name: str, gap: dict[str, float] | None) -> str:

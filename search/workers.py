@@ -14,11 +14,10 @@ number and parameters, and its result is that of an uninterrupted run. A stop ou
 loop (loading data, validating, sampling) lets the trial finish, then stops the worker.
 
 Fault tolerance: every running trial carries its worker (``memekit:worker``, host and pid) and a
-heartbeat. PostgreSQL studies use Optuna's (``RDBStorage.record_heartbeat``; stale trials are failed
-by ``fail_stale_trials`` and retried by :class:`~memekit.search.storage.SaidStaleRetry`). Journal
-studies get memekit's: the worker stamps ``memekit:heartbeat`` every ``heartbeat_interval`` s, and a
-stale-trial sweep fails a trial whose stamp is older than ``grace_period`` and re-enqueues its
-parameters (for workers of another launcher; a launcher fails its own dead workers' trials at once).
+heartbeat (:mod:`memekit.search.heartbeat`, which holds every storage-level call): Optuna's on
+PostgreSQL, memekit's on a journal, where a stale-trial sweep fails a trial whose stamp is older than
+``grace_period`` and re-enqueues its parameters (for workers of another launcher; a launcher fails
+its own dead workers' trials at once).
 Trials that raise an unexpected error are retried up to ``max_retries`` times.
 """
 
@@ -30,7 +29,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -56,13 +54,21 @@ from memekit.space import load_spec
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
 
+from .heartbeat import (
+    WORKER_KEY,
+    Heartbeat,
+    fail_and_retry,
+    pause_trial,
+    requeue_surplus,
+    retry_trial,
+    worker_tag,
+)
 from .objective import Objective, SurplusTrial
 from .storage import storage_kind
 from .study import (
     CONFIG_FILE,
     DEFAULT_SEAMS,
     FINISHED,
-    PAUSED_KEY,
     STORAGE_ENV,
     Seams,
     SearchConfig,
@@ -78,8 +84,6 @@ from .study import (
 )
 from .train_errors import TrainingInterrupted
 
-HEARTBEAT_KEY = "memekit:heartbeat"
-WORKER_KEY = "memekit:worker"  # "host:pid" of the worker running the trial
 MAX_RESTARTS = 3  # a worker slot whose process dies is restarted at most this many times
 POLL_S = 0.5  # how often the launcher looks at its workers
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -94,11 +98,6 @@ class SearchPaused(SearchError):
                          "continue")
         self.exit_code = 128 + signum
         self.progress = progress
-
-
-def worker_tag(pid: int | None = None) -> str:
-    """``host:pid`` of a worker process (this one by default), stamped on the trial it runs."""
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 # ---- stop requests ------------------------------------------------------------------------------------
@@ -138,107 +137,6 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-
-
-# ---- heartbeat, stale trials and retries ----------------------------------------------------------
-class Heartbeat:
-    """Stamp the running trial every ``interval`` s from a thread: Optuna's heartbeat on a storage that
-    has one (PostgreSQL), else ``memekit:heartbeat`` (journal); the trial also carries its worker
-    (``memekit:worker``), so a launcher can fail the trial of a worker it saw die."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, study_id: int, interval: float) -> None:
-        self.storage, self.study_id, self.interval = storage, study_id, interval
-        self.optuna_heartbeat = (isinstance(storage, optuna.storages.RDBStorage)
-                                 and storage.get_heartbeat_interval() is not None)
-        self._trial_id: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="memekit-heartbeat", daemon=True)
-
-    def start(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def watch(self, trial_number: int | None) -> int | None:
-        """Stamp the trial ``trial_number`` from now on (``None``: none); its trial id."""
-        self._trial_id = (None if trial_number is None else
-                          self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial_number))
-        if self._trial_id is not None:
-            self._beat()
-            self.storage.set_trial_system_attr(self._trial_id, WORKER_KEY, worker_tag())
-        return self._trial_id
-
-    def _beat(self) -> None:
-        trial_id = self._trial_id
-        if trial_id is None:
-            return
-        try:
-            if self.optuna_heartbeat:
-                self.storage.record_heartbeat(trial_id)
-            else:
-                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
-        except (RuntimeError, KeyError):  # the trial just finished
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._beat()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: int, reason: str) -> bool:
-    """Re-enqueue a failed trial's parameters unless it was retried ``max_retries`` times already."""
-    retries = int(trial.user_attrs.get("retries", 0))
-    if retries >= max_retries or trial.user_attrs.get("surplus"):
-        return False
-    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("warm_start", "projection_gap")}
-    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number, "retries": retries + 1,
-                                                  "retry_reason": reason})
-    return True
-
-
-def fail_and_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.trial.FrozenTrial,
-                   reason: str, max_retries: int, retry_reason: str) -> bool | None:
-    """Fail the running ``trial`` with ``failure_reason`` ``reason`` and retry it (:func:`retry_trial`,
-    ``retry_reason``): whether it was retried, or None when it had ended already (another worker or
-    sweep won)."""
-    study_id = storage.get_study_id_from_name(study.study_name)
-    try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    except (RuntimeError, KeyError, optuna.exceptions.UpdateFinishedTrialError):
-        return None
-    return retry_trial(study, trial, max_retries, retry_reason)
-
-
-def sweep_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, grace_period: float,
-                       max_retries: int) -> list[tuple[int, bool]]:
-    """Fail RUNNING trials whose heartbeat is older than ``grace_period`` s, and retry them;
-    ``[(trial number, retried)]``. Exactly one sweeper wins each stale trial: failing an
-    already-finished trial raises in Optuna."""
-    swept = []
-    now = time.time()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # a paused trial that resumes keeps its old stamp until its first beat: its (new) start counts too
-        stamps = [trial.system_attrs.get(HEARTBEAT_KEY),
-                  trial.datetime_start.timestamp() if trial.datetime_start else now]
-        if now - max(float(s) for s in stamps if s is not None) <= grace_period:
-            continue
-        retried = fail_and_retry(study, storage, trial, f"stale heartbeat: no sign of its worker for over "
-                                 f"{grace_period:g} s (it died?)", max_retries, "stale heartbeat")
-        if retried is not None:
-            swept.append((trial.number, retried))
-    return swept
-
-
-def pause_trial(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> None:
-    """Put a running trial back in the queue, marked paused with ``why``: the next worker that asks the
-    study for a trial takes it (Optuna's queue hands each waiting trial to one worker) and its proxy run
-    resumes from its checkpoint."""
-    storage.set_trial_system_attr(trial_id, PAUSED_KEY, why)
-    storage.set_trial_state_values(trial_id, TrialState.WAITING)
 
 
 def pause_reason(err: TrainingInterrupted) -> str:
@@ -289,13 +187,9 @@ class _Worker:
 
     def recover(self) -> None:
         """Fail (and retry) the trials of dead workers of other launchers: stale heartbeats."""
-        if self.heartbeat.optuna_heartbeat:  # fails them and calls SaidStaleRetry, which says so
-            optuna.storages.fail_stale_trials(self.study)
-            return
-        if storage_kind(self.config.storage) != "journal":
-            return  # SQLite: one worker, nobody else's trials
-        for number, retried in sweep_stale_trials(self.study, self.storage, self.config.grace_period,
-                                                  self.config.max_retries):
+        journal = storage_kind(self.config.storage) == "journal"
+        for number, retried in self.heartbeat.sweep(self.study, self.config.grace_period, self.config.max_retries,
+                                                    journal):
             self.say(f"trial {number} failed: no heartbeat from its worker for over {self.config.grace_period} s "
                      f"(it died?): {'retried as a new trial' if retried else 'not retried (retried enough times)'}")
 
@@ -306,8 +200,7 @@ class _Worker:
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = self.study.ask()
         trial_id = self.heartbeat.watch(trial.number)
-        if self.storage.get_trial(trial_id).system_attrs.get(PAUSED_KEY):
-            self.storage.set_trial_system_attr(trial_id, PAUSED_KEY, None)  # resumed: no longer paused
+        self.heartbeat.resumed(trial_id)
         values, state = None, None
         try:
             values = self.objective(trial)
@@ -322,32 +215,29 @@ class _Worker:
             state = TrialState.FAIL
         except Exception as err:  # noqa: BLE001 - any error of one trial fails that trial, not the study
             state = TrialState.FAIL
-            self._record_error(trial, trial_id, err)
+            self._record_error(trial, err)
         finally:
             self.heartbeat.watch(None)
-        ended = self.storage.get_trial(trial_id)
+        ended = self.heartbeat.stored(trial_id)
         if ended.state.is_finished():  # a sweep failed it as stale while it ran (a long stall)
             self.say(f"trial {trial.number} was failed while it ran ({ended.user_attrs.get('failure_reason')}): its "
                      "result is dropped")
             return
         self._after(self.study.tell(trial, values, state=state, skip_if_finished=True))
 
-    def _record_error(self, trial: optuna.Trial, trial_id: int, err: Exception) -> None:
+    def _record_error(self, trial: optuna.Trial, err: Exception) -> None:
         first = (str(err).strip().splitlines() or [""])[0][:300]
         folder = Path(self.config.study_dir) / "trials" / f"trial-{trial.number:05d}"
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "error.txt", "".join(traceback.format_exception(err)))
-        self.storage.set_trial_user_attr(trial_id, "failure_reason", f"{type(err).__name__}: {first} (traceback "
-                                         f"in {folder.name}/error.txt)")
+        trial.set_user_attr("failure_reason", f"{type(err).__name__}: {first} (traceback in {folder.name}/error.txt)")
 
     def _after(self, trial: optuna.trial.FrozenTrial) -> None:
         surplus = trial.user_attrs.get("surplus")
         if trial.state == TrialState.FAIL and not surplus:
             retry_trial(self.study, trial, self.config.max_retries, "raised an error")
-        elif surplus and trial.system_attrs.get("fixed_params"):
-            # a queued trial drawn as surplus goes back to the queue, so nothing queued is lost
-            self.study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
-                                                               if k != "surplus"})
+        elif surplus:
+            requeue_surplus(self.study, trial)
         if not surplus:
             self.say(trial_line(self.study, trial, self.config.n_trials))
         gc.collect()
@@ -372,7 +262,7 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True, seam
     prior = load_spec(study_dir / "prior_spec.json") if (study_dir / "prior_spec.json").is_file() else None
     store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(study_dir / "artifacts")))
     objective = Objective(config, space, prior, study_dir, store, sampler_seed, seams)
-    heartbeat = Heartbeat(storage, storage.get_study_id_from_name(study.study_name), config.heartbeat_interval)
+    heartbeat = Heartbeat(storage, study.study_name, config.heartbeat_interval)
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     worker = _Worker(config, study, storage, objective, heartbeat.start(), say, stop or StopRequest())
     with worker.stop:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
+from memekit.search.heartbeat import pause_trial
 from memekit.search.storage import open_storage
 from memekit.search.study import SearchConfig, open_study, prepare_study
-from memekit.search.workers import pause_trial
 
 TINY = ("--space", "tiny", "--data", "builtin:shapes:128", "--trials", "2", "--proxy-images", "32",
         "--proxy-batch", "16", "--val-images", "16", "--warm-start", "", "--device", "cpu")
