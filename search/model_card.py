@@ -286,7 +286,10 @@ def render_model_card(meta: dict[str, Any], out_name: str = "OUT") -> str:
         f"({train['images_seen']:,} images) of a run on `{train['data']}`, seed {train['seed']}.", "",
         "## Use", "", "```python", "from memekit.search.pipeline import MemePipeline", *load, "```", "",
         "`seed=S` samples what `memekit sample --seed S` samples (batch k of 64 from seed S + k); a `generator` "
-        "works as in any diffusers pipeline. Each step's time-step picks the expert that owns it.", "",
+        "works as in any diffusers pipeline. Each step's time-step picks the expert that owns it. The networks' "
+        "code is memekit's (`pip install \"memekit[diffusers]\"`); with it installed, plain diffusers loads the "
+        f'folder too: `DiffusionPipeline.from_pretrained("{out_name}", custom_pipeline="{out_name}", '
+        "trust_remote_code=True)` (through its `pipeline.py`).", "",
         "## Experts", "", experts, "", "## Hand-overs", "", cuts, "",
         "## Cost", "",
         f"{cost['params']:,} parameters; {_macs(cost['macs_per_step'])} per step on average, "

@@ -6,6 +6,9 @@ OUT holds
   ``expert_{N-1}``, each ``config.json`` + ``diffusion_pytorch_model.safetensors`` with the EMA weights
   (:mod:`memekit.search.pipeline`; ``MemePipeline.from_pretrained(OUT)`` samples what ``memekit sample``
   samples from RUN);
+- ``pipeline.py``, a two-line entry point that imports :class:`MemePipeline` from the installed memekit,
+  so that ``DiffusionPipeline.from_pretrained(OUT, custom_pipeline=OUT, trust_remote_code=True)``
+  loads the folder too (the networks' code is memekit's: the folder needs ``memekit[diffusers]`` installed);
 - ``README.md``, the model card (:mod:`memekit.search.model_card`), whose YAML front matter is also
   written as ``memekit.json``;
 - ``spec.json``, the MemeSpec (``memekit train OUT/spec.json ...`` trains it again).
@@ -153,7 +156,7 @@ def package_plan(run: str | Path, out: str | Path, metrics: Sequence[str | Path]
     return {"run": str(run), "checkpoint": c.state["path"], "step": int(c.state["step"]), "weights": "EMA",
             "out": str(c.out), "replaces": c.out.is_dir() and any(c.out.iterdir()),
             "components": ["scheduler", *names] + (["vae (passed by the user)"] if c.latent else []),
-            "files": ["model_index.json", "scheduler/scheduler_config.json",
+            "files": ["model_index.json", "pipeline.py", "scheduler/scheduler_config.json",
                       *[f"{n}/config.json, {n}/diffusion_pytorch_model.safetensors" for n in names],
                       "README.md", "memekit.json", "spec.json"],
             "metadata": c.metadata["memekit"]}
@@ -214,6 +217,22 @@ def write_folder(out: Path, write: Callable[[Path], None]) -> Path:
     return out
 
 
+PIPELINE_SHIM = (
+    '"""The diffusers entry point of a memekit package: ``DiffusionPipeline.from_pretrained(FOLDER,\n'
+    'custom_pipeline=FOLDER, trust_remote_code=True)`` loads :class:`MemePipeline` from the installed memekit\n'
+    '(``pip install "memekit[diffusers]"``), which holds the expert networks and the scheduler."""\n\n'
+    "from memekit.search.pipeline import MemePipeline\n\n"
+    '__all__ = ["MemePipeline"]\n')
+
+
+def _ship_pipeline_entry(folder: Path) -> None:
+    """``pipeline.py`` in the folder, so that plain ``DiffusionPipeline.from_pretrained(folder,
+    custom_pipeline=folder, trust_remote_code=True)`` finds :class:`MemePipeline` (diffusers' local
+    custom-pipeline convention). ``model_index.json`` keeps the plain class name: naming the file there
+    (``["pipeline", "MemePipeline"]``) would make even ``MemePipeline.from_pretrained`` run the folder's code."""
+    atomic_write_text(folder / "pipeline.py", PIPELINE_SHIM)
+
+
 def package_run(run: str | Path, out: str | Path, metrics: Sequence[str | Path] = (), steps: int | None = None,
                 overwrite: bool = False) -> PackageReport:
     """Write ``out`` from the run folder (its latest checkpoint) or checkpoint ``run`` (module docstring).
@@ -225,6 +244,7 @@ def package_run(run: str | Path, out: str | Path, metrics: Sequence[str | Path] 
 
     def write(folder: Path) -> None:
         pipe.save_pretrained(folder, safe_serialization=True)
+        _ship_pipeline_entry(folder)
         atomic_write_text(folder / "spec.json", c.spec.to_json() + "\n")
         atomic_write_json(folder / "memekit.json", c.metadata)
         atomic_write_text(folder / "README.md", card)

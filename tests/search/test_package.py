@@ -152,6 +152,30 @@ def test_package_then_from_pretrained_samples_memekits_images(trained_run, tmp_p
     assert np.abs(as_np - (one_batch / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()).max() <= 1e-4
 
 
+def test_plain_diffusers_loads_the_folder_through_its_pipeline_py(trained_run, tmp_path) -> None:
+    # what a diffusers user types, without naming memekit's class: DiffusionPipeline imports
+    # OUT/pipeline.py as a local custom pipeline
+    pytest.importorskip("diffusers")
+    from diffusers import DiffusionPipeline
+
+    from memekit.search.pipeline import MemePipeline
+
+    out = tmp_path / "pkg"
+    package_run(trained_run, out)
+    assert "from memekit.search.pipeline import MemePipeline" in (out / "pipeline.py").read_text()
+    with pytest.raises(ValueError, match="trust_remote_code"):  # diffusers runs no file without consent
+        DiffusionPipeline.from_pretrained(out, custom_pipeline=str(out))
+    pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline=str(out), trust_remote_code=True)
+    assert type(pipe).__name__ == "MemePipeline"
+    pipe.set_progress_bar_config(disable=True)
+    reference = MemePipeline.from_pretrained(out)
+    reference.set_progress_bar_config(disable=True)
+    got = pipe(batch_size=3, num_inference_steps=5, seed=2, output_type="latent").images
+    expected = _memekit_samples(trained_run, n=3, steps=5, eta=0.0, seed=2, batch=64)
+    assert (got - expected).abs().max() <= 1e-4
+    assert torch.equal(got, reference(batch_size=3, num_inference_steps=5, seed=2, output_type="latent").images)
+
+
 def test_the_package_holds_the_ema_weights_one_expert_per_folder(trained_run, tmp_path) -> None:
     pytest.importorskip("diffusers")
     from memekit.space.diffusers_models import MemeExpertModel
