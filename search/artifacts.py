@@ -83,7 +83,7 @@ def plot_validation_curve(curve: ValidationCurve, title: str = "") -> Figure:
         top.plot(curve.val_timesteps, curve.val_reference_per_t, "--", color="tab:gray", label="linear (Wiener) reference")
     top.set_yscale("log")
     top.set_ylabel("loss at t")
-    top.legend(loc="upper right", fontsize=8)
+    top.legend(loc="lower left", fontsize=8)  # the loss falls from the top left: the expert labels keep the top right
     if panels == 2:
         axes[1].plot(curve.val_timesteps, curve.val_rel_per_t, "o-", color="tab:purple", ms=3)
         axes[1].axhline(0.0, color="tab:gray", lw=0.8)

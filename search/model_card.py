@@ -255,7 +255,7 @@ def render_model_card(meta: dict[str, Any], out_name: str = "OUT") -> str:
     experts = _table(["expert", "t", "log-SNR", "p_n", "attention share per stage (built)", "params", "MACs / step",
                       f"steps of {cost['sampling_steps']}"],
                      [[e["expert"], f"[{e['timesteps'][0]}, {e['timesteps'][1]})",
-                       f"{_snr(e['log_snr'][0])} .. {_snr(e['log_snr'][1])}", e["soft_assignment"],
+                       f"{_snr(e['log_snr'][0])} .. {_snr(e['log_snr'][1])}", f"{e['soft_assignment']:.3g}",
                        " / ".join(f"{s:.3g}" for s in e["attention_share_built"]), f"{e['params']:,}",
                        _macs(e["macs_per_step"]), e["steps_of_trajectory"]] for e in m["intervals"]])
     cuts = (_table(["t", "boundary_ratio (Wan 2.2)", "denoising_end (SDXL)", "log-SNR"],
