@@ -173,8 +173,9 @@ def _study_options(g: ArgumentGroup, d: SearchConfig) -> None:
                                      "(of --fid-n samples)", d.quality))
     g.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
                    help=with_default("how every candidate's network output becomes the prediction: none "
-                                     "(predict eps/v), edm (EDM scalings) or wiener (residual over the data's "
-                                     "Wiener filter); statistics measured from the training split",
+                                     "(predict eps/v), edm (EDM scalings), wiener (residual over the data's per-channel "
+                                     "Wiener filter) or colour (residual over the affine colour-mixing linear "
+                                     "denoiser); statistics measured from the training split",
                                      d.preconditioning))
     g.add_argument("--cost", choices=COSTS, default=None,
                    help=with_default("macs: trajectory MACs; latency: measured", d.cost))
