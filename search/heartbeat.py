@@ -7,7 +7,7 @@ these functions and the public ``Study`` API only.
 
 - :class:`Heartbeat` stamps the running trial from a thread: Optuna's heartbeat on a storage that has
   one (PostgreSQL: ``RDBStorage.record_heartbeat``; stale trials are failed by ``fail_stale_trials``
-  and retried by :class:`~memekit.search.storage.SaidStaleRetry`), else memekit's system attr
+  and retried by :class:`StaleRetry`, which records them), else memekit's system attr
   ``memekit:heartbeat`` (journal), which :func:`sweep_stale_trials` reads. The trial also carries its
   worker (``memekit:worker``), so a launcher can fail the trial of a worker it saw die.
 - :func:`pause_trial` puts a stopped trial back in the queue, marked ``memekit:paused``.
@@ -93,14 +93,34 @@ class Heartbeat:
 
     def sweep(self, study: optuna.Study, grace_period: float, max_retries: int,
               journal: bool) -> list[tuple[int, bool]]:
-        """Fail (and retry) the trials of dead workers of other launchers: Optuna's stale trials on a
-        storage with its heartbeat (retried and said by ``SaidStaleRetry``, so ``[]`` here), else on a
-        ``journal`` :func:`sweep_stale_trials`'s ``[(trial number, retried)]`` (SQLite: one worker,
-        nobody else's trials)."""
+        """Fail (and retry) the trials of dead workers of other launchers; ``[(trial number, retried)]``:
+        Optuna's stale trials on a storage with its heartbeat (retried by :class:`StaleRetry`), else on
+        a ``journal`` :func:`sweep_stale_trials` (SQLite: one worker, nobody else's trials)."""
         if self.optuna_heartbeat:
             optuna.storages.fail_stale_trials(study)
-            return []
+            callback = self.storage.get_heartbeat_stale_trial_callback()
+            return callback.drain() if isinstance(callback, StaleRetry) else []
         return sweep_stale_trials(study, self.storage, grace_period, max_retries) if journal else []
+
+
+class StaleRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial failed for a stale heartbeat (PostgreSQL), which also records what it
+    failed, ``(trial number, retried)``, until :meth:`drain`: the worker whose sweep failed them says
+    so, as for a journal (Optuna fails them in silence)."""
+
+    def __init__(self, max_retry: int) -> None:
+        super().__init__(max_retry=max_retry)
+        self.max_retry = max_retry
+        self.ended: list[tuple[int, bool]] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        super().__call__(study, trial)
+        self.ended.append((trial.number, len(self.retry_history(trial)) + 1 <= self.max_retry))
+
+    def drain(self) -> list[tuple[int, bool]]:
+        """The trials failed since the last call."""
+        ended, self.ended = self.ended, []
+        return ended
 
 
 # ---- the queue: retries and trials put back -----------------------------------------------------------

@@ -13,8 +13,8 @@ sample std (ddof = 1).
 from __future__ import annotations
 
 import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from memekit.analysis.spectra import (
 )
 from memekit.analysis.stats import sample_sd
 from memekit.space.errors import MemekitError
+from memekit.space.progress import say_error_line
 
 # sample_images seeds batch k of a call with ``seed + k``: the repeats of sample_metrics start
 # this far apart, so they share no batch unless a repeat draws more than a million batches
@@ -188,7 +189,8 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
                    resolution: int | None = None, split: str = "reference", protocol: str = "pytorch-fid",
                    batch: int = 250, device: str | None = None, weights: str | None = None,
                    kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = False,
-                   inception_batch: int = 50, first_seed: int = 0, autoencoder: str | None = None) -> SampleMetrics:
+                   inception_batch: int = 50, first_seed: int = 0, autoencoder: str | None = None,
+                   say: Callable[[str], None] | None = None) -> SampleMetrics:
     """Sample ``n`` images ``seeds`` times from ``run`` (a run folder or checkpoint, EMA weights,
     DDIM with ``steps`` steps, sampling batch ``batch``) and measure each seed's images against
     ``reference`` (a source as :func:`memekit.analysis.fid.fid` takes it; data sources are loaded
@@ -198,7 +200,8 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
     seeds its batch k with ``seed + k``, so consecutive seeds would share batches. The reference
     features are computed once (and cached on disk for data sources). ``resolution``, if given,
     must equal the model's. ``first_seed``: the repeats are ``first_seed .. first_seed + seeds - 1``
-    (so a driver can sample one seed at a time and resume).
+    (so a driver can sample one seed at a time and resume). ``progress``: bars, and a status line per
+    seed to ``say`` (default: stderr).
 
     A run trained on latents is scored on its decoded images (the recorded autoencoder, or the one in
     the folder ``autoencoder``; a one-line error when it is not available), at the image resolution
@@ -229,8 +232,9 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
                                kid_subset_size)
         per_seed.append({"seed": repeat, "sampling_seed": sampling_seed(repeat), **values})
         if progress:  # a status line per seed: bars are not drawn in logs, and a seed can take many minutes
-            print(f"seed {repeat} ({len(per_seed)}/{seeds}): {n:,} samples, FID {values['fid']:.2f}, "
-                  f"KID {values['kid_mean']:.4f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+            (say or say_error_line)(f"seed {repeat} ({len(per_seed)}/{seeds}): {n:,} samples, FID "
+                                    f"{values['fid']:.2f}, KID {values['kid_mean']:.4f} "
+                                    f"({time.perf_counter() - start:.0f} s)")
     notes = () if ref_power is not None else (f"LSD not computed: {reference} has no {side} px images",)
 
     def over_seeds(key: str) -> tuple[float, float]:

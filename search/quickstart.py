@@ -43,6 +43,7 @@ from memekit.analysis.threads import applied_threads, apply_threads, choose_thre
 from memekit.space import MemeSpec, load_spec, save_spec, spec_cost, uniform_intervals
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
+from memekit.space.progress import say_line
 
 from .export import baseline_spec, export_study
 from .results import load_study
@@ -102,7 +103,7 @@ def space_file(out: Path, config: QuickstartConfig) -> Path:
     return path
 
 
-def spectrum_stage(out: Path, config: QuickstartConfig) -> tuple[MemeSpec, bool]:
+def spectrum_stage(out: Path, config: QuickstartConfig, say: Callable[[str], None] = say_line) -> tuple[MemeSpec, bool]:
     """Spectral analysis of the data under the search space's base architecture; (prior, skipped)."""
     folder = out / "1-spectrum"
     if (folder / "prior_spec.json").is_file():
@@ -114,7 +115,7 @@ def spectrum_stage(out: Path, config: QuickstartConfig) -> tuple[MemeSpec, bool]
     folder.mkdir(parents=True, exist_ok=True)
     write_spectrum_report(report, folder, {"command": "quickstart", "data": config.data, "resolution": res,
                                            "n_experts": n})
-    print(format_spectrum_summary(report, config.data))
+    say(format_spectrum_summary(report, config.data))
     return report.prior, False
 
 
@@ -171,13 +172,14 @@ def train_config_of(config: QuickstartConfig) -> TrainConfig:
                        device=config.device)
 
 
-def train_stage(out: Path, config: QuickstartConfig, spec: MemeSpec) -> tuple[Path, bool]:
+def train_stage(out: Path, config: QuickstartConfig, spec: MemeSpec,
+                say: Callable[[str], None] = say_line) -> tuple[Path, bool]:
     """Train the chosen configuration for longer (auto-resumes); (run folder, skipped)."""
     run_dir = out / "4-train"
-    print(f"      the status lines' loss is {loss_name(spec)} at the trained t; the report's validation loss is "
-          "the same error on held-out images at 16 fixed t", flush=True)
-    result = train(spec, train_config_of(config), run_dir, progress=True, say=lambda line: print(f"      {line}"))
-    print(f"      validation loss {result.val.get('val_loss', float('nan')):.4f} after {result.images_seen} images")
+    say(f"      the status lines' loss is {loss_name(spec)} at the trained t; the report's validation loss is "
+        "the same error on held-out images at 16 fixed t")
+    result = train(spec, train_config_of(config), run_dir, progress=True, say=lambda line: say(f"      {line}"))
+    say(f"      validation loss {result.val.get('val_loss', float('nan')):.4f} after {result.images_seen} images")
     return run_dir, result.images_trained == 0
 
 
@@ -190,7 +192,8 @@ def loss_name(spec: MemeSpec) -> str:
     return f"{target} weighted by 1 / c_out^2 (1 = the {spec.diffusion.preconditioning} linear denoiser's level)"
 
 
-def sample_stage(out: Path, config: QuickstartConfig, run_dir: Path) -> tuple[Path, bool]:
+def sample_stage(out: Path, config: QuickstartConfig, run_dir: Path,
+                 say: Callable[[str], None] = say_line) -> tuple[Path, bool]:
     """Samples of the EMA weights (OUT/5-samples.npz) and the first ``grid_count`` beside as many
     training images, both upscaled (OUT/5-samples.png); (PNG, skipped)."""
     npz, png = out / "5-samples.npz", out / "5-samples.png"
@@ -199,7 +202,7 @@ def sample_stage(out: Path, config: QuickstartConfig, run_dir: Path) -> tuple[Pa
         report = sample_checkpoint(run_dir, npz, n=config.sample_count, steps=config.sample_steps,
                                    eta=config.sample_eta, seed=config.seed, batch=config.sample_count,
                                    device=config.device, progress=True)
-        print(f"      {report.n} images at {report.images_per_s:.1f} img/s")
+        say(f"      {report.n} images at {report.images_per_s:.1f} img/s")
     samples = _samples(out)[: config.grid_count]
     real = load_images(config.data, samples.shape[1], split="train", limit=len(samples), progress=False)
     return save_comparison_grid(samples, real, png, scale=config.grid_scale), skipped
@@ -430,11 +433,11 @@ def _timing(out: Path) -> dict:
 
 
 def run_stage(out: Path, index: int, title: str, name: str, run: Callable[[], tuple[Any, bool]],
-              summary: Callable[[Any], str]) -> Any:
+              summary: Callable[[Any], str], say: Callable[[str], None] = say_line) -> Any:
     """Stage ``index`` of 7: ``run()`` -> (result, skipped), announced, and when it did work timed into
     OUT/timing.json under ``name`` (wall and CPU seconds of this process, all threads, and the
     1-minute load average before and after); returns the result."""
-    print(f"[{index}/7] {title}", flush=True)
+    say(f"[{index}/7] {title}")
     wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     result, skipped = run()
     seconds = time.perf_counter() - wall
@@ -444,7 +447,7 @@ def run_stage(out: Path, index: int, title: str, name: str, run: Callable[[], tu
                         "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
                         "cores": os.cpu_count(), "threads": torch_threads()}
         atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
-    print(f"      {summary(result)} ({'done earlier, skipped' if skipped else f'{seconds:.0f} s'})", flush=True)
+    say(f"      {summary(result)} ({'done earlier, skipped' if skipped else f'{seconds:.0f} s'})")
     return result
 
 
@@ -469,30 +472,37 @@ def timing_sentence(out: Path) -> str:
             f"{max(loads):.1f}; per stage in [timing.json](timing.json)).")
 
 
-def run_quickstart(out: str | Path, config: QuickstartConfig | None = None) -> Path:
-    """Run every stage into ``out`` (resuming finished stages); returns OUT/REPORT.md."""
+def run_quickstart(out: str | Path, config: QuickstartConfig | None = None,
+                   say: Callable[[str], None] = say_line) -> Path:
+    """Run every stage into ``out`` (resuming finished stages), saying what each does to ``say`` (the
+    study's trial lines go to stdout); returns OUT/REPORT.md."""
     config = config or QuickstartConfig()
     # oversubscribed threads make CPU training several times slower on a busy machine: the shared rule
     threads = applied_threads() or choose_threads()
     apply_threads(threads)
-    print(describe(threads), flush=True)
+    say(describe(threads))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prior = run_stage(out, 1, "spectrum of the noisy inputs", "spectrum", lambda: spectrum_stage(out, config),
-                      lambda p: f"prior boundaries {list(p.boundaries)}")
-    search = run_stage(out, 2, f"search: {config.trials} proxy trials", "search",
-                       lambda: search_stage(out, config, prior), lambda s: f"study {s.study_dir}")
+
+    def stage(index: int, title: str, name: str, run: Callable[[], tuple[Any, bool]],
+              summary: Callable[[Any], str] = str) -> Any:
+        return run_stage(out, index, title, name, run, summary, say)
+
+    prior = stage(1, "spectrum of the noisy inputs", "spectrum", lambda: spectrum_stage(out, config, say),
+                  lambda p: f"prior boundaries {list(p.boundaries)}")
+    search = stage(2, f"search: {config.trials} proxy trials", "search", lambda: search_stage(out, config, prior),
+                   lambda s: f"study {s.study_dir}")
     best = best_trial(search)
-    print(f"      best trial #{best.number}: values {[round(v, 4) for v in best.values]}", flush=True)
-    run_stage(out, 3, "export the Pareto front", "export", lambda: export_stage(out, search), str)
+    say(f"      best trial #{best.number}: values {[round(v, 4) for v in best.values]}")
+    stage(3, "export the Pareto front", "export", lambda: export_stage(out, search))
     spec = MemeSpec.from_json(best.user_attrs["spec"])
-    run_dir = run_stage(out, 4, "train the best configuration", "train", lambda: train_stage(out, config, spec), str)
-    grid = run_stage(out, 5, "sample", "sample", lambda: sample_stage(out, config, run_dir), str)
-    numbers = run_stage(out, 6, "do the samples look like the data?", "resemblance",
-                        lambda: resemblance_stage(out, config), resemblance_summary)
-    print("[7/7] report", flush=True)
+    run_dir = stage(4, "train the best configuration", "train", lambda: train_stage(out, config, spec, say))
+    grid = stage(5, "sample", "sample", lambda: sample_stage(out, config, run_dir, say))
+    numbers = stage(6, "do the samples look like the data?", "resemblance", lambda: resemblance_stage(out, config),
+                    resemblance_summary)
+    say("[7/7] report")
     report = report_stage(out, config, prior, search, best, run_dir, grid, numbers)
-    print(f"      {report}", flush=True)
+    say(f"      {report}")
     return report
 
 

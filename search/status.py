@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TextIO
 
-from memekit.space.progress import progress_bar, progress_enabled
+from memekit.space.progress import progress_bar, progress_enabled, say_line
 
 
 def _clock(seconds: float) -> str:
@@ -52,7 +52,7 @@ class TrainProgress:
         per_step = elapsed / max(step - self.initial, 1)
         line = status_line(step, self.total, images, per_expert, loss, lr, images_per_s, elapsed, self.total - step,
                            per_step)
-        print(line, file=self.stream or sys.stderr, flush=True)
+        say_line(line, self.stream or sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 
+from .heartbeat import StaleRetry
 from .storage_url import (  # noqa: F401 - what a URL names, optuna-free there (re-exported)
     JOURNAL_NAME,
     StorageError,
@@ -40,8 +41,9 @@ def open_storage(url: str | None, study_dir: Path, workers: int = 1, heartbeat_i
                  grace_period: int = 120, max_retries: int = 2) -> optuna.storages.BaseStorage:
     """The Optuna storage for ``url`` (None = ``STUDY_DIR/study.journal``).
 
-    PostgreSQL studies get Optuna's heartbeat and ``RetryFailedTrialCallback``; journal studies
-    get memekit's own heartbeat (see :mod:`memekit.search.study`).
+    PostgreSQL studies get Optuna's heartbeat and its retry of stale trials
+    (:class:`~memekit.search.heartbeat.StaleRetry`); journal studies get memekit's own heartbeat (see
+    :mod:`memekit.search.heartbeat`).
     """
     kind = storage_kind(url)
     if kind == "sqlite" and workers > 1:
@@ -53,25 +55,10 @@ def open_storage(url: str | None, study_dir: Path, workers: int = 1, heartbeat_i
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if kind == "postgresql":
         _require_postgres_driver()
-        callback = SaidStaleRetry(max_retries, grace_period)
+        callback = StaleRetry(max_retries)  # records what it retries: the sweeping worker says it
         return _rdb(postgres_url(url), shown=url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     heartbeat_stale_trial_callback=callback)
     return _rdb(url, shown=url)
-
-
-class SaidStaleRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial failed for a stale heartbeat (PostgreSQL), which also says so: one
-    line on stdout, as a worker prints its trials (a stale trial used to be failed in silence)."""
-
-    def __init__(self, max_retry: int, grace_period: int) -> None:
-        super().__init__(max_retry=max_retry)
-        self.grace_period = grace_period
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        super().__call__(study, trial)
-        retried = len(trial.system_attrs.get("retry_history", [])) + 1 <= self._max_retry
-        print(f"trial {trial.number} failed: no heartbeat from its worker for over {self.grace_period} s (the worker "
-              f"died?): {'retried as a new trial' if retried else 'not retried (retried enough times)'}", flush=True)
 
 
 def _rdb(url: str, shown: str, **kwargs) -> optuna.storages.RDBStorage:

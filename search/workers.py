@@ -53,6 +53,7 @@ from memekit.analysis.threads import (
 from memekit.space import load_spec
 from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write_text
+from memekit.space.progress import say_error_line, say_line
 
 from .heartbeat import (
     WORKER_KEY,
@@ -246,11 +247,12 @@ class _Worker:
 
 
 def run_worker(config: SearchConfig, index: int = 0, progress: bool = True, seams: Seams = DEFAULT_SEAMS,
-               stop: StopRequest | None = None) -> int | None:
+               stop: StopRequest | None = None, say: Callable[[str], None] | None = None) -> int | None:
     """Run trials until the study holds ``n_trials`` finished ones (several workers may share it);
-    ``progress``: print one line per ended trial (:func:`trial_line`). SIGINT/SIGTERM (or ``stop``) stop
-    the worker at the next safe point, the running trial paused at its checkpoint: returns that signal,
-    or None when the study holds its trials."""
+    ``progress``: one line per ended trial (:func:`trial_line`) and per trial failed for another
+    worker, to ``say`` (default: stdout). SIGINT/SIGTERM (or ``stop``) stop the worker at the next safe
+    point, the running trial paused at its checkpoint: returns that signal, or None when the study holds
+    its trials."""
     study_dir = Path(config.study_dir)
     storage = study_storage(config, seams)
     study = open_study(config, worker_seed(config, index), seams=seams, storage=storage)
@@ -263,8 +265,8 @@ def run_worker(config: SearchConfig, index: int = 0, progress: bool = True, seam
     store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(study_dir / "artifacts")))
     objective = Objective(config, space, prior, study_dir, store, sampler_seed, seams)
     heartbeat = Heartbeat(storage, study.study_name, config.heartbeat_interval)
-    say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
-    worker = _Worker(config, study, storage, objective, heartbeat.start(), say, stop or StopRequest())
+    said = (say or say_line) if progress else (lambda line: None)
+    worker = _Worker(config, study, storage, objective, heartbeat.start(), said, stop or StopRequest())
     with worker.stop:
         try:
             while not worker.stop.requested:
@@ -430,7 +432,8 @@ def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAU
     """Prepare the study (:func:`~memekit.search.study.prepare_study`, checked by ``plan`` or
     :func:`~memekit.search.study.plan_study`: ``update`` allows changing the settings of an existing
     study, ``say`` hears what changed), then run ``workers`` worker processes (in this process when 1;
-    ``progress``: one line per ended trial) until the study holds its trials. Raises
+    ``progress``: one line per ended trial) until the study holds its trials. The trials' lines and the
+    launcher's (a worker that died) go to ``say``, default stdout. Raises
     :class:`SearchPaused` when SIGINT/SIGTERM paused it and :class:`SearchError` when its workers
     stopped before it was done, both saying what is left."""
     study = prepare_study(config, seams, update=update, say=say, plan=plan)
@@ -441,10 +444,10 @@ def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAU
         apply_threads(threads)
         if config.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = config.gpus[0]
-        signum = run_worker(config, 0, progress, seams)
+        signum = run_worker(config, 0, progress, seams, say=say)
         problems: list[str] = []
     else:
-        launcher = Launcher(config, threads, progress, lambda line: print(line, flush=True), seams)
+        launcher = Launcher(config, threads, progress, say or say_line, seams)
         signum, problems = launcher.run(), launcher.problems
     if signum is None and not problems:  # every worker ended because the study holds its trials
         return study
@@ -469,7 +472,7 @@ def worker_main(argv: list[str], seams: Seams = DEFAULT_SEAMS) -> int:
     try:
         signum = run_worker(config, int(argv[1]), progress="--quiet" not in argv[2:], seams=seams)
     except MemekitError as err:
-        print(f"memekit: error: worker {argv[1]}: {err}", file=sys.stderr, flush=True)
+        say_error_line(f"memekit: error: worker {argv[1]}: {err}")
         return 2
     return 0 if signum is None else 128 + signum
 

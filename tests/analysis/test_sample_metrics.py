@@ -101,8 +101,8 @@ def test_sample_metrics_over_seeds(tiny_run: Path, fake_inception: Path, monkeyp
 
 def test_sample_metrics_status_line_per_seed(tiny_run: Path, fake_inception: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """With progress asked for, each seed reports on stderr when scored (bars are not drawn in logs);
-    without it, nothing is printed."""
+    """With progress asked for, each seed reports on stderr (or to ``say``) when scored (bars are not
+    drawn in logs); without it, nothing is printed."""
     sample_metrics(tiny_run, REFERENCE, n=6, steps=2, seeds=1, batch=4, device="cpu", weights=str(fake_inception),
                    kid_subsets=2)
     assert capsys.readouterr().err == ""
@@ -112,6 +112,11 @@ def test_sample_metrics_status_line_per_seed(tiny_run: Path, fake_inception: Pat
     assert [line.split(":")[0] for line in lines] == ["seed 3 (1/2)", "seed 4 (2/2)"]
     for line, seed in zip(lines, m.per_seed, strict=True):
         assert f"FID {seed['fid']:.2f}, KID {seed['kid_mean']:.4f}" in line
+    said: list[str] = []  # a caller's say takes the lines instead of stderr
+    sample_metrics(tiny_run, REFERENCE, n=6, steps=2, seeds=1, batch=4, device="cpu", weights=str(fake_inception),
+                   kid_subsets=2, progress=True, say=said.append)
+    assert [line.split(":")[0] for line in said] == ["seed 0 (1/1)"]
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("seed ")]
 
 
 def test_one_seed_has_no_spread(tiny_run: Path, fake_inception: Path) -> None:

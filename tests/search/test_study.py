@@ -218,6 +218,18 @@ def test_transient_error_is_failed_then_retried(tmp_path: Path, fake_train) -> N
     assert retry.user_attrs["retry_of"] == failed.number and retry.user_attrs["retries"] == 1
 
 
+def test_a_study_says_its_trials_to_say_not_to_stdout(tmp_path: Path, fake_train,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``progress`` the trials' lines (a failed one included) go to the caller's ``say``."""
+    fake = fake_train(fail=lambda spec, i: RuntimeError("flaky file system") if i == 0 else None)
+    lines: list[str] = []
+    run_search(tiny_search(tmp_path, n_trials=2), progress=True, seams=fake.seams, say=lines.append)
+    assert capsys.readouterr().out == ""
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert len(trial_lines) == 3 and trial_lines[0].startswith("trial 0 fail (RuntimeError: flaky file system")
+    assert trial_lines[-1].endswith("2/2 finished")
+
+
 def test_persistent_error_is_retried_max_retries_times(tmp_path: Path, fake_train) -> None:
     bad: list[MemeSpec] = []
 

@@ -211,6 +211,8 @@ def kill_worker_mid_trial(workers: Workers, config: SearchConfig, other_worker_w
     assert math.isfinite(retries[0].values[0])
     assert count(trials, *FINISHED) == config.n_trials
     assert count(trials, TrialState.RUNNING) == 0
+    # the worker that failed it says so (a journal's sweep and Optuna's stale-trial check alike)
+    assert f"trial {killed_number} failed: no heartbeat from its worker for over" in workers.logs(), workers.logs()
     return trials
 
 
