@@ -190,7 +190,8 @@ def _load_diffusers(folder: Path, class_name: str) -> DiffusersAutoencoder:
         model = cls.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise AutoencoderError(f"cannot load {class_name} from {folder}: {str(err).splitlines()[0][:160]}") from None
-    blocks = model.config.block_out_channels if class_name == "AutoencoderKL" else model.config.encoder_block_out_channels
+    blocks = (model.config.block_out_channels if class_name == "AutoencoderKL"
+              else model.config.encoder_block_out_channels)
     info = AutoencoderInfo(f"diffusers-{class_name}", str(folder), fingerprint(folder),
                            int(model.config.latent_channels), 2 ** (len(blocks) - 1))
     return DiffusersAutoencoder(model, info)

@@ -85,7 +85,8 @@ def linear_denoiser_loss(gain_power: np.ndarray, resolution: int, alpha_bar: np.
     return (err_x0 * scale).mean(axis=1)
 
 
-def mean_image(images: np.ndarray | torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+def mean_image(images: np.ndarray | torch.Tensor, batch_size: int = 256,
+               device: torch.device | str = "cpu") -> np.ndarray:
     """The mean image ``E[x_0]`` in model range (float64 ``(C, R, R)``)."""
     total, count = None, 0
     for x0 in _model_range_batches(images, batch_size, device):

@@ -51,7 +51,8 @@ def plot_spectrum_heatmap(spectrum: pd.DataFrame, value: str = SNR_COLUMN,
     ax.set_xlabel("spatial frequency f (cycles / pixel)")
     ax.set_ylabel("time-step t")
     ax.set_title("log10 SNR(t, f); SNR = 1 on the crossover curve" if value == SNR_COLUMN
-                 else f"log10 of the {value.replace('expected_power', 'expected power of x_t').replace('_', ' ')} over t and f")
+                 else f"log10 of the {value.replace('expected_power', 'expected power of x_t').replace('_', ' ')}"
+                      " over t and f")
     return fig
 
 

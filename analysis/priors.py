@@ -437,7 +437,8 @@ class BindingConstraint(NamedTuple):
             return (f"p_{self.expert} = {self.value:g} is the paper's in-interval fraction (a floor): it binds; the "
                     f"paper's per-step density alone gives {self.unconstrained:.3g}")
         if self.kind == "p_cap":
-            return f"p_{self.expert} is capped at 1: the paper's density over its interval sums to {self.unconstrained:.3g}"
+            return (f"p_{self.expert} is capped at 1: the paper's density over its interval sums to "
+                    f"{self.unconstrained:.3g}")
         return (f"expert {self.expert} stage {self.stage}: share {self.value:g} instead of {self.unconstrained:g} (its "
                 "rounding to heads) so a deeper stage keeps at least the attention of the stage above it: the "
                 "order constraint binds")

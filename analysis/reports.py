@@ -235,7 +235,8 @@ def format_spectrum_summary(report: SpectralReport, source: str, per_channel: bo
         buried = "/".join(f"{getattr(row, f'buried_stage{s}'):.2f}" for s in range(n_stages))
         shares = "/".join(f"{v:.3f}" for v in expert.effective_attention_share())
         lines.append(f"  expert {row.expert}: [{row.start}, {row.end})  buried {buried}  attention share {shares}  "
-                     f"p = {row.p:g} ({row.paper_p:g})  density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
+                     f"p = {row.p:g} ({row.paper_p:g})  "
+                     f"density {row.density_per_1k:.2f} ({row.paper_density_per_1k:.2f})")
     return "\n".join(lines + constraint_lines(report, min_length_rule) + generic_lines(report))
 
 
@@ -258,11 +259,13 @@ def generic_lines(report: SpectralReport) -> list[str]:
     profile, generic, d = report.profile, report.generic, report.distance
     channels = profile.channel_power.shape[0] or "the same"
     moves = "/".join(f"{b:+d}" for b in d.boundaries)
-    return [f"spectral slope of the data: P_0(f) ~ f^-{profile.slope:.3f} (least squares over rings 1..{len(profile.frequency)})",
+    return [f"spectral slope of the data: P_0(f) ~ f^-{profile.slope:.3f} "
+            f"(least squares over rings 1..{len(profile.frequency)})",
             f"generic prior (a synthetic image set with P(f) ~ f^-{profile.slope:.3f}, the data's total power, "
             f"{channels} channels): boundaries {list(generic.boundaries)}, p = "
             f"{'/'.join(f'{v:g}' for v in generic.soft_assignment)}, shares {_shares_text(generic)}",
-            f"your data moved the cuts by {d.boundary_steps} steps from the generic prior (interior boundaries {moves}); "
+            f"your data moved the cuts by {d.boundary_steps} steps from the generic prior "
+            f"(interior boundaries {moves}); "
             f"p_n by at most {d.max_p:.3g}; attention shares in {d.shares_changed} of "
             f"{sum(len(row) for row in d.shares)} (expert, stage) cells, by at most {d.max_share:g}"]
 
@@ -277,7 +280,8 @@ def prior_report(report: SpectralReport, config: dict[str, Any]) -> dict[str, An
     d = report.distance
     out: dict[str, Any] = {
         "data": config.get("data"), "resolution": report.profile.resolution, "n_images": report.profile.n_images,
-        "slope": report.profile.slope, "slope_fit": f"least squares of log P_0 on log f over rings 1..{len(report.profile.frequency)}",
+        "slope": report.profile.slope,
+        "slope_fit": f"least squares of log P_0 on log f over rings 1..{len(report.profile.frequency)}",
         "min_length": report.min_length, "min_length_rule": config.get("min_length_rule"),
         "prior": summary(report.prior),
         "constraints": [{**c._asdict(), "text": c.text} for c in report.constraints]}

@@ -396,7 +396,8 @@ class SpectralProfile:
         k = len(self.frequency)
         channels = self.channel_power.shape[0]
         return dataclasses.replace(self, data_power=reference[:k], corner_power=reference[k:],
-                                   channel_power=np.tile(reference[:k], (channels, 1)) if channels else self.channel_power,
+                                   channel_power=(np.tile(reference[:k], (channels, 1)) if channels
+                                                  else self.channel_power),
                                    channel_corner_power=(np.tile(reference[k:], (channels, 1)) if channels
                                                          else self.channel_corner_power))
 
@@ -493,7 +494,8 @@ def log_spectral_distance(images_a: np.ndarray, images_b: np.ndarray, batch_size
     for name, images in (("A", images_a), ("B", images_b)):
         if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and len(images)):
             got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-            raise SpectrumError(f"log-spectral distance: {name} must be a non-empty uint8 (N, R, R, C) array, got {got}")
+            raise SpectrumError(f"log-spectral distance: {name} must be a non-empty uint8 (N, R, R, C) array, "
+                                f"got {got}")
     if images_a.shape[1:] != images_b.shape[1:]:
         raise SpectrumError(f"log-spectral distance needs images of one size, got {images_a.shape[1:]} vs "
                             f"{images_b.shape[1:]} (H, W, C)")

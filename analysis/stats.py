@@ -192,7 +192,8 @@ class RowFit:
     @property
     def label(self) -> str:
         how = "blocked by training seed" if self.blocked else "unblocked"
-        return f"{self.runs} runs of {len(self.rows)} rows, {how}, residual SD {self.residual.sd:.4g} ({self.residual.dof} dof)"
+        return (f"{self.runs} runs of {len(self.rows)} rows, {how}, "
+                f"residual SD {self.residual.sd:.4g} ({self.residual.dof} dof)")
 
 
 def fit_rows(values: Mapping[str, Mapping[str, float]], blocked: bool, level: float = 0.95) -> RowFit:

@@ -60,12 +60,16 @@ class Profile:
 
 def claims(searched: tuple[str, ...], a_row: str) -> tuple[cmp.Claim, ...]:
     """The claims of a table (RESULTS.md, "Margins declared before the runs"); ``a_row`` is claim (a)'s row."""
-    pairs = [cmp.Claim("noninferior", a_row, "single-large", MARGIN, "(a) a 4-expert model is no worse than single-large"),
-             cmp.Claim("noninferior", "meme-paper", "multi-same", MARGIN, "(b) per-interval architectures no worse than one"),
-             cmp.Claim("better", searched[0], "meme-paper", None, "(c) the search's pick beats the hand-set configuration")]
+    pairs = [cmp.Claim("noninferior", a_row, "single-large", MARGIN,
+                       "(a) a 4-expert model is no worse than single-large"),
+             cmp.Claim("noninferior", "meme-paper", "multi-same", MARGIN,
+                       "(b) per-interval architectures no worse than one"),
+             cmp.Claim("better", searched[0], "meme-paper", None,
+                       "(c) the search's pick beats the hand-set configuration")]
     if len(searched) > 1:
         pairs.append(cmp.Claim("better", searched[1], "meme-paper", None, "(c) the search's second pick beats it"))
-    pairs.append(cmp.Claim("better", "spectral-prior", "meme-paper", None, "the spectral prior beats the hand-set configuration"))
+    pairs.append(cmp.Claim("better", "spectral-prior", "meme-paper", None,
+                           "the spectral prior beats the hand-set configuration"))
     pairs += [cmp.Claim("better", name, "random-best", None, f"the search's {rank} beats random search's")
               for name, rank in zip(searched[:2], ("pick", "second pick"), strict=False)]
     return tuple(pairs)

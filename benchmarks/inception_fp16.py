@@ -6,7 +6,8 @@ with a cast), so only the rounding of the stored weights differs. This writes th
 (``--out``), then computes FID and KID of the same image set against the same reference with
 both files, and prints the differences (the check: |delta FID| < 0.1)::
 
-    python benchmarks/inception_fp16.py --images runs/some/samples.npz --reference data:../shared/data/utkface/crop_part1 \
+    python benchmarks/inception_fp16.py --images runs/some/samples.npz \
+        --reference data:../shared/data/utkface/crop_part1 \
         --resolution 32 --out data-gpu/inception-fp16.pth
 """
 

@@ -104,7 +104,8 @@ def spectra(args: argparse.Namespace) -> None:
     summary = {
         "images": {"pixels": pixels.n_images, "latents": latents.n_images},
         "slope_of_channel_mean": slopes,
-        "latent_channel_slopes_min_median_max": [round(min(channel_slopes), 3), round(float(np.median(channel_slopes)), 3),
+        "latent_channel_slopes_min_median_max": [round(min(channel_slopes), 3),
+                                                 round(float(np.median(channel_slopes)), 3),
                                                  round(max(channel_slopes), 3)],
         "power_at_lowest_and_highest_ring": {name: [round(float(p.data_power[0]), 4), round(float(p.data_power[-1]), 4)]
                                              for name, p in profiles.items()},
@@ -253,7 +254,8 @@ def paired_losses(pixels_csv: Path, latents_csv: Path) -> dict[str, object]:
     params = sorted(set.intersection(*(set(c for c in f.columns if c.startswith("params_")) for f in frames)))
     keyed = [f.assign(key=f[params].round(6).astype(str).agg("|".join, axis=1)) for f in frames]
     both = keyed[0].merge(keyed[1], on="key", suffixes=("_pixels", "_latents"))
-    rho, p = spearmanr(both["values_val_loss_pixels"], both["values_val_loss_latents"]) if len(both) > 2 else (np.nan, np.nan)
+    rho, p = (spearmanr(both["values_val_loss_pixels"], both["values_val_loss_latents"]) if len(both) > 2
+              else (np.nan, np.nan))
     return {"trials": [int(t) for t in both["number_pixels"]], "spearman": round(float(rho), 2),
             "p": float(f"{p:.2g}"), "pixel_losses": both["values_val_loss_pixels"].round(5).tolist(),
             "latent_losses": both["values_val_loss_latents"].round(5).tolist()}

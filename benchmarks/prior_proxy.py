@@ -11,7 +11,8 @@ mean +- standard error over seeds and the difference of the prior against each w
 its standard error (sqrt(SE_a^2 + SE_b^2)) and whether it exceeds two of them, on the study's objective
 and on the other validation figure::
 
-    python benchmarks/prior_proxy.py runs/utk32w --seeds 3 --out runs/utk32w_prior --json benchmarks/prior_proxy_utk32w.json
+    python benchmarks/prior_proxy.py runs/utk32w --seeds 3 --out runs/utk32w_prior \
+        --json benchmarks/prior_proxy_utk32w.json
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def scores(name: str, spec: MemeSpec, loaded, seeds: int, out: Path, own: dict |
             continue
         result = train(spec, dataclasses.replace(config, seed=seed), out / f"{name}-seed{seed}", progress=False)
         per_seed[seed] = {k: result.val[k] for k in (*KEYS, "val_loss_quarters") if k in result.val}
-        print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.5f}" for k, v in per_seed[seed].items() if k in KEYS), flush=True)
+        print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.5f}" for k, v in per_seed[seed].items() if k in KEYS),
+              flush=True)
     summary = {}
     for key in KEYS:
         values = [s[key] for s in per_seed.values() if key in s]

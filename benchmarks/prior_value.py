@@ -147,7 +147,8 @@ def table(curve: dict, trials: int) -> list[str]:
     paired), and the trials to reach random's final best of the same seed."""
     random_best, random_hv = _finals(curve["random"], "best", trials), _finals(curve["random"], "hv", trials)
     lines = ["| arm | seeds | best after 5 trials | best after 10 | final best (mean +- SE) | minus random's, paired | "
-             "final hypervolume (mean +- SE) | minus random's, paired | trials to reach random's final best (mean +- SE) "
+             "final hypervolume (mean +- SE) | minus random's, paired | "
+             "trials to reach random's final best (mean +- SE) "
              "| seeds that never reach it |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, c in curve.items():
         best, hv = _finals(c, "best", trials), _finals(c, "hv", trials)
@@ -164,7 +165,8 @@ def table(curve: dict, trials: int) -> list[str]:
         paired = "-" if arm == "random" or not both else f"{d_best.mean():+.4f} +- {_se(d_best):.4f}"
         paired_hv = "-" if arm == "random" or not both else f"{d_hv.mean():+.4f} +- {_se(d_hv):.4f}"
         early = [np.array([b[k - 1] for b in c["best"] if len(b) == trials]) for k in (5, 10)]
-        lines.append(f"| {arm} | {len(finals)} | {early[0].mean():.4f} +- {_se(early[0]):.4f} | {early[1].mean():.4f} +- "
+        lines.append(f"| {arm} | {len(finals)} | {early[0].mean():.4f} +- {_se(early[0]):.4f} | "
+                     f"{early[1].mean():.4f} +- "
                      f"{_se(early[1]):.4f} | {finals.mean():.4f} +- {_se(finals):.4f} | {paired} | "
                      f"{hvs.mean():.4f} +- {_se(hvs):.4f} | {paired_hv} | {reach.mean():.1f} +- {_se(reach):.1f} | "
                      f"{never} |")

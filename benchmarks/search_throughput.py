@@ -19,7 +19,8 @@ so nested calls are not counted twice and the journal heartbeat thread is left o
 overhead = wall - train, per trial; overhead % = overhead / wall. trials/hour = 3600 / (wall per
 trial). Before the timed trials the study gets ``--history`` finished trials whose proxy run is
 a stand-in (a loss computed from the spec, no training), so the timed trials see the TPE model
-(it starts after 10 trials) on a study of realistic size, not its random start-up. One warm-up trial in a throw-away study first pays the one-off costs (imports such as
+(it starts after 10 trials) on a study of realistic size, not its random start-up. One warm-up
+trial in a throw-away study first pays the one-off costs (imports such as
 ``torch._dynamo`` on the first cost-model call, data rendering, CUDA context); it is reported
 separately and not counted. The goal on a GPU: >= 60 trials/hour with a ~10k-image proxy, and
 overhead < 1 % of the trial.

@@ -204,7 +204,8 @@ def run_benchmark(config: BenchConfig, isolate: bool = True,
 
 def format_table(rows: list[Row], config: BenchConfig) -> str:
     peak = "peak MB (GPU allocated)" if config.cuda else "peak MB (process RSS)"
-    lines = [f"| preset | experts | params | MMACs/step | train img/s | sample img/s DDIM-50 | forward img/s | {peak} |",
+    lines = ["| preset | experts | params | MMACs/step | train img/s | sample img/s DDIM-50 | forward img/s "
+             f"| {peak} |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.preset} | {r.experts} | {r.params / 1e6:.2f}M | {r.macs_per_step / 1e6:.1f} "
@@ -227,7 +228,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--resolution", type=int, default=32, help="image size (presets: 32 or 64)")
     parser.add_argument("--batch", type=int, default=None, help="training batch, all experts (default 8 CPU, 128 CUDA)")
-    parser.add_argument("--sample-batch", type=int, default=None, help="images per trajectory (default 4 CPU, 256 CUDA)")
+    parser.add_argument("--sample-batch", type=int, default=None,
+                        help="images per trajectory (default 4 CPU, 256 CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls (default 1 CPU, 5 CUDA)")
     parser.add_argument("--iters", type=int, default=None, help="timed train steps / forwards (default 3 CPU, 20 CUDA)")
     parser.add_argument("--sample-iters", type=int, default=None, help="timed trajectories (default 1 CPU, 3 CUDA)")

@@ -177,7 +177,8 @@ def effects(values: Mapping[str, Mapping[str, float]], cells: Mapping[tuple[int,
     for subset in subsets:
         w = effect_weights(order, subset)
         diffs.append(fit.contrast(dict(zip(names, w, strict=True))))
-        labels.append(" x ".join(group_label(groups[i]) for i in subset) + (" (interaction)" if len(subset) > 1 else ""))
+        labels.append(" x ".join(group_label(groups[i]) for i in subset)
+                      + (" (interaction)" if len(subset) > 1 else ""))
     adjusted = holm([d.p for d in diffs])
     out = [Effect(label, d, q, d.diff / total.diff if len(s) == 1 and total.diff else math.nan)
            for label, d, q, s in zip(labels, diffs, adjusted, subsets, strict=True)]

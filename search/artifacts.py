@@ -80,7 +80,8 @@ def plot_validation_curve(curve: ValidationCurve, title: str = "") -> Figure:
     top = axes[0]
     top.plot(curve.val_timesteps, curve.val_loss_per_t, "o-", color="tab:blue", ms=3, label="validation loss")
     if curve.val_reference_per_t is not None:
-        top.plot(curve.val_timesteps, curve.val_reference_per_t, "--", color="tab:gray", label="linear (Wiener) reference")
+        top.plot(curve.val_timesteps, curve.val_reference_per_t, "--", color="tab:gray",
+                 label="linear (Wiener) reference")
     top.set_yscale("log")
     top.set_ylabel("loss at t")
     top.legend(loc="lower left", fontsize=8)  # the loss falls from the top left: the expert labels keep the top right
@@ -126,7 +127,8 @@ def upload_trial_artifacts(trial: optuna.Trial, store: optuna.artifacts.FileSyst
         (run_dir / CURVE_FILE).write_text(json.dumps(record, indent=1) + "\n")
         fig = plot_validation_curve(curve, f"trial {trial.number}: validation loss per time-step")
         fig.savefig(run_dir / PLOT_FILE, dpi=100)
-        uploads += [(CURVE_ATTR, run_dir / CURVE_FILE, "application/json"), (PLOT_ATTR, run_dir / PLOT_FILE, "image/png")]
+        uploads += [(CURVE_ATTR, run_dir / CURVE_FILE, "application/json"),
+                    (PLOT_ATTR, run_dir / PLOT_FILE, "image/png")]
     ids = {}
     with tempfile.TemporaryDirectory() as staging:
         for attr, path, mimetype in uploads:

@@ -202,7 +202,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {str(p)!r} has version {state.get('version')!r}; this memekit reads "
                               f"version {CHECKPOINT_VERSION}")
     if not isinstance(state.get("spec"), str):
-        raise CheckpointError(f"checkpoint {str(p)!r} has no spec: it cannot be rebuilt (was it written by memekit train?)")
+        raise CheckpointError(f"checkpoint {str(p)!r} has no spec: it cannot be rebuilt "
+                              "(was it written by memekit train?)")
     for key in ("model", "ema", "step"):
         if key not in state:
             raise UnreadableCheckpoint(f"checkpoint {str(p)!r} lacks {key!r}: the file is incomplete; give an intact "

@@ -508,7 +508,8 @@ def quality_cost_frame(results: dict, rows: Iterable[str] | None = None, steps: 
     out = []
     for name in kid:
         k, f = stats.mean_se(list(kid[name].values())), stats.mean_se(list(fid[name].values()))
-        out.append({"row": name, "gmacs": spec_cost(MemeSpec.from_dict(models[name]["spec"]), steps).trajectory_macs / 1e9,
+        out.append({"row": name,
+                    "gmacs": spec_cost(MemeSpec.from_dict(models[name]["spec"]), steps).trajectory_macs / 1e9,
                     "kid": k.mean, "kid_se": k.se, "fid": f.mean, "fid_se": f.se, "training_seeds": k.n})
     return pd.DataFrame(out)
 
@@ -534,7 +535,8 @@ def report(results: dict, claims: Sequence[Claim], metric: str = "kid", blocked:
                   for s in r.get("samples", {}).values()), None)
     if first is not None:
         lines.append(f"\nFID/KID: n = {first['n']} samples per sampling seed vs {first['n_ref']} reference images, "
-                     f"protocol {first['protocol']}, weights: {first['weights']}; {pairing_line(results, rows, metric)}.")
+                     f"protocol {first['protocol']}, weights: {first['weights']}; "
+                     f"{pairing_line(results, rows, metric)}.")
     verdicts, _ = decide(results, claims, metric, blocked=blocked, rows=rows)
     lines += [""] + [f"- {v.text}" for v in verdicts]
     return "\n".join(lines)

@@ -131,7 +131,8 @@ def trials_frame(loaded: LoadedStudy, chosen: Sequence[int] = ()) -> pd.DataFram
     frame["exported"] = frame["trial"].isin(list(chosen))
     large = baseline_spec(loaded.space).experts[0]
     frame.attrs.update(quality=loaded.quality_name, cost=loaded.cost_name, baseline=SPEED_UP_BASELINE,
-                       baseline_backbone=f"width {large.base_width}, {large.n_stages} stages, head_dim {large.head_dim}",
+                       baseline_backbone=f"width {large.base_width}, {large.n_stages} stages, "
+                                         f"head_dim {large.head_dim}",
                        baseline_gmacs=baseline, sampling_steps=loaded.config.sampling_steps,
                        resolution=loaded.space.base_expert.resolution)
     return frame
@@ -359,7 +360,8 @@ def noise_markdown(loaded: LoadedStudy, frame: pd.DataFrame, noise: SeedNoise | 
     if table.empty:
         return lines + ["", "No other exported trial or warm start to compare with.", ""]
     lines += ["", f"Best feasible trial by {quality}: #{table.attrs['best']} ({table.attrs['best_label']}).", "",
-              f"| trial | warm start | {quality} - best's | SE | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|"]
+              f"| trial | warm start | {quality} - best's | SE | p | p (Holm) | verdict |",
+              "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         cells = [str(r.trial), r.label, f"{r.difference:+.3g}", _fmt(r.se, 3), _fmt(r.p, 3), _fmt(r.p_holm, 3),
                  r.verdict or "noise unmeasured"]

@@ -96,7 +96,8 @@ def metrics_entries(data: dict[str, Any], source: str, step: int) -> list[dict[s
     common = dict(protocol=data.get("protocol"), weights=data.get("weights_label"), n=data.get("n"),
                   n_reference=data.get("n_ref"), reference=data.get("reference") or data.get("b"),
                   sampler="ddim", steps=data.get("steps"), seeds=[s.get("seed") for s in per_seed],
-                  sampling_seeds=[s.get("sampling_seed") for s in per_seed], checkpoint_step=data.get("checkpoint_step"),
+                  sampling_seeds=[s.get("sampling_seed") for s in per_seed],
+                  checkpoint_step=data.get("checkpoint_step"),
                   file=source)
     out = [_metric("FID", data["fid_mean"], std_over_seeds=data.get("fid_std"),
                    per_seed=[s.get("fid") for s in per_seed], **common),

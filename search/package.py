@@ -98,7 +98,8 @@ def _read_metrics(paths: Sequence[str | Path], step: int) -> list[dict[str, Any]
         try:
             data = json.loads(p.read_text())
         except FileNotFoundError:
-            raise MetricsFileError(f"metrics file {str(p)!r} does not exist: give a file of memekit fid --json") from None
+            raise MetricsFileError(f"metrics file {str(p)!r} does not exist: "
+                                   "give a file of memekit fid --json") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
             raise MetricsFileError(f"cannot read metrics file {str(p)!r} as JSON ({reason})") from None
@@ -178,7 +179,8 @@ def build_pipeline(spec: MemeSpec, weights: dict[str, Any], latent: dict[str, An
             expert.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
         except RuntimeError as err:
             first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-            raise CheckpointError(f"expert {n}'s weights do not fit the network its spec builds: {first[:160]}") from None
+            raise CheckpointError(f"expert {n}'s weights do not fit the network its spec builds: "
+                                  f"{first[:160]}") from None
         experts.append(expert.eval())
     return MemePipeline(MemeDDIMScheduler(**scheduler_config(spec.diffusion)), *experts, latent=latent)
 
@@ -237,7 +239,8 @@ def package_run(run: str | Path, out: str | Path, metrics: Sequence[str | Path] 
                 overwrite: bool = False) -> PackageReport:
     """Write ``out`` from the run folder (its latest checkpoint) or checkpoint ``run`` (module docstring).
     ``metrics``: ``memekit fid --json`` files of that checkpoint, for the card; ``steps``: the DDIM steps
-    its costs and commands use (default 50, or T when smaller). One-line :class:`PackageError` for unusable arguments."""
+    its costs and commands use (default 50, or T when smaller). One-line :class:`PackageError` for
+    unusable arguments."""
     c = _checked(run, out, metrics, steps, overwrite)
     pipe = build_pipeline(c.spec, c.state["ema"], c.latent)
     card = render_model_card(c.metadata, c.out.name)

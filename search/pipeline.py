@@ -55,8 +55,8 @@ from memekit.space.diffusion import Diffusion, ddim_timesteps
 from memekit.space.errors import SpecError
 from memekit.space.spec import DiffusionSpec
 
-__all__ = ["MAX_EXPERTS", "AutoencoderAdapter", "MemeDDIMScheduler", "MemePipeline", "SchedulerMixin", "diffusion_spec_of",
-           "scheduler_config"]
+__all__ = ["MAX_EXPERTS", "AutoencoderAdapter", "MemeDDIMScheduler", "MemePipeline", "SchedulerMixin",
+           "diffusion_spec_of", "scheduler_config"]
 
 MAX_EXPERTS = 8
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")

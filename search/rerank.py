@@ -122,7 +122,8 @@ def rerank(loaded: LoadedStudy, k: int, seeds: int, images: int | None = None, o
     for t in plan.trials:
         spec = trial_spec(t, loaded.space, loaded.prior, loaded.config.sampling_steps, check_cost=False).spec
         for seed in plan.seeds:
-            work.append(TrainJob(t.number, spec, dataclasses.replace(plan.config, seed=seed), plan.run_dir(t.number, seed)))
+            work.append(TrainJob(t.number, spec, dataclasses.replace(plan.config, seed=seed),
+                                 plan.run_dir(t.number, seed)))
     trained = iter(train_jobs(work, jobs, progress=False, on_run=on_run))
     losses = []
     for t in plan.trials:

@@ -135,7 +135,8 @@ def save_images(images: np.ndarray, out: str | Path, overwrite: bool = False) ->
     return out
 
 
-def load_model(checkpoint: str | Path, use_ema: bool = True, device: torch.device | str = "cpu") -> tuple[MultiExpert, MemeSpec, dict]:
+def load_model(checkpoint: str | Path, use_ema: bool = True,
+               device: torch.device | str = "cpu") -> tuple[MultiExpert, MemeSpec, dict]:
     """Rebuild the MultiExpert of a checkpoint (EMA weights by default)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     spec = checkpoint_spec(state)

@@ -166,7 +166,8 @@ class SearchConfig:
         """The proxy training every trial gets: same data, seed and image budget."""
         return TrainConfig(data=self.data, images=self.proxy_images, batch=self.proxy_batch, lr=self.proxy_lr,
                            warmup_images=self.proxy_warmup_images, seed=self.seed, val_images=self.val_images,
-                           val_every=self.val_every, sample_every=0, sample_count=8, sample_steps=20, checkpoint_every=0,
+                           val_every=self.val_every, sample_every=0, sample_count=8, sample_steps=20,
+                           checkpoint_every=0,
                            keep_last=1, log_every=max(1, self.proxy_images // self.proxy_batch // 10),
                            mixed_precision=self.mixed_precision, device=device or self.device,
                            background=self.background)

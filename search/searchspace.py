@@ -279,7 +279,8 @@ def project_cuts(cuts: list[int], total: int, min_length: int) -> list[int]:
 
 def suggest_spec(trial: Any, space: SearchSpace, prior: MemeSpec | None = None) -> MemeSpec:
     """Draw a MemeSpec from ``space`` with ``trial`` (an Optuna Trial or FixedTrial)."""
-    n = space.n_experts[0] if len(space.n_experts) == 1 else trial.suggest_categorical("n_experts", list(space.n_experts))
+    n = (space.n_experts[0] if len(space.n_experts) == 1
+         else trial.suggest_categorical("n_experts", list(space.n_experts)))
     boundaries = _boundaries(trial, space, n, prior)
     base = space.base_expert
     experts = []

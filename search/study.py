@@ -165,7 +165,8 @@ def open_study(config: SearchConfig, seed: int, create: bool = True, seams: Seam
         else:
             study = optuna.load_study(study_name=config.study_name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
-        raise SearchError(f"no study named {config.study_name!r} in {redact_url(config.storage or str(study_dir))}") from None
+        raise SearchError(f"no study named {config.study_name!r} in "
+                          f"{redact_url(config.storage or str(study_dir))}") from None
     stored = study.user_attrs.get("memekit_config")
     if stored is None:
         study.set_user_attr("memekit_config", config.public_dict())

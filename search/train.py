@@ -433,7 +433,8 @@ class Trainer(TrainingState):
         if not self.allow_config_change:
             raise TrainingError(f"{self.run_dir} tracks post-hoc EMA profiles (checkpoint {Path(state['path']).name}), "
                                 f"this command gives no --posthoc-ema-every: resume with --posthoc-ema-every {every}, "
-                                "or pass --allow-config-change to stop tracking them (the snapshots so far stay usable)")
+                                "or pass --allow-config-change to stop tracking them "
+                                "(the snapshots so far stay usable)")
         self._say(f"post-hoc EMA tracking stops at step {self.step:,}: the snapshots up to it stay usable")
         self._events.append({"event": "posthoc_ema_stopped", "step": self.step})
 
@@ -701,7 +702,8 @@ def _folder_line(folder: dict[str, Any], steps: int) -> str:
         return "no --out given (required to train)"
     path = folder["path"]
     if state == "complete":
-        return f"{path} was trained to step {folder['step']:,}, at or beyond this budget of {steps:,} steps: nothing to train"
+        return (f"{path} was trained to step {folder['step']:,}, at or beyond this budget of {steps:,} steps: "
+                "nothing to train")
     if state == "resume":
         return f"{path} resumes from step {folder['step']:,} of {steps:,} ({Path(folder['checkpoint']).name})"
     if state == "start_over":

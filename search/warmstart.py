@@ -167,11 +167,13 @@ def _same_backbone(expert: ExpertSpec, base: ExpertSpec) -> bool:
 
 def _check_prior_fits(prior: MemeSpec, file: Path, space: SearchSpace) -> None:
     expert, T, schedule = space.base_expert, space.diffusion.timesteps, space.diffusion.schedule
-    if prior.n_experts not in space.n_experts or (space.boundary_mode == "prior" and prior.n_experts != space.n_experts[0]):
+    if prior.n_experts not in space.n_experts or (space.boundary_mode == "prior"
+                                                   and prior.n_experts != space.n_experts[0]):
         raise PriorFileError(f"{file} has {prior.n_experts} experts, the space {space.name!r} {list(space.n_experts)}: "
                              f"run memekit spectrum with --n-experts {space.n_experts[0]}")
     if (prior.diffusion.timesteps, prior.diffusion.schedule) != (T, schedule):
-        raise PriorFileError(f"{file} was cut for T = {prior.diffusion.timesteps} ({prior.diffusion.schedule}), the space "
+        raise PriorFileError(f"{file} was cut for T = {prior.diffusion.timesteps} ({prior.diffusion.schedule}), "
+                             "the space "
                              f"has T = {T} ({schedule}): run memekit spectrum with --schedule {schedule}")
     first = prior.experts[0]
     if (first.resolution, first.image_channels) != (expert.resolution, expert.image_channels):
@@ -221,7 +223,8 @@ def prior_source_text(source: dict[str, Any] | None) -> str:
         recut = f"; {source['recut']}" if source.get("recut") else ""
         return f"prior: seeded from {source['file']} ({data}, {length}); boundaries {cuts}{recut}"
     if source.get("source") == "recomputed":
-        return (f"prior: recomputed from {source['images']:,} images of the {source['split']} split of {source['data']} "
+        return (f"prior: recomputed from {source['images']:,} images of the {source['split']} split of "
+                f"{source['data']} "
                 f"at {source['resolution']} px ({length}); boundaries {cuts}. memekit search --prior "
                 "DIR/prior_spec.json seeds the prior of memekit spectrum instead")
     return f"prior: the study's {source.get('file', 'prior_spec.json')}; boundaries {cuts}"

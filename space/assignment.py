@@ -31,7 +31,8 @@ sets two things at once, and this rule keeps both as floors:
 
 ``p_n^paper`` the paper's probability for the n-th cleanest expert: the **fraction** of each
 expert's training inside its interval never falls below the paper's, and the per-step
-**density**, averaged over the interval, never falls below the paper's over the same steps. For uniform intervals the two floors coincide
+**density**, averaged over the interval, never falls below the paper's over the same steps. For
+uniform intervals the two floors coincide
 and give back the paper's values; a short interval is sampled more densely, a long one as densely
 as under ``meme-paper``.
 """

@@ -123,7 +123,8 @@ class Diffusion:
         a, s = self.coefficients(t)
         return a * noise - s * x0
 
-    def split_prediction(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_prediction(self, out: torch.Tensor, x_t: torch.Tensor,
+                         t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A prediction (eps or v, see :meth:`predict`) -> ``(x0_hat, eps_hat)``."""
         a, s = self.coefficients(t)
         out = out.float()

@@ -178,7 +178,8 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", required=True, help="training data: image folder, .npz or builtin:shapes; scored "
                                                  "against its reference split")
     g.add_argument("--resolution", type=positive_int, default=None, help="image size of preset rows (default: 32)")
-    g.add_argument("--images", type=positive_int, default=d.images, help="training budget per run, all experts together")
+    g.add_argument("--images", type=positive_int, default=d.images,
+                   help="training budget per run, all experts together")
     g.add_argument("--batch", type=positive_int, default=d.batch, help="images per optimiser step")
     g.add_argument("--lr", type=positive_float, default=d.lr, help="AdamW learning rate after the warm-up")
     g.add_argument("--warmup-images", type=nonneg_int, default=d.warmup_images, help="learning-rate warm-up")
@@ -193,7 +194,8 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
                    help="results file, shared by processes (grids and report.md in FILE/)")
     r.add_argument("--work", default=None, metavar="DIR", help="run folders DIR/ROW/seed-K (default: FILE-runs/)")
     r.add_argument("--train-seeds", type=positive_int, default=1, help="training seeds per row")
-    r.add_argument("--seeds", nargs="*", metavar="ROW=K", default=[], help="more training seeds for some rows (default: none)")
+    r.add_argument("--seeds", nargs="*", metavar="ROW=K", default=[],
+                   help="more training seeds for some rows (default: none)")
     r.add_argument("--sampling-seeds", type=positive_int, default=1, help="sampling seeds scored per run")
     r.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
                    help="stop cleanly after M minutes; the same command resumes (default: no limit)")

@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="score each length by the run's validation loss (val), by KID of sampled images (kid, "
                         "offline Inception), or not at all (none: no best)")
     p.add_argument("--reference", default=None, metavar="SOURCE",
-                   help="--quality kid: the reference set, as memekit fid takes it (default: the run's data, its reference "
+                   help="--quality kid: the reference set, as memekit fid takes it (default: the run's data, "
+                        "its reference "
                         "split)")
     p.add_argument("--n", type=positive_int, default=1000, help="--quality kid: samples per seed")
     p.add_argument("--sampling-steps", type=positive_int, default=25, help="--quality kid: DDIM steps")

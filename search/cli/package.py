@@ -30,8 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(memekit.search.pipeline), a model card README.md and spec.json. "
                     "MemePipeline.from_pretrained(OUT)(seed=S) samples what 'memekit sample RUN --seed S' does. "
                     "Needs diffusers: pip install memekit[diffusers].")
-    p.add_argument("run_dir", metavar="RUN", help="run folder of memekit train (its latest checkpoint) or a checkpoint .pt")
-    p.add_argument("out", metavar="OUT", help="the folder to write (written whole under a temporary name, then renamed)")
+    p.add_argument("run_dir", metavar="RUN",
+                   help="run folder of memekit train (its latest checkpoint) or a checkpoint .pt")
+    p.add_argument("out", metavar="OUT",
+                   help="the folder to write (written whole under a temporary name, then renamed)")
     p.add_argument("--metrics", metavar="FILE", action="append", default=None,
                    help="a 'memekit fid RUN ... --json FILE' file of this checkpoint, for the model card; repeat for "
                         "several (default: none)")

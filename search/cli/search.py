@@ -173,7 +173,8 @@ def _study_options(g: ArgumentGroup, d: SearchConfig) -> None:
                                      "(of --fid-n samples)", d.quality))
     g.add_argument("--preconditioning", choices=PRECONDITIONINGS, default=None,
                    help=with_default("how every candidate's network output becomes the prediction: none "
-                                     "(predict eps/v), edm (EDM scalings), wiener (residual over the data's per-channel "
+                                     "(predict eps/v), edm (EDM scalings), wiener (residual over the data's "
+                                     "per-channel "
                                      "Wiener filter) or colour (residual over the affine colour-mixing linear "
                                      "denoiser); statistics measured from the training split",
                                      d.preconditioning))

@@ -73,7 +73,8 @@ def test_an_interrupted_encoding_resumes(taef2_folder, tmp_path, monkeypatch) ->
         run_encode(EncodeJob(SOURCE, str(taef2_folder), job.out, resolution=32, chunk_size=8), progress=False)
     report = run_encode(job, progress=False)
     assert report.chunks_resumed == 1 and len(calls) == 4  # 1 done, 1 failed, then chunks 1 and 2
-    assert np.array_equal(load_latents(report.out, normalised=False)[0], load_latents(straight.out, normalised=False)[0])
+    assert np.array_equal(load_latents(report.out, normalised=False)[0],
+                          load_latents(straight.out, normalised=False)[0])
 
 
 def test_limit_keeps_the_first_of_each_split() -> None:

@@ -93,7 +93,8 @@ def test_cli_fid_kid_lsd_of_folders(tmp_path: Path, cli_main, capsys: pytest.Cap
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     fa, fb = pooled_pixels(images_a), pooled_pixels(images_b)
-    expected_fid = calculate_frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
+    expected_fid = calculate_frechet_distance(fa.mean(0), np.cov(fa, rowvar=False),
+                                              fb.mean(0), np.cov(fb, rowvar=False))
     expected_lsd = log_spectral_distance(images_a, images_b)
     where = f"(n=6 vs 6; protocol pytorch-fid (bilinear 299); weights: user file {fake_inception})"
     assert out[0] == f"FID {expected_fid:.3f} {where}"

@@ -39,7 +39,8 @@ def test_subset_mmd2_equals_the_double_sum_on_every_subset(method: str) -> None:
     a, b = _pool3_like(30, 6, seed=4), _pool3_like(25, 6, seed=5, shift=0.1)
     idx_a, idx_b = kid_subsets(30, 25, subsets=5, subset_size=8, seed=7)
     values = subset_mmd2(a, b, idx_a, idx_b, method=method)
-    expected = [mmd2_direct(a[i].astype(np.float64), b[j].astype(np.float64)) for i, j in zip(idx_a, idx_b, strict=True)]
+    expected = [mmd2_direct(a[i].astype(np.float64), b[j].astype(np.float64))
+                for i, j in zip(idx_a, idx_b, strict=True)]
     np.testing.assert_allclose(values, expected, rtol=1e-10)
 
 

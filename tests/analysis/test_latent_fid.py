@@ -36,7 +36,8 @@ def test_fid_of_a_latent_run_scores_decoded_images(taef2_folder, tmp_path, monke
     state = torch.load(taef2_folder / "taef2_decoder.pth", weights_only=True)
     from memekit.analysis.taef2 import taef2_decoder
 
-    decoder = taef2_decoder(*(state["1.weight"].shape[1], state["1.weight"].shape[0], state["3.pool.0.weight"].shape[0]))
+    decoder = taef2_decoder(*(state["1.weight"].shape[1], state["1.weight"].shape[0],
+                              state["3.pool.0.weight"].shape[0]))
     decoder.load_state_dict(state)
     with torch.no_grad():
         images = to_uint8(decoder(z).clamp(0, 1) * 2 - 1)

@@ -270,9 +270,11 @@ def test_colour_training_weight_normalises_the_residual() -> None:
 
 def test_colour_statistics_are_checked() -> None:
     with pytest.raises(SpecError, match="data_mean"):
-        DiffusionSpec.from_dict({"timesteps": 1000, "schedule": "linear-ldm", "prediction": "eps", "preconditioning": "colour", "data_std": 0.5})
+        DiffusionSpec.from_dict({"timesteps": 1000, "schedule": "linear-ldm", "prediction": "eps",
+                                 "preconditioning": "colour", "data_std": 0.5})
     with pytest.raises(SpecError, match="only by preconditioning 'colour'"):
-        DiffusionSpec.from_dict({"timesteps": 1000, "schedule": "linear-ldm", "prediction": "eps", "preconditioning": "wiener", "data_std": 0.5,
+        DiffusionSpec.from_dict({"timesteps": 1000, "schedule": "linear-ldm", "prediction": "eps",
+                                 "preconditioning": "wiener", "data_std": 0.5,
                                  "data_spectrum": [[1.0, 2.0]], "data_mean": [[[0.0]]]})
     spec = preconditioned(DiffusionSpec(), "colour", dead_leaves(8, SIZE))
     with pytest.raises(SpecError, match="colour statistics"):

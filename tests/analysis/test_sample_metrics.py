@@ -88,7 +88,8 @@ def test_sample_metrics_over_seeds(tiny_run: Path, fake_inception: Path, monkeyp
     fids = [s["fid"] for s in m.per_seed]
     assert m.fid_mean == pytest.approx(np.mean(fids)) and m.fid_std == pytest.approx(np.std(fids, ddof=1))
     assert m.per_seed[0]["fid"] != m.per_seed[1]["fid"]  # the seeds sample different images
-    assert (m.n, m.n_ref, m.kid_subset_size, m.protocol, m.checkpoint_step, m.resolution) == (6, 5, 5, "pytorch-fid", 3, 8)
+    assert (m.n, m.n_ref, m.kid_subset_size, m.protocol, m.checkpoint_step, m.resolution) == (
+        6, 5, 5, "pytorch-fid", 3, 8)
     assert m.weights_label == f"user file {fake_inception}" and m.notes == ()
     data = json.loads(json.dumps(m.to_dict(), allow_nan=False))
     assert data["kid_mean"] == pytest.approx(m.kid_mean) and len(data["per_seed"]) == 2
@@ -152,7 +153,8 @@ def test_cli_samples_a_run_over_seeds(tiny_run: Path, fake_inception: Path, tmp_
     assert lines[0].startswith(f"seed 0 (sampling seed 0): FID {expected[0]['fid']:.3f}, KID ")
     assert lines[1].startswith(f"seed 1 (sampling seed 1000003): FID {expected[1]['fid']:.3f}, KID ")
     fids = [e["fid"] for e in expected]
-    where = f"(n=6 per seed vs 5; 2 DDIM steps; protocol pytorch-fid (bilinear 299); weights: user file {fake_inception})"
+    where = (f"(n=6 per seed vs 5; 2 DDIM steps; protocol pytorch-fid (bilinear 299); "
+             f"weights: user file {fake_inception})")
     assert lines[2] == f"FID {np.mean(fids):.3f} +- {np.std(fids, ddof=1):.3f} over 2 seeds {where}"
     assert lines[3].startswith("KID ") and lines[3].endswith(f"over 2 seeds (3 subsets of 5 per seed; {where[1:]}")
     assert lines[4].startswith("LSD ") and f"against {REFERENCE}" in lines[4]

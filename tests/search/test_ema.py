@@ -279,7 +279,8 @@ def test_the_sweep_keeps_the_length_its_scorer_ranks_first(snapshot_run: Path, t
     result = posthoc_sweep(snapshot_run, [0.02, 0.1, 0.25], tmp_path / "ema", quality="kid", scorer=scorer,
                            metric="kid_mean")
     assert result.best_sigma_rel == 0.1 and result.baseline["kid_mean"] == pytest.approx(0.18)
-    assert_same(load_checkpoint(tmp_path / "ema" / "best")["ema"], load_checkpoint(tmp_path / "ema" / "sigma-0.100")["ema"])
+    assert_same(load_checkpoint(tmp_path / "ema" / "best")["ema"],
+                load_checkpoint(tmp_path / "ema" / "sigma-0.100")["ema"])
     assert [p.name for p in list_checkpoints(tmp_path / "ema" / "best")] == ["step-000000006.pt"]
 
 

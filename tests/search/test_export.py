@@ -213,7 +213,8 @@ def test_export_writes_specs_csv_plots_and_report(real_study: Path, tmp_path: Pa
     for path in files:
         trial = loaded.study.trials[int(path.stem.split("-")[1])]
         exported = load_spec(path)
-        assert exported.to_dict() | {"name": ""} == MemeSpec.from_json(trial.user_attrs["spec"]).to_dict() | {"name": ""}
+        assert (exported.to_dict() | {"name": ""}
+                == MemeSpec.from_json(trial.user_attrs["spec"]).to_dict() | {"name": ""})
         assert exported.name == f"memekit-trial-{trial.number:05d}"
     csv = pd.read_csv(out / "trials.csv")
     assert sorted(csv["number"]) == [0, 1, 2] and set(csv["state"]) == {"COMPLETE"}

@@ -108,7 +108,8 @@ def test_startup_note_closed_forms() -> None:
 
 
 def test_warm_start_label_names_every_nonzero_gap() -> None:
-    assert warm_start_label("prior", {"share": 0.125, "boundary": 0.0, "p": 0.0}) == "prior (projected: share gap 0.125)"
+    assert (warm_start_label("prior", {"share": 0.125, "boundary": 0.0, "p": 0.0})
+            == "prior (projected: share gap 0.125)")
     assert warm_start_label("meme-paper", {"share": 0.25, "boundary": 12.0, "p": 0.0}) == \
         "meme-paper (projected: share gap 0.25, boundary gap 12)"
     assert warm_start_label("prior", {"share": 0.0, "boundary": 0.0, "p": 0.0}) == "prior"
@@ -124,7 +125,8 @@ def test_projected_warm_starts_are_labelled_in_report_and_plot(tmp_path: Path, c
     assert "| 3 | single-large |" in report  # held exactly: the bare name
     loaded = load_study(tmp_path / "study")
     legend = [t.get_text() for t in plot_pareto(loaded, trials_frame(loaded)).axes[0].get_legend().get_texts()]
-    assert "warm start #0: meme-paper (projected: share gap 0.125)" in legend and "warm start #3: single-large" in legend
+    assert ("warm start #0: meme-paper (projected: share gap 0.125)" in legend
+            and "warm start #3: single-large" in legend)
 
 
 def test_trial_labels_of_close_points_do_not_overlap(tmp_path: Path) -> None:

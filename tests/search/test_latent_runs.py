@@ -32,7 +32,8 @@ def decoded(run, autoencoder, n: int) -> np.ndarray:
     header = read_latent_header(json.loads(state["latent"])["path"])
     ae = load_autoencoder(autoencoder)
     x = torch.cat(list(sample_batches(model, spec, n, steps=2, progress=False)))
-    z = x * torch.from_numpy(header.normalisation.scale)[:, None, None] + torch.from_numpy(header.normalisation.shift)[:, None, None]
+    z = (x * torch.from_numpy(header.normalisation.scale)[:, None, None]
+         + torch.from_numpy(header.normalisation.shift)[:, None, None])
     with torch.no_grad():
         return to_uint8(ae.decode(z))
 
@@ -66,7 +67,8 @@ def test_without_its_autoencoder_a_run_says_so(taef2_folder, tmp_path, cli) -> N
     assert code == 0 and "2 latents, NOT decoded" in out and "is not available" in err
     kept, header = load_latents(tmp_path / "z.npz")
     model, spec, _ = load_model(run)
-    assert np.allclose(kept, torch.cat(list(sample_batches(model, spec, 2, steps=2, progress=False))).numpy(), atol=1e-5)
+    assert np.allclose(kept, torch.cat(list(sample_batches(model, spec, 2, steps=2, progress=False))).numpy(),
+                       atol=1e-5)
     assert header.autoencoder == read_latent_header(latents).autoencoder  # decodable later
     code, out, err = cli("sample", run, "--out", tmp_path / "png", "--n", 2, "--steps", 2, "--quiet",
                          "--autoencoder", moved)
@@ -92,7 +94,8 @@ def test_spec_and_latents_must_fit(taef2_folder, tmp_path, cli) -> None:
     code, _, err = cli("train", "single-small", "--data", bare, "--out", tmp_path / "r", "--steps", 1, "--batch", 2)
     assert_one_line_error(code, err, contains="holds latents without their normalisation")
     spec.write_text(latent_spec().to_json())
-    code, out, err = cli("train", spec, "--data", latents, "--dry-run", "--json", "--steps", 1, "--batch", 4, "--sample-steps", 2)
+    code, out, err = cli("train", spec, "--data", latents, "--dry-run", "--json", "--steps", 1, "--batch", 4,
+                         "--sample-steps", 2)
     assert code == 0, err
     plan = json.loads(out)
     assert plan["spec"]["experts"][0]["image_channels"] == 4 and plan["decode_macs_per_image"] > 0

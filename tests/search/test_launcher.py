@@ -73,7 +73,8 @@ def fake_train(spec, config, run_dir, *args, **kwargs):
         for step in range(start, STEPS):
             if stop:
                 checkpoint.write_text(str(step))
-                raise TrainingInterrupted(f"{{signal.Signals(stop[0]).name}} at step {{step}}: checkpoint written", 128 + stop[0])
+                raise TrainingInterrupted(f"{{signal.Signals(stop[0]).name}} at step {{step}}: checkpoint written",
+                                          128 + stop[0])
             (run_dir / "progress").write_text(str(step))
             time.sleep(float(os.environ.get("FAKE_STEP_S", "0.02")))
     finally:

@@ -131,7 +131,8 @@ def test_an_interrupted_trial_is_paused_not_failed_and_resumes_in_its_folder(tmp
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.WAITING]
     assert trials[1].system_attrs[PAUSED_KEY] == "stopped at step 1"
     run_search(config, progress=False, seams=Seams(train=interrupted_second))
-    assert calls == ["trial-00000", "trial-00001", "trial-00001", "trial-00002"]  # the paused trial first, in its folder
+    # the paused trial first, in its folder
+    assert calls == ["trial-00000", "trial-00001", "trial-00001", "trial-00002"]
     after = load_study(config.study_dir).study.trials
     assert [t.state for t in after] == [TrialState.COMPLETE] * 3  # no FAIL, no extra trial
     assert after[1].params == trials[1].params and not after[1].system_attrs.get(PAUSED_KEY)

@@ -2,7 +2,8 @@
 
 The proxy training is replaced by :class:`FakeTrain` through the study's seams
 (:class:`memekit.search.study.Seams`), whose validation loss is a fixed function of the spec (so TPE
-gets real feedback) and which can raise the errors the proxy run raises. Every study is the ``tiny`` space on 128 built-in images in a temporary folder, with the
+gets real feedback) and which can raise the errors the proxy run raises. Every study is the ``tiny``
+space on 128 built-in images in a temporary folder, with the
 default journal storage.
 """
 
@@ -260,7 +261,8 @@ def test_one_trial_with_the_real_proxy_training(tmp_path: Path) -> None:
     assert math.isfinite(trial.values[0]) and trial.values[0] == trial.user_attrs["val_loss"] > 0
     assert trial.values[1] == pytest.approx(trial.user_attrs["trajectory_gmacs"])
     assert trial.constraints == {"budget": -1.0, "memory": -1.0}
-    spec, diffusion = MemeSpec.from_json(trial.user_attrs["spec"]), json.loads((tmp_path / "diffusion.json").read_text())
+    spec, diffusion = (MemeSpec.from_json(trial.user_attrs["spec"]),
+                       json.loads((tmp_path / "diffusion.json").read_text()))
     assert spec.diffusion.to_dict() == diffusion and diffusion["preconditioning"] == "wiener"  # the default
     assert spec.experts == params_of(trial.params).experts and spec.intervals == params_of(trial.params).intervals
     run_dir = tmp_path / "trials" / "trial-00000"
@@ -328,7 +330,8 @@ def test_a_data_path_given_another_way_is_the_same_data(tmp_path: Path, monkeypa
     stored = tiny_search(tmp_path, data=str(tmp_path / "faces")).public_dict()
     monkeypatch.chdir(tmp_path / "work")
     check_identity(tiny_search(tmp_path, data="../faces"), stored)  # no error
-    check_identity(tiny_search(tmp_path, data=str(tmp_path / "faces")), tiny_search(tmp_path, data="../faces").public_dict())
+    check_identity(tiny_search(tmp_path, data=str(tmp_path / "faces")),
+                   tiny_search(tmp_path, data="../faces").public_dict())
     with pytest.raises(SearchError, match="different data"):
         check_identity(tiny_search(tmp_path, data="../other"), stored)
     with pytest.raises(SearchError, match="different data"):

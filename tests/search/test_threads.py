@@ -61,7 +61,8 @@ def test_the_user_choice_wins(monkeypatch) -> None:
 
 
 def test_the_choice_is_described_in_one_line() -> None:
-    assert describe(ThreadChoice(1, "chosen", 2, 0, 2)) == "threads: 1 per process (2 cores, 2 workers; --threads to change)"
+    assert describe(ThreadChoice(1, "chosen", 2, 0, 2)) == ("threads: 1 per process (2 cores, 2 workers; "
+                                                            "--threads to change)")
     assert describe(ThreadChoice(1, "chosen", 2, 1, 1)) == ("threads: 1 per process (2 cores, 1 busy with other work, "
                                                             "1 worker; --threads to change)")
     assert describe(ThreadChoice(3, "OMP_NUM_THREADS", 2, 0, 1)) == "threads: 3 per process (from OMP_NUM_THREADS)"

@@ -240,7 +240,8 @@ def test_the_default_budget_is_rounded_up_to_whole_batches_and_said(tmp_path: Pa
     assert code == 0, err
     report = json.loads(out)
     assert report["config"]["images"] == 100_032 and report["steps"] == 1563
-    code, out, err = cli("train", spec_file(), "--data", DATA, "--batch", "64", "--steps", "1562", "--dry-run", "--json")
+    code, out, err = cli("train", spec_file(), "--data", DATA, "--batch", "64", "--steps", "1562", "--dry-run",
+                         "--json")
     assert code == 0, err
     assert json.loads(out)["config"]["images"] == 99_968
     code, _, err = cli("train", spec_file(), "--out", tmp_path / "run", "--batch", "64", *CLI_TRAIN,

@@ -2,7 +2,8 @@
 
 Workers run as real processes: ``worker.py`` (written to the test's folder) calls the worker entry
 point ``memekit.search.workers.worker_main([CONFIG, INDEX], seams)`` exactly as ``python -m
-memekit.search.workers CONFIG INDEX`` does, with a fake proxy run as the seams' ``train``. The fake logs every call (pid, trial folder) to ``$FAKE_TRAIN_CALLS``; with
+memekit.search.workers CONFIG INDEX`` does, with a fake proxy run as the seams' ``train``. The fake
+logs every call (pid, trial folder) to ``$FAKE_TRAIN_CALLS``; with
 ``$FAKE_TRAIN_HANG`` set it writes that file and sleeps, so the test can SIGKILL it mid-trial.
 
 The scenario functions (``run_parallel_workers``, ``kill_worker_mid_trial``) take any storage;

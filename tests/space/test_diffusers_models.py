@@ -89,7 +89,8 @@ def test_building_is_memekit_building_bit_for_bit() -> None:
     unet = ExpertUNet(spec.experts[1])
     torch.manual_seed(0)
     expert = MemeExpertModel.from_spec(spec, 1)
-    assert [(k, v.shape) for k, v in unet.state_dict().items()] == [(k, v.shape) for k, v in expert.state_dict().items()]
+    assert ([(k, v.shape) for k, v in unet.state_dict().items()]
+            == [(k, v.shape) for k, v in expert.state_dict().items()])
     assert all(torch.equal(u, e) for u, e in zip(unet.state_dict().values(), expert.state_dict().values(), strict=True))
 
 
