@@ -36,13 +36,14 @@ unit scale, at their own size. :func:`load_data` is what models train on (images
 :func:`to_model_input` what they see (images in [-1, 1], latents as they are), and
 :func:`check_data_for_spec` says in one line when a spec's channel count or size does not fit.
 
-Splits are fixed and documented: an image is in the **reference** split when
-``crc32(key) % 10 == 0`` (about 10 %), and in the **train** split otherwise. The key is the
+Splits are fixed and documented (:mod:`memekit.analysis.splits`): an image is in the **reference**
+split when ``crc32(key) % 10 == 0`` (about 10 %), and in the **train** split otherwise. The key is the
 image's relative path for folders, and its index (as text) for ``.npz`` and builtin sources, so
 adding files never moves an existing image between splits.
 
-torch is imported by the few functions that make tensors, so that the command line reads the splits
-and the background colours without importing torch.
+This module never imports torch (the tensor conversions are in :mod:`memekit.analysis.pixels`, the
+latent files in :mod:`memekit.analysis.latents`, imported by the functions that read them), so that
+the command line reads the splits and the background colours without it.
 """
 
 from __future__ import annotations
@@ -55,24 +56,25 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from memekit.space import PRESETS, MemeSpec, resolve_spec
-from memekit.space.errors import MemekitError
 from memekit.space.files import atomic_write
 from memekit.space.progress import progress_bar
 
+# re-exported: the split rule and DataError (shared with latent files) and the pixel conversions live apart
+from .pixels import sample_side as sample_side
+from .pixels import to_model_input as to_model_input
+from .pixels import to_model_range as to_model_range
+from .pixels import to_uint8 as to_uint8
+from .splits import SPLITS, DataError, reference_mask
 from .threads import available_cores
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-SPLITS = ("all", "train", "reference")
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DEFAULT_COUNT = 4096
 # part of every cache key: bump when decoding or resizing changes, so stale caches are not reused
@@ -86,18 +88,9 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-class DataError(MemekitError, ValueError):
-    """A data source cannot be read."""
-
-
 def cache_dir() -> Path:
     """memekit's cache folder: ``$MEMEKIT_CACHE`` or ``~/.cache/memekit``."""
     return Path(os.environ.get("MEMEKIT_CACHE", Path.home() / ".cache" / "memekit"))
-
-
-def reference_mask(keys: list[str]) -> np.ndarray:
-    """Boolean mask of the reference split: ``crc32(key) % 10 == 0``."""
-    return np.array([zlib.crc32(k.encode()) % 10 == 0 for k in keys], dtype=bool)
 
 
 # ---- built-in shape data ----------------------------------------------------------------------
@@ -543,24 +536,6 @@ def load_data(source: str, resolution: int, limit: int | None = None, split: str
     return latents
 
 
-def sample_side(batch: np.ndarray | torch.Tensor) -> int:
-    """The side of uint8 ``(N, r, r, C)`` images or of float ``(N, C, r, r)`` model inputs."""
-    import torch
-
-    return int(batch.shape[1] if batch.dtype in (np.uint8, torch.uint8) else batch.shape[-1])
-
-
-def to_model_input(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A batch of :func:`load_data`'s output as the model sees it: uint8 images -> float32
-    ``(N, C, H, W)`` in [-1, 1] (:func:`to_model_range`); float latents (already NCHW, unit scale)
-    -> float32 unchanged."""
-    import torch
-
-    if batch.dtype in (np.uint8, torch.uint8):
-        return to_model_range(batch)
-    return torch.as_tensor(batch).float()
-
-
 # ---- image files by key (memekit encode) ------------------------------------------------------------
 def source_keys(source: str) -> list[str]:
     """The keys of ``source``'s images in source order (paths for folders, indices otherwise), without
@@ -594,16 +569,3 @@ def read_images(source: str, keys: list[str], resolution: int, background: tuple
     _report(np.array([decoded[i][1] for i in good], dtype=np.uint8), background, source, say)
     empty = np.zeros((0, resolution, resolution, 3), dtype=np.uint8)
     return (np.stack([decoded[i][0] for i in good]) if good else empty), [keys[i] for i in good]
-
-
-def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1], the range the diffusion model sees."""
-    import torch
-
-    x = torch.as_tensor(images)
-    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C) (clipped, rounded)."""
-    return x.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -8,7 +8,7 @@ names live apart so that ``memekit encode`` offers its choices, and
 
 from __future__ import annotations
 
-from .data import DataError
+from .splits import DataError
 
 LATENT_FORMAT = "memekit-latents"
 LATENT_VERSION = 1

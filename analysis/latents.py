@@ -5,7 +5,7 @@ A latent file holds
 - ``latents``: float32 ``(N, C, H, W)``, the autoencoder's raw latents;
 - ``keys``: the key of each latent's image (its relative path in the image folder), so the
   train / reference split of the latents is the split of their images
-  (:func:`memekit.analysis.data.reference_mask`, ``crc32(key) % 10 == 0``);
+  (:func:`memekit.analysis.splits.reference_mask`, ``crc32(key) % 10 == 0``);
 - ``shift`` and ``scale``: float32 ``(C,)``, the normalisation ``x = (z - shift) / scale`` that maps
   the latents to unit scale, inverted by ``z = x * scale + shift`` before decoding;
 - ``meta``: JSON text: ``format`` (``memekit-latents``), ``version``, the ``autoencoder``
@@ -43,7 +43,6 @@ from .autoencoders import (
     check_recorded,
     load_autoencoder,
 )
-from .data import SPLITS, is_latent_source, reference_mask, to_uint8
 from .latent_format import (  # noqa: F401 - the format's names, torch-free there (re-exported)
     LATENT_FORMAT,
     LATENT_VERSION,
@@ -51,6 +50,8 @@ from .latent_format import (  # noqa: F401 - the format's names, torch-free ther
     REQUIRED,
     LatentError,
 )
+from .pixels import to_uint8
+from .splits import SPLITS, reference_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,13 +180,14 @@ def read_latent_header(source: str | Path) -> LatentHeader:
     with np.load(path, allow_pickle=False) as data:
         shift, scale = (np.asarray(data[k], dtype=np.float32) for k in ("shift", "scale"))
         meta = json.loads(str(data["meta"])) if "meta" in members else {}
-    if shift.shape != (shape[1],) or scale.shape != (shape[1],) or not (scale > 0).all() or not np.isfinite(shift).all():
+    if (shift.shape != (shape[1],) or scale.shape != (shape[1],) or not (scale > 0).all()
+            or not np.isfinite(shift).all()):
         raise LatentError(f"{path.name}: 'shift' and 'scale' must hold one finite number per channel ({shape[1]}), "
                           f"scale > 0; got shapes {shift.shape} and {scale.shape}")
     ae = meta.get("autoencoder")
     norm = Normalisation(meta.get("normalisation", {}).get("mode", "given"), shift, scale)
-    return LatentHeader(str(path.resolve()), shape[0], tuple(shape[1:]), norm, AutoencoderInfo.from_dict(ae) if ae else None,
-                        meta.get("resolution"), meta.get("source"), meta)
+    return LatentHeader(str(path.resolve()), shape[0], tuple(shape[1:]), norm,
+                        AutoencoderInfo.from_dict(ae) if ae else None, meta.get("resolution"), meta.get("source"), meta)
 
 
 def load_latents(source: str | Path, split: str = "all", limit: int | None = None,
@@ -221,7 +223,7 @@ def write_latents(path: str | Path, latents: np.ndarray, keys: list[str], normal
 
 def latent_record(source: str) -> dict[str, Any] | None:
     """:meth:`LatentHeader.record` of a latent data set, None for image data."""
-    return read_latent_header(source).record() if is_latent_source(source) else None
+    return read_latent_header(source).record() if is_latent_file(source) else None
 
 
 class LatentDecoder:
