@@ -101,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
         raise TrainingError("--json prints the dry run's plan: give it with --dry-run")
     config = config_from_args(args)
     spec = spec_for_data(args.spec, config.data, args.resolution)
-    spec = with_preconditioning(spec, args.preconditioning, config.data)
+    spec = with_preconditioning(spec, args.preconditioning, config.data, config.background)
     if args.dry_run:
         check_budget(spec, config, int(os.environ.get("WORLD_SIZE", "1")))
         plan = preflight(spec, config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
