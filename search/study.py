@@ -30,7 +30,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from memekit.analysis.data import background_name, check_data_source, data_shape, load_data
+from memekit.analysis.data import check_data_source, data_shape, load_data
 from memekit.analysis.device import resolve_device
 from memekit.analysis.linear import preconditioned_for_data
 from memekit.space import DiffusionSpec, MemeSpec, save_spec, spec_cost
@@ -270,28 +270,6 @@ class StudyPlan:
     source: dict | None
     notes: tuple[str, ...]  # what the data loader had to say (transparency composited, grey converted)
     prior_notes: tuple[str, ...]  # about the prior (a --prior file that changed since the study was seeded)
-
-    def summary(self) -> list[str]:
-        """The dry run's lines: the study's state, where it is stored, the data, the device, the trials."""
-        c = self.config
-        state = {"new": "a new study",
-                 "resuming": f"resuming: {self.progress.text() if self.progress else ''}",
-                 "joining": f"joining a study of another machine: {self.progress.text() if self.progress else ''}"}
-        lines = [f"study {c.study_name!r} in {c.study_dir}: {state[self.state]}",
-                 f"storage: {self.where} (reached)",
-                 f"data: {c.data}: {self.images['all']:,} {'latents' if data_shape(c.data).latent else 'images'} "
-                 f"({self.images['train']:,} train, {self.images['reference']:,} reference) readable at "
-                 f"{data_space(c).base_expert.resolution} px; transparent pixels onto {background_name(c.background)}",
-                 *(f"data: {note}" for note in self.notes),
-                 f"device: {self.device}, mixed precision {c.mixed_precision}, {c.workers} worker(s)"
-                 + (f" on GPUs {','.join(c.gpus)}" if c.gpus else ""),
-                 f"trials: {c.n_trials} of space {c.space}, objective {c.objective} ({', '.join(c.metric_names())}), "
-                 f"sampler {c.sampler}, proxy {c.proxy_images:,} images in batches of {c.proxy_batch}"]
-        if self.changes:
-            lines.append("changes: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self.changes.items()))
-        if self.source is not None:
-            lines.append(prior_source_text(self.source))
-        return lines + list(self.prior_notes)
 
 
 def storage_where(config: SearchConfig) -> str:

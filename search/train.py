@@ -63,7 +63,7 @@ from .validation import LOGGED_VALIDATION, linear_reference, validation_loss
 
 __all__ = ["MIXED_PRECISION", "OutOfMemory", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged",
            "TrainingError", "TrainingInterrupted", "TrainingPaused", "check_budget", "dry_run", "ema_warmup_avg_fn",
-           "learning_rate", "preflight", "preflight_summary", "step_seed", "train", "with_preconditioning"]
+           "learning_rate", "preflight", "step_seed", "train", "with_preconditioning"]
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -667,46 +667,3 @@ def _posthoc_plan(config: TrainConfig, params: int) -> dict[str, Any] | None:
     profiles = len(config.posthoc_ema_sigma_rels)
     return {"every": every, "sigma_rels": list(config.posthoc_ema_sigma_rels), "snapshots_per_profile": count,
             "bytes": count * profiles * params * 4}
-
-
-def preflight_summary(plan: dict[str, Any]) -> list[str]:
-    """A few lines for people from :func:`preflight`'s plan (``--json`` prints the plan itself)."""
-    spec, config, checks = plan["spec"], plan["config"], plan["checks"]
-    n, params = len(plan["experts"]), sum(e["params"] for e in plan["experts"])
-    intervals = " ".join(f"[{e['interval'][0]}, {e['interval'][1]})" for e in plan["experts"])
-    lines = ["memekit train: dry run (checked; nothing written, nothing trained)",
-             f"spec:     {spec.get('name') or 'unnamed'}, {n} expert(s), {params:,} parameters; intervals {intervals}",
-             f"budget:   {plan['images_total']:,} images = {plan['images_per_expert']:,} per expert x {n}; "
-             f"{plan['steps']:,} steps of batch {config['batch']}"]
-    data = checks["data"]
-    if data is not None:
-        side = data["shape"][1] if len(data["shape"]) == 3 else data["shape"][0]
-        lines.append(f"data:     {config['data']}: {data['train']:,} training and {data['validation']:,} "
-                     f"validation samples at {side} px")
-    precision = "fp32" if checks["mixed_precision"] == "no" else f"{checks['mixed_precision']} autocast"
-    lines.append(f"device:   {checks['device']}, {precision}")
-    lines.append(f"run:      {_folder_line(checks['run_folder'], plan['steps'])}")
-    posthoc = checks["posthoc_ema"]
-    if posthoc is not None:
-        rels = ", ".join(f"{v:g}" for v in posthoc["sigma_rels"])
-        lines.append(f"post-hoc EMA: profiles sigma_rel {rels}, a snapshot every {posthoc['every']:,} steps and at "
-                     f"the end: {posthoc['snapshots_per_profile']:,} per profile, {posthoc['bytes'] / 1e6:,.1f} MB")
-    lines += [f"  the run would say: {line}" for line in checks["messages"]]
-    lines.append("ok (--dry-run --json prints the full configuration and costs)")
-    return lines
-
-
-def _folder_line(folder: dict[str, Any], steps: int) -> str:
-    state = folder["state"]
-    if state == "none":
-        return "no --out given (required to train)"
-    path = folder["path"]
-    if state == "complete":
-        return (f"{path} was trained to step {folder['step']:,}, at or beyond this budget of {steps:,} steps: "
-                "nothing to train")
-    if state == "resume":
-        return f"{path} resumes from step {folder['step']:,} of {steps:,} ({Path(folder['checkpoint']).name})"
-    if state == "start_over":
-        return f"{path} holds a run stopped before its first checkpoint: it starts over at step 0"
-    return f"{path}: a new run{' (the folder exists and holds no run)' if folder['exists'] else ''}"
-

@@ -100,6 +100,34 @@ def banner(plan: StudyPlan, resumed: bool) -> str:
     return line + (f"; {plan.progress.text()}" if plan.progress is not None else "")
 
 
+def plan_lines(plan: StudyPlan) -> list[str]:
+    """The dry run's lines from :func:`memekit.search.study.plan_study`'s plan: the study's state, where it
+    is stored, the data, the device, the trials."""
+    from memekit.analysis.data import background_name, data_shape
+    from memekit.search.study import data_space
+    from memekit.search.warmstart import prior_source_text
+
+    c = plan.config
+    state = {"new": "a new study",
+             "resuming": f"resuming: {plan.progress.text() if plan.progress else ''}",
+             "joining": f"joining a study of another machine: {plan.progress.text() if plan.progress else ''}"}
+    lines = [f"study {c.study_name!r} in {c.study_dir}: {state[plan.state]}",
+             f"storage: {plan.where} (reached)",
+             f"data: {c.data}: {plan.images['all']:,} {'latents' if data_shape(c.data).latent else 'images'} "
+             f"({plan.images['train']:,} train, {plan.images['reference']:,} reference) readable at "
+             f"{data_space(c).base_expert.resolution} px; transparent pixels onto {background_name(c.background)}",
+             *(f"data: {note}" for note in plan.notes),
+             f"device: {plan.device}, mixed precision {c.mixed_precision}, {c.workers} worker(s)"
+             + (f" on GPUs {','.join(c.gpus)}" if c.gpus else ""),
+             f"trials: {c.n_trials} of space {c.space}, objective {c.objective} ({', '.join(c.metric_names())}), "
+             f"sampler {c.sampler}, proxy {c.proxy_images:,} images in batches of {c.proxy_batch}"]
+    if plan.changes:
+        lines.append("changes: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in plan.changes.items()))
+    if plan.source is not None:
+        lines.append(prior_source_text(plan.source))
+    return lines + list(plan.prior_notes)
+
+
 def _dry_run(args: argparse.Namespace, config: SearchConfig, plan: StudyPlan, resumed: bool) -> int:
     """The checked plan: a short summary, or (``--json``) the resolved configuration as JSON."""
     from memekit.search.study import data_space
@@ -108,7 +136,7 @@ def _dry_run(args: argparse.Namespace, config: SearchConfig, plan: StudyPlan, re
         print(json.dumps({"config": config.public_dict(), "resumed": resumed, "state": plan.state,
                           "space": data_space(config).to_dict(), "proxy": config.proxy_config().to_dict()}, indent=2))
         return 0
-    for line in plan.summary():
+    for line in plan_lines(plan):
         print(line)
     print("dry run: everything checked, nothing written; run the command without --dry-run to start (--json prints "
           "the full configuration)")

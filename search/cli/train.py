@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from memekit.analysis.data import DataError, check_data_source, parse_background, spec_for_data
 from memekit.analysis.device import MIXED_PRECISION
@@ -85,11 +87,53 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+# ---- the dry run's text (the plan itself is memekit.search.train.preflight's) ------------------------
+def preflight_summary(plan: dict[str, Any]) -> list[str]:
+    """A few lines for people from :func:`memekit.search.train.preflight`'s plan (``--json`` prints the plan itself)."""
+    spec, config, checks = plan["spec"], plan["config"], plan["checks"]
+    n, params = len(plan["experts"]), sum(e["params"] for e in plan["experts"])
+    intervals = " ".join(f"[{e['interval'][0]}, {e['interval'][1]})" for e in plan["experts"])
+    lines = ["memekit train: dry run (checked; nothing written, nothing trained)",
+             f"spec:     {spec.get('name') or 'unnamed'}, {n} expert(s), {params:,} parameters; intervals {intervals}",
+             f"budget:   {plan['images_total']:,} images = {plan['images_per_expert']:,} per expert x {n}; "
+             f"{plan['steps']:,} steps of batch {config['batch']}"]
+    data = checks["data"]
+    if data is not None:
+        side = data["shape"][1] if len(data["shape"]) == 3 else data["shape"][0]
+        lines.append(f"data:     {config['data']}: {data['train']:,} training and {data['validation']:,} "
+                     f"validation samples at {side} px")
+    precision = "fp32" if checks["mixed_precision"] == "no" else f"{checks['mixed_precision']} autocast"
+    lines.append(f"device:   {checks['device']}, {precision}")
+    lines.append(f"run:      {_folder_line(checks['run_folder'], plan['steps'])}")
+    posthoc = checks["posthoc_ema"]
+    if posthoc is not None:
+        rels = ", ".join(f"{v:g}" for v in posthoc["sigma_rels"])
+        lines.append(f"post-hoc EMA: profiles sigma_rel {rels}, a snapshot every {posthoc['every']:,} steps and at "
+                     f"the end: {posthoc['snapshots_per_profile']:,} per profile, {posthoc['bytes'] / 1e6:,.1f} MB")
+    lines += [f"  the run would say: {line}" for line in checks["messages"]]
+    lines.append("ok (--dry-run --json prints the full configuration and costs)")
+    return lines
+
+
+def _folder_line(folder: dict[str, Any], steps: int) -> str:
+    state = folder["state"]
+    if state == "none":
+        return "no --out given (required to train)"
+    path = folder["path"]
+    if state == "complete":
+        return (f"{path} was trained to step {folder['step']:,}, at or beyond this budget of {steps:,} steps: "
+                "nothing to train")
+    if state == "resume":
+        return f"{path} resumes from step {folder['step']:,} of {steps:,} ({Path(folder['checkpoint']).name})"
+    if state == "start_over":
+        return f"{path} holds a run stopped before its first checkpoint: it starts over at step 0"
+    return f"{path}: a new run{' (the folder exists and holds no run)' if folder['exists'] else ''}"
+
+
 def _train(args: argparse.Namespace) -> int:
     from memekit.search.train import (
         check_budget,
         preflight,
-        preflight_summary,
         train,
         with_preconditioning,
     )
