@@ -331,7 +331,10 @@ def noise_frame(loaded: LoadedStudy, frame: pd.DataFrame, noise: SeedNoise | Non
     out["p_holm"] = holm(out["p"].tolist()) if len(out) else []
     out["verdict"] = ["" if math.isnan(p) else "beyond the noise" if p < ALPHA else "indistinguishable"
                       for p in out["p_holm"]]
-    out.attrs.update(best=int(best["trial"]), best_label=best["warm_start_label"] or "found by the sampler")
+    phase = startup_phase(loaded)
+    drawn = "a random draw" if phase.sampler == "random" else (
+        "a random draw of the sampler's start-up" if int(best["trial"]) in phase.random else "proposed by the sampler")
+    out.attrs.update(best=int(best["trial"]), best_label=best["warm_start_label"] or drawn)
     return out
 
 

@@ -150,3 +150,11 @@ def test_importances_carry_their_trial_count_and_a_warning(tmp_path: Path, cli) 
     title = plot_importances(loaded).axes[0].get_title()
     assert f"10 trials, {parameters} parameters" in title and "too few trials" in title
     assert "not reliable" not in importance_caveat(60, 6) and "not reliable" in importance_caveat(60, 13)
+
+
+def test_a_best_trial_from_the_start_up_draws_is_named_a_random_draw(tmp_path: Path, cli) -> None:
+    # trial 5 (a start-up draw: TPE's first 10 trials are random) beats every warm start
+    points = [dict(p) for p in TEN]
+    points[5]["quality"] = 1.0
+    report = export_report(tmp_path, cli, points=points)
+    assert "Best feasible trial by val_loss: #5 (a random draw of the sampler's start-up)" in report
