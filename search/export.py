@@ -60,7 +60,7 @@ from .results import (
     trial_state,
 )
 from .searchspace import SearchSpace, param_label
-from .warmstart import prior_source_text, startup_note, warm_start_label
+from .warmstart import draw_label, prior_source_text, startup_note, warm_start_label
 
 SPEED_UP_BASELINE = "single-large"
 PLOT_FILES = {"pareto": "pareto_front.png", "history": "optimization_history.png",
@@ -331,10 +331,8 @@ def noise_frame(loaded: LoadedStudy, frame: pd.DataFrame, noise: SeedNoise | Non
     out["p_holm"] = holm(out["p"].tolist()) if len(out) else []
     out["verdict"] = ["" if math.isnan(p) else "beyond the noise" if p < ALPHA else "indistinguishable"
                       for p in out["p_holm"]]
-    phase = startup_phase(loaded)
-    drawn = "a random draw" if phase.sampler == "random" else (
-        "a random draw of the sampler's start-up" if int(best["trial"]) in phase.random else "proposed by the sampler")
-    out.attrs.update(best=int(best["trial"]), best_label=best["warm_start_label"] or drawn)
+    out.attrs.update(best=int(best["trial"]),
+                     best_label=best["warm_start_label"] or draw_label(loaded.config.sampler, int(best["trial"])))
     return out
 
 

@@ -51,7 +51,7 @@ from .sampling import sample_checkpoint, save_comparison_grid
 from .searchspace import SearchSpace, load_search_space
 from .study import SearchConfig, find_study, open_study
 from .train import TrainConfig, train
-from .warmstart import prior_base, startup_trials
+from .warmstart import draw_label, prior_base
 from .workers import count_trials, run_search
 
 
@@ -364,6 +364,7 @@ def report_stage(out: Path, config: QuickstartConfig, prior: MemeSpec, search: S
     rows = "\n".join(f"| {n} | [{lo}, {hi}) | {spec.soft_assignment[n]:.2f} | "
                      f"{'/'.join(f'{s:.2f}' for s in e.effective_attention_share())} |"
                      for n, (e, (lo, hi)) in enumerate(zip(spec.experts, spec.intervals, strict=True)))
+    origin = best.user_attrs.get("warm_start") or draw_label(search.sampler, best.number)
     text = f"""# memekit quickstart
 
 Data `{search.data}`, search space `{load_search_space(search.space).name}` (`{search.space}`: experts
@@ -379,7 +380,7 @@ Spectral prior boundaries {list(prior.boundaries)} (uniform: {uniform}).
 ## 2-3. Search and export
 {warm_start_sentences(search)}
 
-Best feasible Pareto trial: #{best.number} ({best.user_attrs.get('warm_start') or _how_found(search, best.number)}),
+Best feasible Pareto trial: #{best.number} ({origin}),
 proxy {(search.metric_names())[0]} {best.values[0]:.4f}, trajectory {best.values[1]:.3f} GMACs (50 DDIM steps;
 single-large on the search space's backbone: {large.trajectory_macs / 1e9:.3f} GMACs).
 Full export: [3-export/report.md](3-export/report.md).
@@ -455,14 +456,6 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _how_found(search: SearchConfig, number: int) -> str:
-    """How a trial that is no warm start came about: a random draw (of the sampler's start-up) or a proposal."""
-    startup = startup_trials(search.sampler)
-    if startup is None or number < startup:
-        return "a random draw of the sampler's start-up" if startup is not None else "a random draw"
-    return "proposed by the sampler"
 
 
 def timing_sentence(out: Path) -> str:

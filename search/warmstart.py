@@ -316,6 +316,15 @@ def startup_trials(sampler: str) -> int | None:
     return SAMPLER_STARTUP.get(sampler)
 
 
+def draw_label(sampler: str, number: int) -> str:
+    """How trial ``number``, no warm start, came about: a random draw (all of the random sampler's, and
+    those of another sampler's start-up) or a proposal of the sampler (exact for one worker)."""
+    startup = startup_trials(sampler)
+    if startup is None:
+        return "a random draw"
+    return "a random draw of the sampler's start-up" if number < startup else "proposed by the sampler"
+
+
 def startup_note(sampler: str, n_trials: int, n_warm: int) -> str | None:
     """What a study of ``n_trials`` (``n_warm`` of them warm starts) spends in its sampler's start-up
     phase, whose non-warm-start trials are random draws that do not depend on the data (a warning
