@@ -437,19 +437,32 @@ def run_stage(out: Path, index: int, title: str, name: str, run: Callable[[], tu
               summary: Callable[[Any], str], say: Callable[[str], None] = say_line) -> Any:
     """Stage ``index`` of 7: ``run()`` -> (result, skipped), announced, and when it did work timed into
     OUT/timing.json under ``name`` (wall and CPU seconds of this process, all threads, and the
-    1-minute load average before and after); returns the result."""
+    1-minute load average before and after; summed over the invocations that did work on the stage,
+    such as a training extended by a larger ``--train-images``); returns the result."""
     say(f"[{index}/7] {title}")
     wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     result, skipped = run()
     seconds = time.perf_counter() - wall
     if not skipped:
         timing = _timing(out)
-        timing[name] = {"wall_s": round(seconds, 1), "cpu_s": round(time.process_time() - cpu, 1),
-                        "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-                        "cores": os.cpu_count(), "threads": torch_threads()}
+        now = {"wall_s": round(seconds, 1), "cpu_s": round(time.process_time() - cpu, 1),
+               "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+               "cores": os.cpu_count(), "threads": torch_threads()}
+        timing[name] = _add_times(timing.get(name), now)
         atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
     say(f"      {summary(result)} ({'done earlier, skipped' if skipped else f'{seconds:.0f} s'})")
     return result
+
+
+def _add_times(before: dict | None, now: dict) -> dict:
+    """A stage's timing after one more invocation did work on it (a resumed or extended training):
+    wall and CPU seconds add up, the load range widens."""
+    if before is None:
+        return now
+    return {**now, "wall_s": round(before["wall_s"] + now["wall_s"], 1),
+            "cpu_s": round(before["cpu_s"] + now["cpu_s"], 1),
+            "load_before": min(before["load_before"], now["load_before"]),
+            "load_after": max(before["load_after"], now["load_after"])}
 
 
 def torch_threads() -> int:
@@ -497,7 +510,21 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None,
     say(f"      best trial #{best.number}: values {[round(v, 4) for v in best.values]}")
     stage(3, "export the Pareto front", "export", lambda: export_stage(out, search))
     spec = MemeSpec.from_json(best.user_attrs["spec"])
-    run_dir = stage(4, "train the best configuration", "train", lambda: train_stage(out, config, spec, say))
+    trained: list[bool] = []
+
+    def train_now() -> tuple[Path, bool]:
+        run_dir, skipped = train_stage(out, config, spec, say)
+        trained.append(not skipped)
+        return run_dir, skipped
+
+    run_dir = stage(4, "train the best configuration", "train", train_now)
+    stale = [out / name for name in ("5-samples.npz", "5-samples.png", "6-resemblance.json")]
+    if trained[0] and any(p.is_file() for p in stale):
+        # the run trained further than when its samples were drawn (a larger --train-images): they
+        # and their measures describe an earlier model, so both are redrawn from the longer run
+        say("      the run trained further than its samples: redrawing them and their measures")
+        for path in stale:
+            path.unlink(missing_ok=True)
     grid = stage(5, "sample", "sample", lambda: sample_stage(out, config, run_dir, say))
     numbers = stage(6, "do the samples look like the data?", "resemblance", lambda: resemblance_stage(out, config),
                     resemblance_summary)

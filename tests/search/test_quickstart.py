@@ -81,6 +81,22 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     assert load_spec(out / "1-spectrum" / "prior_spec.json") == prior
     assert (out / "REPORT.md").is_file()
 
+    # a larger --train-images continues the training and redraws the samples and their measures
+    drawn = (out / "5-samples.npz").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["quickstart", str(out), "--tiny", "--device", "cpu", "--train-images", "128"]) == 0
+    longer = capsys.readouterr().out
+    assert "redrawing them" in longer and longer.count("(done earlier, skipped)") == 3  # spectrum, search, export
+    steps = [json.loads(line) for line in (out / "4-train" / "log.jsonl").read_text().splitlines()]
+    assert max(r["images_seen"] for r in steps if r.get("event") == "train") == 128  # 64 before, batch 16
+    assert (out / "5-samples.npz").stat().st_mtime_ns != drawn and (out / "6-resemblance.json").is_file()
+    extended = json.loads((out / "timing.json").read_text())
+    assert extended["train"]["wall_s"] > timing["train"]["wall_s"]  # both invocations' training counted
+    assert extended["spectrum"] == timing["spectrum"]
+    # fewer images than one batch is refused before anything runs
+    assert main(["quickstart", str(out), "--tiny", "--device", "cpu", "--train-images", "8"]) == 2
+    assert "less than one batch of 16" in capsys.readouterr().err
+
 
 # ---- the resemblance measures against closed forms ------------------------------------------------------
 def test_neighbour_equal_fraction_counts_pairs_within_the_tolerance():
