@@ -222,3 +222,23 @@ def test_runs_of_one_seed_share_data_order_and_noise_across_cells(tmp_path, monk
         assert torch.equal(x_w, x_b) and torch.equal(n_w, n_b)
         same_t += int((t_w == t_b).sum())
     assert 0 < same_t < 6 * 4  # the intervals differ, so some time-steps do too
+
+
+def test_speed_rounds_load_each_rows_data_once_and_keep_every_round(monkeypatch):
+    """Each row's trainer loads its data in the first round only; every round's rate is kept."""
+    from memekit.search import train as train_module
+
+    loads = []
+    real = train_module.Trainer.load_data
+
+    def counting(self):
+        loads.append(self.spec.name)
+        real(self)
+
+    monkeypatch.setattr(train_module.Trainer, "load_data", counting)
+    specs = {"a": dataclasses.replace(tiny_spec(), name="a"), "b": dataclasses.replace(tiny_spec(), name="b")}
+    timing = cmp.speed_rounds(specs, PROTOCOL, rounds=3, n=2, train_steps=2, device="cpu", say=lambda line: None)
+    assert sorted(loads) == ["a", "b"]
+    for row in timing.values():
+        assert len(row["sampling_rounds"]) == len(row["train_rounds"]) == 3
+        assert all(rate > 0 for rate in row["sampling_rounds"] + row["train_rounds"])
