@@ -20,7 +20,7 @@ as soon as it is measured.
 
     python benchmarks/posthoc_ema.py                          # train, reconstruct, score; rerun to resume
     python benchmarks/posthoc_ema.py --max-minutes 170        # at most 170 minutes of training this call
-    python benchmarks/posthoc_ema.py --report                 # the table from the results file only
+    python benchmarks/posthoc_ema.py --report                 # the table (and the curve, .png) from the results file
     python benchmarks/posthoc_ema.py --smoke --out /tmp/phema # builtin:shapes, 16 px, a few minutes
 
 About 45 min of training at ~40 img/s and ~5.6 img/s of sampling, so ~3 min per (model, seed):
@@ -174,6 +174,45 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict[str, Any], png: Path) -> Path | None:
+    """The curve: KID mean +- SE over the sweep's sampling seeds against sigma_rel (log axis), the
+    fixed-decay EMA as a point at its own sigma_rel; None until two lengths have two seeds each."""
+    protocol = results["protocol"]
+    sweep = range(protocol["seeds"])
+    points = [(float(m.split("-")[1]), mean_se(kids(results, m, sweep))) for m in sorted(results["scores"])
+              if m != FIXED and len(kids(results, m, sweep)) >= 2]
+    if len(points) < 2:
+        return None
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    rels = [r for r, _ in points]
+    ax.errorbar(rels, [e.mean for _, e in points], yerr=[e.se for _, e in points], marker="o", capsize=3,
+                label="post-hoc EMA (reconstructed)")
+    fixed = kids(results, FIXED, sweep)
+    if len(fixed) >= 2 and results.get("fixed_sigma_rel") is not None:
+        est = mean_se(fixed)
+        ax.errorbar([results["fixed_sigma_rel"]], [est.mean], yerr=[est.se], marker="s", color="C3", capsize=3,
+                    linestyle="none", label=f"fixed decay {results['ema_decay']} (training's EMA)")
+    ax.set_xscale("log")
+    ticks = sorted({*rels, *([results["fixed_sigma_rel"]] if results.get("fixed_sigma_rel") else [])})
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("EMA length sigma_rel")
+    ax.set_ylabel(f"KID (n = {protocol['n']}, DDIM-{protocol['steps']})")
+    ax.set_title(f"Post-hoc EMA: KID against EMA length\n{results['data_label']}, "
+                 f"{protocol['images']:,} images, +- SE over {len(sweep)} sampling seeds", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
 def _diff_cells(values: list[float], fixed: list[float]) -> str:
     d, unpaired = paired(values, fixed), welch(values, fixed)
     return f"{d.diff:+.5f} +- {d.se:.5f} | {unpaired.se:.5f} | {'yes' if abs(d.diff) > 2 * d.se else 'no'}"
@@ -213,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     sigma_rels = tuple(sorted(set(args.sigma_rels or (SMOKE_SIGMA_RELS if args.smoke else SIGMA_RELS))))
     try:
         results = load_results(path, protocol, args.out, label)
+        png = path.with_suffix(".png")
         if args.report:
             print(report(results))
+            plot(results, png)
             return 0
         if not train_stage(protocol, args.out, args.device, args.max_minutes):
             return 0
@@ -235,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"posthoc_ema: error: {err}", file=sys.stderr)
         return 2
     print(report(results))
+    plot(results, png)
     return 0
 
 
