@@ -8,6 +8,7 @@ held-out images at a few t (the last sampling step sees t = 20).
     python benchmarks/quickstart_pilot.py OUT/b8 --spec SPEC --variant '{"train": {"batch": 8, "lr": 2e-3}}'
     python benchmarks/quickstart_pilot.py OUT/x2 --spec SPEC --variant '{"train": {"images": 81920}}'  # continues
     python benchmarks/quickstart_pilot.py OUT/one --spec SPEC --variant '{"data": "one.npz"}' --etas 0 1 --steps 25
+    python benchmarks/quickstart_pilot.py OUT/tp --spec SPEC --threads 2 --throughput 32 64 128 256  # img/s only
 
 ``--variant`` keys: per-expert ExpertSpec fields (one value for all experts, or a list of one value per
 expert), ``precond`` (a preconditioning measured from the data), ``data`` (default the quickstart's),
@@ -35,7 +36,7 @@ from memekit.search.quickstart import (
     train_config_of,
 )
 from memekit.search.sampling import load_model, sample_checkpoint, save_comparison_grid
-from memekit.search.train import train, with_preconditioning
+from memekit.search.train import Trainer, train, with_preconditioning
 from memekit.space import MemeSpec
 from memekit.space.diffusion import Diffusion
 
@@ -78,6 +79,19 @@ def x0_errors(run: Path, data: str, ts: tuple[int, ...] = (5, 20, 50, 100)) -> l
     return rows
 
 
+def train_rate(spec: MemeSpec, config, batch: int, out: Path, steps: int = 15) -> float:
+    """Training img/s of ``spec`` at ``batch`` (``steps`` steps after 3 warm-up steps, data in memory)."""
+    trainer = Trainer(spec, dataclasses.replace(config, batch=batch, images=batch * (steps + 3)),
+                      out / f"throughput-b{batch}", progress=False)
+    trainer.load_data()
+    for _ in range(3):
+        trainer.train_step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    return steps * batch / (time.perf_counter() - start)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="run folder (an existing run continues)")
@@ -85,12 +99,20 @@ def main() -> int:
     p.add_argument("--variant", default="{}", help="JSON: what differs from the quickstart (module docstring)")
     p.add_argument("--etas", type=float, nargs="+", default=[1.0])
     p.add_argument("--steps", type=int, nargs="+", default=[50])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a core stays free)")
+    p.add_argument("--throughput", type=int, nargs="+", metavar="BATCH",
+                   help="only time training at these batch sizes (15 steps after 3 warm-up steps) and exit")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     variant = json.loads(args.variant)
     config = QuickstartConfig(**({"data": variant["data"]} if "data" in variant else {}))
     spec = variant_spec(MemeSpec.from_json(Path(args.spec).read_text()), variant, config.data)
     train_config = dataclasses.replace(train_config_of(config), **variant.get("train", {}))
+    if args.throughput:
+        for batch in args.throughput:
+            print(json.dumps({"batch": batch, "threads": args.threads,
+                              "train_img_s": round(train_rate(spec, train_config, batch, args.out), 1)}), flush=True)
+        return 0
     start = time.time()
     result = train(spec, train_config, args.out, progress=False, say=print)
     seconds = time.time() - start
