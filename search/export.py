@@ -361,7 +361,7 @@ def noise_markdown(loaded: LoadedStudy, frame: pd.DataFrame, noise: SeedNoise | 
     if table.empty:
         return lines + ["", "No other exported trial or warm start to compare with.", ""]
     lines += ["", f"Best feasible trial by {quality}: #{table.attrs['best']} ({table.attrs['best_label']}).", "",
-              f"| trial | warm start | {quality} - best's | SE | p | p (Holm) | verdict |",
+              f"| trial | warm start or exported | {quality} - best's | SE | p | p (Holm) | verdict |",
               "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         cells = [str(r.trial), r.label, f"{r.difference:+.3g}", _fmt(r.se, 3), _fmt(r.p, 3), _fmt(r.p_holm, 3),
