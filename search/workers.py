@@ -448,7 +448,8 @@ def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAU
         problems: list[str] = []
     else:
         launcher = Launcher(config, threads, progress, say or say_line, seams)
-        signum, problems = launcher.run(), launcher.problems
+        # in worker order, whichever exit the launcher saw first (each entry starts "worker N ")
+        signum, problems = launcher.run(), sorted(launcher.problems, key=lambda line: int(line.split()[1]))
     if signum is None and not problems:  # every worker ended because the study holds its trials
         return study
     state = study_progress(study, config.n_trials)
