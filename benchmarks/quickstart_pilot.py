@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from memekit.analysis.data import load_images
+from memekit.search.compare import train_rate
 from memekit.search.quickstart import (
     QuickstartConfig,
     distinct_colours,
@@ -79,17 +80,12 @@ def x0_errors(run: Path, data: str, ts: tuple[int, ...] = (5, 20, 50, 100)) -> l
     return rows
 
 
-def train_rate(spec: MemeSpec, config, batch: int, out: Path, steps: int = 15) -> float:
+def batch_rate(spec: MemeSpec, config, batch: int, out: Path, steps: int = 15) -> float:
     """Training img/s of ``spec`` at ``batch`` (``steps`` steps after 3 warm-up steps, data in memory)."""
     trainer = Trainer(spec, dataclasses.replace(config, batch=batch, images=batch * (steps + 3)),
                       out / f"throughput-b{batch}", progress=False)
     trainer.load_data()
-    for _ in range(3):
-        trainer.train_step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    return steps * batch / (time.perf_counter() - start)
+    return train_rate(trainer, steps, warmup=3)
 
 
 def main() -> int:
@@ -111,7 +107,7 @@ def main() -> int:
     if args.throughput:
         for batch in args.throughput:
             print(json.dumps({"batch": batch, "threads": args.threads,
-                              "train_img_s": round(train_rate(spec, train_config, batch, args.out), 1)}), flush=True)
+                              "train_img_s": round(batch_rate(spec, train_config, batch, args.out), 1)}), flush=True)
         return 0
     start = time.time()
     result = train(spec, train_config, args.out, progress=False, say=print)

@@ -543,6 +543,17 @@ def report(results: dict, claims: Sequence[Claim], metric: str = "kid", blocked:
 
 
 # ---- speed and the floor ---------------------------------------------------------------------------------
+def train_rate(trainer: Any, steps: int, warmup: int = 2) -> float:
+    """Training img/s of ``trainer`` (a :class:`memekit.search.train.Trainer` with its data loaded):
+    ``steps`` optimiser steps timed after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        trainer.train_step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    return steps * trainer.config.batch / (time.perf_counter() - start)
+
+
 def speed_rounds(specs: Mapping[str, MemeSpec], protocol: Protocol, rounds: int = 10, n: int = 100,
                  train_steps: int = 20, device: str | None = None,
                  say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
@@ -577,13 +588,7 @@ def speed_rounds(specs: Mapping[str, MemeSpec], protocol: Protocol, rounds: int 
                     config = dataclasses.replace(protocol.train_config(0, dev), images=images)
                     trainers[name] = Trainer(spec, config, Path(tmp) / name, progress=False)
                     trainers[name].load_data()
-                trainer = trainers[name]
-                for _ in range(2):
-                    trainer.train_step()
-                start = time.perf_counter()
-                for _ in range(train_steps):
-                    trainer.train_step()
-                rates[name]["train"].append(train_steps * protocol.batch / (time.perf_counter() - start))
+                rates[name]["train"].append(train_rate(trainers[name], train_steps))
                 say(f"timing round {r + 1}/{rounds}, {name}: sampling {rates[name]['sample'][-1]:.3f} img/s, "
                     f"training {rates[name]['train'][-1]:.3f} img/s")
     return {name: {"sampling_rounds": v["sample"], "train_rounds": v["train"], "sampled": n,

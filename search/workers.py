@@ -321,7 +321,7 @@ class Launcher:
         self._storage: optuna.storages.BaseStorage | None = None
         self.procs: dict[int, subprocess.Popen] = {}
         self.restarts = dict.fromkeys(range(config.workers), 0)
-        self.problems: list[str] = []  # workers that ended unhappily and were not restarted
+        self.problems: list[tuple[int, str]] = []  # (worker, what): workers that ended unhappily, not restarted
 
     @property
     def study(self) -> optuna.Study:
@@ -376,7 +376,7 @@ class Launcher:
             if not stopping:  # someone stopped this one worker: its paused trial goes to another worker
                 self.say(f"worker {index} (pid {proc.pid}) was stopped by {signal.Signals(code & 127).name}: its "
                          "trial is paused for the next worker")
-                self.problems.append(f"worker {index} was stopped")
+                self.problems.append((index, f"worker {index} was stopped"))
             return
         what = exit_text(code)
         failed = self._fail_trials_of(proc.pid, f"its worker {what}")
@@ -387,10 +387,10 @@ class Launcher:
             self.say(line)
         elif code > 0:
             self.say(f"{line}; not restarted: its error is above")
-            self.problems.append(f"worker {index} {what}")
+            self.problems.append((index, f"worker {index} {what}"))
         elif self.restarts[index] >= MAX_RESTARTS:
             self.say(f"{line}; not restarted: it died {self.restarts[index] + 1} times")
-            self.problems.append(f"worker {index} died {self.restarts[index] + 1} times")
+            self.problems.append((index, f"worker {index} died {self.restarts[index] + 1} times"))
         else:
             self.restarts[index] += 1
             self.say(f"{line}; restarted as pid {self.start(index).pid}")
@@ -448,8 +448,8 @@ def run_search(config: SearchConfig, progress: bool = True, seams: Seams = DEFAU
         problems: list[str] = []
     else:
         launcher = Launcher(config, threads, progress, say or say_line, seams)
-        # in worker order, whichever exit the launcher saw first (each entry starts "worker N ")
-        signum, problems = launcher.run(), sorted(launcher.problems, key=lambda line: int(line.split()[1]))
+        signum = launcher.run()
+        problems = [what for _, what in sorted(launcher.problems, key=lambda p: p[0])]  # worker order
     if signum is None and not problems:  # every worker ended because the study holds its trials
         return study
     state = study_progress(study, config.n_trials)
