@@ -69,6 +69,7 @@ from .inception import (
     no_weights_message,
     open_image_set,
     pool3_features,
+    reference_source,
     resolve_inception_weights,
     source_set,
 )
@@ -81,7 +82,7 @@ __all__ = [
     "InceptionV3", "InceptionWeights", "calculate_frechet_distance", "clean_resize", "convert_fid_helper_weights",
     "data_source", "features", "fid", "fid_helper_torchscript_path", "frechet_distance", "gaussian", "image_files",
     "inception_model", "inception_statistics", "kid", "kid_subsets", "load_features", "load_statistics",
-    "no_weights_message", "polynomial_kernel", "protocol_label", "resolve_inception_weights",
+    "no_weights_message", "polynomial_kernel", "protocol_label", "reference_source", "resolve_inception_weights",
     "save_features", "save_statistics", "source_images", "statistics", "subset_mmd2",
 ]
 

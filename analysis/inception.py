@@ -383,6 +383,15 @@ def data_source(data: str) -> str:
     return data if data.startswith(("builtin:", DATA_PREFIX)) else DATA_PREFIX + data
 
 
+def reference_source(data: str) -> str:
+    """What a run trained on ``data`` is scored against: ``data``'s reference split as a
+    :func:`data_source`, or for a latent file that of the images it was encoded from (decoded samples
+    are compared with images, not with latents)."""
+    from .latents import image_source
+
+    return data_source(image_source(data))
+
+
 def data_path(source: str) -> str:
     """``data:PATH`` -> ``PATH`` (checked); other data sources (``builtin:...``) unchanged."""
     if not source.startswith(DATA_PREFIX):

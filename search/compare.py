@@ -372,11 +372,11 @@ def train_run(spec: MemeSpec, config: TrainConfig, folder: Path, deadline: float
 def score_run(folder: Path, protocol: Protocol, sampling_seed: int, device: str | None,
               weights: str | None) -> dict[str, Any]:
     """FID / KID / LSD of one sampling seed's ``n`` samples against the reference split."""
-    from memekit.analysis.fid import data_source
+    from memekit.analysis.fid import reference_source
 
     from .metrics import sample_metrics
 
-    m = sample_metrics(folder, data_source(protocol.data), n=protocol.n, steps=protocol.steps, seeds=1,
+    m = sample_metrics(folder, reference_source(protocol.data), n=protocol.n, steps=protocol.steps, seeds=1,
                        first_seed=sampling_seed, device=device, weights=weights, protocol=protocol.fid_protocol)
     return {**m.per_seed[0], "n": m.n, "n_ref": m.n_ref, "weights": m.weights_label, "protocol": m.protocol}
 
@@ -608,20 +608,22 @@ def speed_ratio(timing: Mapping[str, Any], a: str, b: str, key: str = "sampling_
 def floor_metrics(protocol: Protocol, resolution: int, device: str | None = None,
                   weights: str | None = None) -> dict[str, Any]:
     """What a perfect model scores at this n: FID / KID / LSD of ``protocol.n`` training images (the
-    first of the training split) against the reference split, with the features samples are scored with."""
+    first of the training split) against the reference split, with the features samples are scored with; for
+    a latent file, of the images it was encoded from (``resolution``: their side)."""
     from memekit.analysis.data import load_images
-    from memekit.analysis.fid import data_source, features, frechet_distance
+    from memekit.analysis.fid import features, frechet_distance, reference_source
     from memekit.analysis.kid import kid
+    from memekit.analysis.latents import image_source
     from memekit.analysis.spectra import log_spectral_distance
 
-    source = data_source(protocol.data)
+    source, images = reference_source(protocol.data), image_source(protocol.data)
     reference = features(source, None, resolution=resolution, split="reference", device=device, weights=weights,
                          protocol=protocol.fid_protocol)
     train = features(source, protocol.n, resolution=resolution, split="train", device=device, weights=weights,
                      protocol=protocol.fid_protocol)
     kid_mean, kid_std = kid(train, reference)
-    lsd = log_spectral_distance(load_images(protocol.data, resolution, limit=protocol.n, split="train", progress=False),
-                                load_images(protocol.data, resolution, split="reference", progress=False))
+    lsd = log_spectral_distance(load_images(images, resolution, limit=protocol.n, split="train", progress=False),
+                                load_images(images, resolution, split="reference", progress=False))
     return {"fid": frechet_distance(train.statistics.mu, train.statistics.sigma, reference.statistics.mu,
                                     reference.statistics.sigma),
             "kid_mean": kid_mean, "kid_std": kid_std, "lsd": lsd.lsd, "n": train.n, "n_ref": reference.n,

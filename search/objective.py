@@ -148,12 +148,11 @@ class Objective:
     def _sample_quality(self, trial: optuna.Trial, run_dir: Path) -> float:
         """KID or FID of ``fid_n`` DDIM-``fid_steps`` samples of the proxy against the data's reference
         split (both are recorded; reference features are cached by the metrics module)."""
-        from memekit.analysis.fid import data_source
-        from memekit.analysis.latents import image_source
+        from memekit.analysis.fid import reference_source
 
         from .metrics import sample_metrics
 
-        result = sample_metrics(run_dir, data_source(image_source(self.config.data)), n=self.config.fid_n,
+        result = sample_metrics(run_dir, reference_source(self.config.data), n=self.config.fid_n,
                                 steps=self.config.fid_steps, seeds=1, device=self.device)
         trial.set_user_attr("sample_metrics", result.to_dict())
         trial.set_user_attr(f"fid{self.config.fid_n}", result.fid_mean)

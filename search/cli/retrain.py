@@ -14,7 +14,7 @@ from .args import nonneg_int, positive_int, with_default
 
 
 def _fidelity(args: argparse.Namespace) -> int:
-    from memekit.analysis.fid import data_source
+    from memekit.analysis.fid import reference_source
     from memekit.search.fidelity import (
         fidelity_runs,
         fidelity_text,
@@ -26,7 +26,7 @@ def _fidelity(args: argparse.Namespace) -> int:
 
     loaded = load_study(args.study_dir)
     select, k = ("spread", args.spread) if args.spread is not None else ("top", args.top)
-    target = Target(args.target, args.target_n, args.target_steps, data_source(loaded.config.data))
+    target = Target(args.target, args.target_n, args.target_steps, reference_source(loaded.config.data))
     if args.dry_run:
         plan = plan_fidelity(loaded, k, args.images, args.out, args.device, select)
         print(json.dumps({"study_name": loaded.study.study_name, **plan.to_dict(),

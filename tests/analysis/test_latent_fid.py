@@ -23,12 +23,9 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMEKIT_CACHE", str(tmp_path / "cache"))
 
 
-def test_fid_of_a_latent_run_scores_decoded_images(taef2_folder, tmp_path, monkeypatch) -> None:
-    weights = use_pooled_pixels(tmp_path, monkeypatch)
-    latents, run = encode_and_train(tmp_path, taef2_folder, steps=1)
-    m = sample_metrics(run, IMAGES, n=4, steps=2, batch=4, device="cpu", weights=str(weights), kid_subsets=2)
-    assert (m.resolution, m.n, m.n_ref) == (IMAGE_SIDE, 4, 3)  # the image side, the image reference split
-    # by hand: unit-scale samples -> raw latents -> the TAEF2-layout decoder in [0, 1] -> uint8
+def hand_fid(run, latents, taef2_folder) -> float:
+    """FID of the run's 4 samples of seed 0 (DDIM-2) against the image reference split, by hand: unit-scale
+    samples -> raw latents -> the TAEF2-layout decoder in [0, 1] -> uint8 -> pooled pixels."""
     model, spec, _ = load_model(run)
     norm = read_latent_header(latents).normalisation
     x = next(sample_batches(model, spec, 4, steps=2, seed=0, batch=4, progress=False))
@@ -43,8 +40,29 @@ def test_fid_of_a_latent_run_scores_decoded_images(taef2_folder, tmp_path, monke
         images = to_uint8(decoder(z).clamp(0, 1) * 2 - 1)
     f_gen = pooled_pixels(images)
     f_ref = pooled_pixels(load_images(IMAGES, IMAGE_SIDE, split="reference", progress=False))
-    expected = calculate_frechet_distance(f_gen.mean(0), np.cov(f_gen, rowvar=False), f_ref.mean(0),
-                                          np.cov(f_ref, rowvar=False))
-    assert m.per_seed[0]["fid"] == pytest.approx(expected, rel=1e-4)
+    return calculate_frechet_distance(f_gen.mean(0), np.cov(f_gen, rowvar=False), f_ref.mean(0),
+                                      np.cov(f_ref, rowvar=False))
+
+
+def test_fid_of_a_latent_run_scores_decoded_images(taef2_folder, tmp_path, monkeypatch) -> None:
+    weights = use_pooled_pixels(tmp_path, monkeypatch)
+    latents, run = encode_and_train(tmp_path, taef2_folder, steps=1)
+    m = sample_metrics(run, IMAGES, n=4, steps=2, batch=4, device="cpu", weights=str(weights), kid_subsets=2)
+    assert (m.resolution, m.n, m.n_ref) == (IMAGE_SIDE, 4, 3)  # the image side, the image reference split
+    assert m.per_seed[0]["fid"] == pytest.approx(hand_fid(run, latents, taef2_folder), rel=1e-4)
     with pytest.raises(AutoencoderError, match="does not exist"):
         sample_metrics(run, IMAGES, n=4, steps=2, weights=str(weights), autoencoder=str(tmp_path / "nowhere"))
+
+
+def test_compare_scores_a_latent_run_against_the_images_the_latents_came_from(taef2_folder, tmp_path,
+                                                                               monkeypatch) -> None:
+    """``memekit compare`` (and fidelity, rerank, a study's sample quality) given latents as data scores
+    the decoded samples against the encoded images' reference split, not against the latents."""
+    from memekit.search import compare as cmp
+
+    weights = use_pooled_pixels(tmp_path, monkeypatch)
+    latents, run = encode_and_train(tmp_path, taef2_folder, steps=1)
+    protocol = cmp.Protocol(str(latents), n=4, steps=2, preconditioning=None)
+    scored = cmp.score_run(run, protocol, 0, "cpu", str(weights))
+    assert (scored["n"], scored["n_ref"]) == (4, 3)
+    assert scored["fid"] == pytest.approx(hand_fid(run, latents, taef2_folder), rel=1e-4)
