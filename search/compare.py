@@ -348,12 +348,23 @@ def figures_dir(comparison: Comparison) -> Path:
     return comparison.path.with_suffix("")
 
 
-def draw_grid(folder: Path, path: Path, steps: int, device: str | None, n: int = 64, scale: int = 3) -> str:
-    """``n`` samples of sampling seed 0, upscaled ``scale`` x (nearest, so pixels show), as a PNG grid."""
+def draw_grid(folder: Path, path: Path, steps: int, device: str | None, n: int = 64) -> str:
+    """``n`` samples of sampling seed 0 as a PNG grid (a latent run's decoded by its recorded
+    autoencoder), images below 96 px upscaled to about 96 px (nearest, so pixels show); above 64 px
+    only the first 16, to keep the file small."""
+    from memekit.analysis.latents import latent_decoder
+
+    from .checkpoint import checkpoint_latent
     from .sampling import load_model, sample_images, save_image_grid
 
-    model, spec, _ = load_model(folder, device=device or "cpu")
-    images = sample_images(model, spec, n, steps=steps, seed=0, device=device or "cpu", batch=n, progress=False)
+    model, spec, state = load_model(folder, device=device or "cpu")
+    record = checkpoint_latent(state)
+    decoder = latent_decoder(record, None, device or "cpu") if record is not None else None
+    if spec.experts[0].resolution * (decoder.resolution_factor if decoder is not None else 1) > 64:
+        n = min(n, 16)
+    images = sample_images(model, spec, n, steps=steps, seed=0, device=device or "cpu", batch=n, progress=False,
+                           decoder=decoder)
+    scale = max(1, 96 // images.shape[1])
     save_image_grid(images.repeat(scale, axis=1).repeat(scale, axis=2), path, nrow=8)
     return path.name
 

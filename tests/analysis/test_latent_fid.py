@@ -9,13 +9,14 @@ import pytest
 import torch
 from fid_helpers import pooled_pixels, use_pooled_pixels
 from latent_helpers import IMAGE_SIDE, IMAGES, encode_and_train
+from PIL import Image
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from memekit.analysis.autoencoders import AutoencoderError
 from memekit.analysis.data import load_images, to_uint8
 from memekit.analysis.latents import read_latent_header
 from memekit.search.metrics import sample_metrics
-from memekit.search.sampling import load_model, sample_batches
+from memekit.search.sampling import image_grid, load_model, sample_batches
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +24,9 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMEKIT_CACHE", str(tmp_path / "cache"))
 
 
-def hand_fid(run, latents, taef2_folder) -> float:
-    """FID of the run's 4 samples of seed 0 (DDIM-2) against the image reference split, by hand: unit-scale
-    samples -> raw latents -> the TAEF2-layout decoder in [0, 1] -> uint8 -> pooled pixels."""
+def hand_decoded(run, latents, taef2_folder) -> np.ndarray:
+    """The run's 4 samples of seed 0 (DDIM-2) decoded by hand: unit-scale samples -> raw latents ->
+    the TAEF2-layout decoder in [0, 1] -> uint8."""
     model, spec, _ = load_model(run)
     norm = read_latent_header(latents).normalisation
     x = next(sample_batches(model, spec, 4, steps=2, seed=0, batch=4, progress=False))
@@ -37,8 +38,12 @@ def hand_fid(run, latents, taef2_folder) -> float:
                               state["3.pool.0.weight"].shape[0]))
     decoder.load_state_dict(state)
     with torch.no_grad():
-        images = to_uint8(decoder(z).clamp(0, 1) * 2 - 1)
-    f_gen = pooled_pixels(images)
+        return to_uint8(decoder(z).clamp(0, 1) * 2 - 1)
+
+
+def hand_fid(run, latents, taef2_folder) -> float:
+    """FID of :func:`hand_decoded`'s images against the image reference split (pooled pixels)."""
+    f_gen = pooled_pixels(hand_decoded(run, latents, taef2_folder))
     f_ref = pooled_pixels(load_images(IMAGES, IMAGE_SIDE, split="reference", progress=False))
     return calculate_frechet_distance(f_gen.mean(0), np.cov(f_gen, rowvar=False), f_ref.mean(0),
                                       np.cov(f_ref, rowvar=False))
@@ -66,3 +71,7 @@ def test_compare_scores_a_latent_run_against_the_images_the_latents_came_from(ta
     scored = cmp.score_run(run, protocol, 0, "cpu", str(weights))
     assert (scored["n"], scored["n_ref"]) == (4, 3)
     assert scored["fid"] == pytest.approx(hand_fid(run, latents, taef2_folder), rel=1e-4)
+    # its grid shows the decoded images (32 px, so upscaled 3 x), as a hand-decoded grid of the same seed does
+    cmp.draw_grid(run, tmp_path / "grid.png", steps=2, device="cpu", n=4)
+    expected = image_grid(hand_decoded(run, latents, taef2_folder), nrow=8, scale=3)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png").convert("RGB")), expected)
