@@ -143,8 +143,9 @@ def report(results: dict[str, Any]) -> str:
     lines = [f"Post-hoc EMA, {results['data_label']}: KID of {protocol['n']} DDIM-{protocol['steps']} samples per "
              f"sampling seed (vs the reference split), seeds {sweep.start}-{sweep.stop - 1}; one training run "
              f"(seed {protocol['seed']}, {protocol['images']:,} images); SEs over sampling seeds only.",
-             "", "| EMA | sigma_rel | gamma | KID mean +- SE | KID - fixed (paired SE) | unpaired SE | > 2 SE |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| EMA | sigma_rel | gamma | profile L2 error | KID mean +- SE | KID - fixed (paired SE) "
+                 "| unpaired SE | > 2 SE |",
+             "|---|---|---|---|---|---|---|---|"]
     fixed_rel = results.get("fixed_sigma_rel")
     for model in [FIXED, *sorted(m for m in results["scores"] if m != FIXED)]:
         values = kids(results, model, sweep)
@@ -153,9 +154,11 @@ def report(results: dict[str, Any]) -> str:
         est = mean_se(values)
         rel = fixed_rel if model == FIXED else float(model.split("-")[1])
         gamma = "" if model == FIXED else f"{sigma_rel_to_gamma(rel):.2f}"
+        fit = results.get("fit_error", {}).get(model)
+        fit = "" if fit is None else f"{100 * fit:.2f} %"
         diff = "" if model == FIXED or len(values) != len(fixed) else _diff_cells(values, fixed)
         lines.append(f"| {'fixed decay ' + str(results['ema_decay']) if model == FIXED else 'post-hoc'} | "
-                     f"{rel if rel is None else f'{rel:.3f}'} | {gamma} | {est.mean:.5f} +- {est.se:.5f} | "
+                     f"{rel if rel is None else f'{rel:.3f}'} | {gamma} | {fit} | {est.mean:.5f} +- {est.se:.5f} | "
                      f"{diff or ' | | '} |")
     best = results.get("best")
     if best is not None:
@@ -262,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         config = protocol.train_config(args.device)
         updates = config.steps  # one EMA update per step
         results.update(ema_decay=config.ema_decay, fixed_sigma_rel=fixed_decay_sigma_rel(config.ema_decay, updates))
-        posthoc_sweep(args.out, sigma_rels, args.out / "ema", quality="none")  # reconstructions only
+        sweep = posthoc_sweep(args.out, sigma_rels, args.out / "ema", quality="none")  # reconstructions only
+        results.setdefault("fit_error", {}).update({f"sigma-{k}": v["fit_error"] for k, v in sweep.scores.items()})
         models = folders(args.out, sigma_rels)
         for model, folder in models.items():
             for seed in range(protocol.seeds):

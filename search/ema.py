@@ -57,6 +57,7 @@ from .ema_profiles import (  # noqa: F401 - moved there (torch-free), re-exporte
     gamma_to_sigma_rel,
     power_function_beta,
     power_function_inner_products,
+    profile_fit_error,
     sigma_rel_to_gamma,
     solve_posthoc_coefficients,
 )
@@ -205,11 +206,12 @@ class Reconstruction:
     weights: dict[str, torch.Tensor]
     snapshots: tuple[str, ...]  # file names, in the order of ``coefficients``
     coefficients: tuple[float, ...]
+    fit_error: float  # relative L2 distance of the reconstructed profile from the wanted one (profile_fit_error)
 
     def record(self) -> dict[str, Any]:
         return {"format": RECONSTRUCTION_FORMAT, "sigma_rel": self.sigma_rel, "gamma": self.gamma, "step": self.step,
                 "images_seen": self.images_seen, "snapshots": list(self.snapshots),
-                "coefficients": list(self.coefficients)}
+                "coefficients": list(self.coefficients), "fit_error": self.fit_error}
 
 
 def snapshots_until(run_dir: str | Path, step: int | None = None) -> list[Snapshot]:
@@ -250,9 +252,11 @@ def reconstruct(run_dir: str | Path, sigma_rels: Sequence[float], step: int | No
                 else:
                     out[name] = out.get(name, 0.0) + float(coef[i, j]) * value.double()
     names = tuple(s.path.name for s in used)
+    t_in, gamma_in = [s.images_seen for s in used], [s.gamma for s in used]
     return [Reconstruction(float(s), g, used[-1].step, t_out,
                            {k: v if k in buffers or not v.is_floating_point() else v.float() for k, v in out.items()},
-                           names, tuple(float(c) for c in coef[:, j]))
+                           names, tuple(float(c) for c in coef[:, j]),
+                           profile_fit_error(t_in, gamma_in, t_out, g, coef[:, j]))
             for j, (s, g, out) in enumerate(zip(sigma_rels, gammas, sums, strict=True))]
 
 
@@ -366,10 +370,11 @@ def posthoc_sweep(run_dir: str | Path, sigma_rels: Sequence[float], out: str | P
     for recon in recons:
         folder = sigma_dir(out, recon.sigma_rel)
         write_reconstruction(recon, metadata, folder)
-        entry = {"gamma": recon.gamma, "folder": str(folder)}
+        entry = {"gamma": recon.gamma, "folder": str(folder), "fit_error": recon.fit_error}
         if scorer is not None:
             entry.update(scorer(folder))
-            _say(say, f"sigma_rel {recon.sigma_rel:.3f}: {metric} {entry[metric]:.5g}")
+            _say(say, f"sigma_rel {recon.sigma_rel:.3f}: {metric} {entry[metric]:.5g} (profile reconstructed to "
+                      f"{100 * recon.fit_error:.1f} % L2 error)")
         result.scores[f"{recon.sigma_rel:.3f}"] = entry
         atomic_write_json(out / "ema.json", result.to_dict())
     baseline = checkpoint_path(run_dir, result.step)

@@ -92,6 +92,21 @@ def solve_posthoc_coefficients(t_in: Sequence[float], gamma_in: Sequence[float],
     return x / x.sum(axis=0, keepdims=True)
 
 
+def profile_fit_error(t_in: Sequence[float], gamma_in: Sequence[float], t_out: float, gamma_out: float,
+                      coefficients: Sequence[float]) -> float:
+    """How far the snapshots' combination lies from the profile it reconstructs: the relative L2 error
+    ``||sum_i c_i p_i - p_out|| / ||p_out||``, in closed form from the inner products
+    (:func:`power_function_inner_products`). Near 0 when the snapshots span the profile; large for a
+    length far shorter than the stored profiles with too few snapshots near the end."""
+    t_in, gamma_in = np.asarray(t_in, dtype=np.float64), np.asarray(gamma_in, dtype=np.float64)
+    c = np.asarray(coefficients, dtype=np.float64)
+    gram = power_function_inner_products(t_in[:, None], gamma_in[:, None], t_in[None, :], gamma_in[None, :])
+    cross = power_function_inner_products(t_in, gamma_in, t_out, gamma_out)
+    norm2 = float(power_function_inner_products(t_out, gamma_out, t_out, gamma_out))
+    err2 = float(c @ gram @ c - 2 * c @ cross + norm2)
+    return float(np.sqrt(max(err2, 0.0) / norm2))
+
+
 def fixed_decay_sigma_rel(decay: float, updates: int) -> float:
     """The relative std of the EMA ``memekit train`` keeps (decay_n = min(decay, (1 + n) /
     (10 + n)), the first update copies) after ``updates`` steps, the weights of step k sitting at

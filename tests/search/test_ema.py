@@ -4,6 +4,7 @@ tracking that leaves training untouched, reconstruction against directly compute
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ from memekit.search.ema import (
     list_snapshots,
     posthoc_sweep,
     power_function_inner_products,
+    profile_fit_error,
     reconstruct,
     save_snapshots,
     sigma_rel_to_gamma,
@@ -45,6 +47,25 @@ def test_inner_products_equal_the_integral_of_the_two_profiles(t_a, g_a, t_b, g_
     pa, pb = _profile(t_a, g_a), _profile(t_b, g_b)
     numeric, _ = quad(lambda tau: pa(tau) * pb(tau), 0, min(t_a, t_b), epsabs=0, epsrel=1e-12, limit=200)
     assert float(power_function_inner_products(t_a, g_a, t_b, g_b)) == pytest.approx(numeric, rel=1e-9)
+
+
+@pytest.mark.parametrize(("t_in", "g_in", "coef", "t_out", "g_out"), [
+    ((1.0, 1.0, 0.5), (6.94, 16.97, 16.97), (0.7, 0.5, -0.2), 1.0, 30.3),
+    ((2.0, 3.0), (2.0, 0.5), (-1.0, 2.0), 3.0, 1.0),
+])
+def test_profile_fit_error_is_the_relative_l2_distance_by_quadrature(t_in, g_in, coef, t_out, g_out) -> None:
+    """||sum c_i p_i - p_out|| / ||p_out||, the integral taken numerically over the profiles' support."""
+    parts = [_profile(t, g) for t, g in zip(t_in, g_in, strict=True)]
+    target = _profile(t_out, g_out)
+    edges = sorted({0.0, *t_in, t_out})
+
+    def integral(f) -> float:  # noqa: ANN001 - piecewise smooth: integrate between the kinks
+        return sum(quad(f, a, b, epsabs=0, epsrel=1e-12, limit=200)[0] for a, b in itertools.pairwise(edges))
+
+    diff2 = integral(lambda tau: (sum(c * p(tau) for c, p in zip(coef, parts, strict=True)) - target(tau)) ** 2)
+    expected = math.sqrt(diff2 / integral(lambda tau: target(tau) ** 2))
+    assert profile_fit_error(t_in, g_in, t_out, g_out, coef) == pytest.approx(expected, rel=1e-7)
+    assert profile_fit_error((t_out, *t_in), (g_out, *g_in), t_out, g_out, (1.0,) + (0.0,) * len(t_in)) < 1e-7
 
 
 @pytest.mark.parametrize("sigma_rel", [0.01, 0.05, 0.10, 0.2, 0.28])
