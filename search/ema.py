@@ -325,12 +325,13 @@ def sweep_plan(run_dir: str | Path, sigma_rels: Sequence[float], out: str | Path
     sigma_rels = _checked_list(sigma_rels)
     used = snapshots_until(run_dir, step)
     gammas = [sigma_rel_to_gamma(s) for s in sigma_rels]
-    coef = solve_posthoc_coefficients([s.images_seen for s in used], [s.gamma for s in used],
-                                      [used[-1].images_seen] * len(gammas), gammas)
+    t_in, gamma_in, t_out = [s.images_seen for s in used], [s.gamma for s in used], used[-1].images_seen
+    coef = solve_posthoc_coefficients(t_in, gamma_in, [t_out] * len(gammas), gammas)
     return {"run": str(run_dir), "out": str(_out(run_dir, out)), "step": used[-1].step,
-            "images_seen": used[-1].images_seen, "snapshots": len(used),
+            "images_seen": t_out, "snapshots": len(used),
             "tracked_sigma_rels": sorted({s.sigma_rel for s in used}),
-            "reconstructions": [{"sigma_rel": s, "gamma": g, "coefficient_abs_sum": float(np.abs(coef[:, j]).sum())}
+            "reconstructions": [{"sigma_rel": s, "gamma": g, "coefficient_abs_sum": float(np.abs(coef[:, j]).sum()),
+                                 "fit_error": profile_fit_error(t_in, gamma_in, t_out, g, coef[:, j])}
                                 for j, (s, g) in enumerate(zip(sigma_rels, gammas, strict=True))]}
 
 
