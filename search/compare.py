@@ -352,14 +352,10 @@ def draw_grid(folder: Path, path: Path, steps: int, device: str | None, n: int =
     """``n`` samples of sampling seed 0 as a PNG grid (a latent run's decoded by its recorded
     autoencoder), images below 96 px upscaled to about 96 px (nearest, so pixels show); above 64 px
     only the first 16, to keep the file small."""
-    from memekit.analysis.latents import latent_decoder
-
-    from .checkpoint import checkpoint_latent
-    from .sampling import load_model, sample_images, save_image_grid
+    from .sampling import load_model, run_decoder, sample_images, save_image_grid
 
     model, spec, state = load_model(folder, device=device or "cpu")
-    record = checkpoint_latent(state)
-    decoder = latent_decoder(record, None, device or "cpu") if record is not None else None
+    decoder = run_decoder(state, None, device or "cpu")
     if spec.experts[0].resolution * (decoder.resolution_factor if decoder is not None else 1) > 64:
         n = min(n, 16)
     images = sample_images(model, spec, n, steps=steps, seed=0, device=device or "cpu", batch=n, progress=False,

@@ -238,10 +238,8 @@ def reconstruct(run_dir: str | Path, sigma_rels: Sequence[float], step: int | No
     from safetensors.torch import load_file
 
     used = snapshots_until(run_dir, step)
-    gammas = [sigma_rel_to_gamma(s) for s in sigma_rels]
+    gammas, coef, fit = _solve(used, sigma_rels)
     t_out = used[-1].images_seen
-    coef = solve_posthoc_coefficients([s.images_seen for s in used], [s.gamma for s in used],
-                                      [t_out] * len(gammas), gammas)  # (in, out)
     buffers = set(json.loads(snapshot_metadata(used[-1].path).get("buffers", "[]")))
     sums: list[dict[str, torch.Tensor]] = [{} for _ in gammas]
     for i, snap in enumerate(used):
@@ -252,12 +250,19 @@ def reconstruct(run_dir: str | Path, sigma_rels: Sequence[float], step: int | No
                 else:
                     out[name] = out.get(name, 0.0) + float(coef[i, j]) * value.double()
     names = tuple(s.path.name for s in used)
-    t_in, gamma_in = [s.images_seen for s in used], [s.gamma for s in used]
     return [Reconstruction(float(s), g, used[-1].step, t_out,
                            {k: v if k in buffers or not v.is_floating_point() else v.float() for k, v in out.items()},
-                           names, tuple(float(c) for c in coef[:, j]),
-                           profile_fit_error(t_in, gamma_in, t_out, g, coef[:, j]))
+                           names, tuple(float(c) for c in coef[:, j]), fit[j])
             for j, (s, g, out) in enumerate(zip(sigma_rels, gammas, sums, strict=True))]
+
+
+def _solve(used: Sequence[Snapshot], sigma_rels: Sequence[float]) -> tuple[list[float], np.ndarray, list[float]]:
+    """For each length at the newest snapshot: its gamma, the snapshots' coefficients (in, out) and the
+    reconstructed profile's relative L2 error."""
+    gammas = [sigma_rel_to_gamma(s) for s in sigma_rels]
+    t_in, gamma_in, t_out = [s.images_seen for s in used], [s.gamma for s in used], used[-1].images_seen
+    coef = solve_posthoc_coefficients(t_in, gamma_in, [t_out] * len(gammas), gammas)
+    return gammas, coef, [profile_fit_error(t_in, gamma_in, t_out, g, coef[:, j]) for j, g in enumerate(gammas)]
 
 
 def snapshot_metadata(path: Path) -> dict[str, str]:
@@ -324,14 +329,12 @@ def sweep_plan(run_dir: str | Path, sigma_rels: Sequence[float], out: str | Path
     """What :func:`posthoc_sweep` would reconstruct (checked; nothing read but metadata, nothing written)."""
     sigma_rels = _checked_list(sigma_rels)
     used = snapshots_until(run_dir, step)
-    gammas = [sigma_rel_to_gamma(s) for s in sigma_rels]
-    t_in, gamma_in, t_out = [s.images_seen for s in used], [s.gamma for s in used], used[-1].images_seen
-    coef = solve_posthoc_coefficients(t_in, gamma_in, [t_out] * len(gammas), gammas)
+    gammas, coef, fit = _solve(used, sigma_rels)
     return {"run": str(run_dir), "out": str(_out(run_dir, out)), "step": used[-1].step,
-            "images_seen": t_out, "snapshots": len(used),
+            "images_seen": used[-1].images_seen, "snapshots": len(used),
             "tracked_sigma_rels": sorted({s.sigma_rel for s in used}),
             "reconstructions": [{"sigma_rel": s, "gamma": g, "coefficient_abs_sum": float(np.abs(coef[:, j]).sum()),
-                                 "fit_error": profile_fit_error(t_in, gamma_in, t_out, g, coef[:, j])}
+                                 "fit_error": fit[j]}
                                 for j, (s, g) in enumerate(zip(sigma_rels, gammas, strict=True))]}
 
 

@@ -207,18 +207,14 @@ def sample_metrics(run: str | Path, reference: str, n: int, steps: int = 25, see
     the folder ``autoencoder``; a one-line error when it is not available), at the image resolution
     the latents encode, against ``reference``'s images at that resolution.
     """
-    from memekit.analysis.latents import latent_decoder
-
-    from .checkpoint import checkpoint_latent
-    from .sampling import load_model, sample_images
+    from .sampling import load_model, run_decoder, sample_images
 
     check_protocol(protocol)
     if not (isinstance(n, int) and n >= 2 and isinstance(seeds, int) and seeds >= 1 and steps >= 1):
         raise MemekitError(f"sample metrics need n >= 2, seeds >= 1 and steps >= 1, got {n}, {seeds} and {steps}")
     device = resolve_device(device)
     model, spec, state = load_model(run, device=device)
-    record = checkpoint_latent(state)
-    decoder = latent_decoder(record, autoencoder, device) if record is not None else None
+    decoder = run_decoder(state, autoencoder, device)
     side = spec.experts[0].resolution * (decoder.resolution_factor if decoder is not None else 1)
     if resolution is not None and resolution != side:
         raise MemekitError(f"{run} samples {side} px images: --resolution must be {side} (or left out)")

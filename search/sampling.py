@@ -158,6 +158,14 @@ def _check_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def run_decoder(state: dict[str, Any], autoencoder: str | Path | None = None,
+                device: torch.device | str = "cpu") -> LatentDecoder | None:
+    """The decoder of the run whose checkpoint is ``state`` (its recorded autoencoder, or the folder
+    ``autoencoder``); None for a pixel run; a one-line error when the autoencoder is not available."""
+    record = checkpoint_latent(state)
+    return latent_decoder(record, autoencoder, device) if record is not None else None
+
+
 def _decoder_or_reason(record: dict[str, Any] | None, autoencoder: str | None,
                        device: torch.device) -> tuple[LatentDecoder | None, str | None]:
     """The decoder of a latent run (None, None for a pixel run), or None and why it is not available."""
