@@ -12,7 +12,8 @@ protocol, so compare within a column, never across), and the verdicts each data 
 data set's declared margin. The split row is the attention shares' main effect of the attribution on pixels
 (two one-sided tests within the margin) and trial 11 against ``meme-paper``'s split on latents.
 
-    python benchmarks/side_by_side.py
+    python benchmarks/side_by_side.py                    # the two tables
+    python benchmarks/side_by_side.py --plot benchmarks/side_by_side.png
 """
 
 from __future__ import annotations
@@ -140,8 +141,49 @@ def split_cell(ds: DataSet, results: dict, verdicts: list[cmp.Verdict], margin: 
             f"{beyond(d, margin)}")
 
 
+def plot(loaded: list, path: Path) -> None:
+    """One panel per data set: each scored role's KID, mean +- SE over training seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(loaded), figsize=(4.2 * len(loaded), 3.2), squeeze=False)
+    for ax, (ds, results, _, margin) in zip(axes[0], loaded, strict=True):
+        ax.set_title(ds.label, fontsize=10)
+        ax.set_xlabel("KID (lower is better)")
+        shown = []
+        for role in ROLES:
+            if results is None or role not in ds.rows:
+                continue
+            values, _ = cmp.run_scores(results, "kid", [ds.rows[role]])
+            seeds = list(values.get(ds.rows[role], {}).values())
+            if seeds:
+                shown.append((role, stats.mean_se(seeds)))
+        if not shown:
+            ax.text(0.5, 0.5, "no runs scored yet", ha="center", va="center", transform=ax.transAxes)
+            ax.set_yticks([])
+            ax.set_xticks([])
+            continue
+        y = range(len(shown))
+        ax.barh(list(y), [e.mean for _, e in shown], xerr=[e.se if e.n > 1 else 0 for _, e in shown],
+                color=["tab:orange" if role == "searched best" else "tab:blue" for role, _ in shown], capsize=3)
+        ax.set_yticks(list(y), [f"{role} ({e.n})" for role, e in shown], fontsize=8)
+        ax.invert_yaxis()
+        paper = dict(shown).get("meme-paper")
+        if paper is not None and not math.isnan(margin):
+            ax.axvspan(paper.mean - margin, paper.mean + margin, color="0.85", zorder=0)
+    fig.suptitle("KID by data set, mean +- SE (training seeds in brackets; each panel its own protocol; grey: "
+                 "meme-paper +- the declared margin)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also draw the KIDs, one panel per data set")
+    args = p.parse_args(argv)
     loaded = []
     for ds in DATASETS:
         if not ds.results.is_file():
@@ -175,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = ["no results yet" if results is None else split_cell(ds, results, verdicts, margin)
              for ds, results, verdicts, margin in loaded]
     print("| the conv/attention split matters? | " + " | ".join(cells) + " |")
+    if args.plot is not None:
+        plot(loaded, args.plot)
     return 0
 
 
