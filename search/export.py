@@ -338,14 +338,16 @@ def noise_frame(loaded: LoadedStudy, frame: pd.DataFrame, noise: SeedNoise | Non
 
 def noise_markdown(loaded: LoadedStudy, frame: pd.DataFrame, noise: SeedNoise | None) -> list[str]:
     """The report's section on seed noise: :func:`noise_frame` of ``frame`` with ``noise`` when it
-    is of the study's quality (val_loss), else untested."""
+    is of the study's quality, else untested."""
     lines = ["## Differences and seed noise", ""]
     quality = loaded.quality_name
-    table = noise_frame(loaded, frame, noise if quality == "val_loss" else None)
-    if noise is not None and quality != "val_loss":
-        lines.append(f"The seed noise measured for this study is of val_loss; the study ranks by {quality}, whose "
-                     "noise is unmeasured: differences below are not tested.")
+    if noise is not None and noise.quality != quality:
         noise = None
+    table = noise_frame(loaded, frame, noise)
+    if noise is None and quality != "val_loss" and seed_noise(loaded, "val_loss") is not None:
+        lines.append(f"The seed noise measured for this study is of val_loss; the study ranks by {quality}, whose "
+                     "noise is unmeasured: differences below are not tested. `memekit rerank` measures it "
+                     f"(it ranks by {quality} when a training run records it).")
     elif noise is None:
         lines.append(f"**Seed noise unmeasured.** A proxy score is one training run; until the seed-to-seed SD of "
                      f"{quality} is known, no difference below can be told from an accident of the seed. Measure it "
@@ -353,7 +355,7 @@ def noise_markdown(loaded: LoadedStudy, frame: pd.DataFrame, noise: SeedNoise | 
                      "5 best trials with 2 more seeds and stores the result in the study), then export again.")
     else:
         sd = noise.sd
-        lines.append(f"Proxy seed SD of val_loss: {sd.sd:.3g} (pooled over {len(noise.trials)} trials, {noise.runs} "
+        lines.append(f"Proxy seed SD of {quality}: {sd.sd:.3g} (pooled over {len(noise.trials)} trials, {noise.runs} "
                      f"runs of {noise.source}; {sd.dof} dof, {sd.level:.0%} interval {sd.low:.3g}-{sd.high:.3g}). "
                      f"A difference between two single runs has SE sqrt(2) x SD = {noise.difference_se:.3g} (runs "
                      f"taken as independent); each is tested two-sided with {sd.dof} dof, Holm-corrected over the "
@@ -398,7 +400,7 @@ def report_markdown(loaded: LoadedStudy, frame: pd.DataFrame, selection: str, sp
     """``report.md``: the study (its prior and sampler start-up), the exported trials, their
     differences against the seed noise, the spec check, the plots, all trials."""
     cfg, counts = loaded.config, frame["state"].value_counts().to_dict()
-    noise = seed_noise(loaded)
+    noise = seed_noise(loaded, loaded.quality_name)
     gaps = frame[frame["warm_start_label"] != frame["warm_start"]]
     lines = [f"# Study `{loaded.study.study_name}`", "",
              f"- storage: `{loaded.where}`",

@@ -138,13 +138,15 @@ def prior_source(loaded: LoadedStudy) -> dict | None:
 # ---- what a report knows about its noise and its sampler ------------------------------------------------
 @dataclass(frozen=True)
 class SeedNoise:
-    """The proxy's seed-to-seed SD of one run's validation loss, pooled over the trials that were
-    retrained with several seeds at the proxy budget (:func:`~memekit.analysis.stats.pooled_sd`)."""
+    """The proxy's seed-to-seed SD of one run's ``quality`` (validation loss unless said), pooled over
+    the trials that were retrained with several seeds at the proxy budget
+    (:func:`~memekit.analysis.stats.pooled_sd`)."""
 
     sd: PooledSD
     trials: tuple[int, ...]
     runs: int
     source: str  # the records it was pooled from
+    quality: str = "val_loss"
 
     @property
     def difference_se(self) -> float:
@@ -152,19 +154,21 @@ class SeedNoise:
         return math.sqrt(2.0) * self.sd.sd
 
 
-def seed_noise(loaded: LoadedStudy) -> SeedNoise | None:
-    """The proxy's seed SD from the study's records, one group of runs per trial: ``memekit rerank``
-    (user attr ``rerank``, when it ran at the proxy budget), then the noise runs of ``memekit fidelity
-    --noise-seeds`` (user attrs ``fidelity*``, for trials rerank did not cover); None when no trial
-    has two runs."""
+def seed_noise(loaded: LoadedStudy, quality: str = "val_loss") -> SeedNoise | None:
+    """The proxy's seed SD of ``quality`` from the study's records, one group of runs per trial:
+    ``memekit rerank`` (user attr ``rerank``, when it ran at the proxy budget; its ``losses`` are
+    val_loss, its ``scores`` the ``quality`` it ranked by), then, for val_loss, the noise runs of
+    ``memekit fidelity --noise-seeds`` (user attrs ``fidelity*``, for trials rerank did not cover);
+    None when no trial has two runs."""
     groups: dict[int, list[float]] = {}
     sources = []
     rerank = loaded.study.user_attrs.get("rerank")
     if isinstance(rerank, dict) and rerank.get("images") == loaded.config.proxy_images:
-        for trial, losses in zip(rerank.get("trials", []), rerank.get("losses", []), strict=False):
-            groups[int(trial)] = [float(v) for v in losses]
-        sources.append("memekit rerank")
-    for name, record in sorted(loaded.study.user_attrs.items()):
+        key = "losses" if quality == "val_loss" else "scores" if rerank.get("quality") == quality else None
+        for trial, values in zip(rerank.get("trials", []), rerank.get(key, []) if key else [], strict=False):
+            groups[int(trial)] = [float(v) for v in values]
+        sources += ["memekit rerank"] if groups else []
+    for name, record in sorted(loaded.study.user_attrs.items() if quality == "val_loss" else ()):
         noise = record.get("noise") if name.startswith("fidelity") and isinstance(record, dict) else None
         if isinstance(noise, dict) and int(noise.get("trial", -1)) not in groups and noise.get("proxy_val_loss"):
             groups[int(noise["trial"])] = [float(v) for v in noise["proxy_val_loss"]]
@@ -174,7 +178,7 @@ def seed_noise(loaded: LoadedStudy) -> SeedNoise | None:
     if not groups:
         return None
     sd = pooled_sd(list(groups.values()))
-    return SeedNoise(sd, tuple(sorted(groups)), sum(len(v) for v in groups.values()), " and ".join(sources))
+    return SeedNoise(sd, tuple(sorted(groups)), sum(len(v) for v in groups.values()), " and ".join(sources), quality)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,20 @@ def test_noise_at_another_budget_or_of_another_metric_is_not_used(tmp_path: Path
     assert "beyond the noise" not in report and "indistinguishable" not in report
 
 
+def test_a_val_rel_study_reads_its_differences_against_the_noise_of_val_rel(tmp_path: Path, cli) -> None:
+    # rerank ranked by val_rel (scores) and recorded val_loss beside it (losses, far noisier here: unused)
+    record = dict(RERANK, quality="val_rel", scores=[[2.0, 2.02], [2.001, 2.021]],
+                  losses=[[1.0, 5.0], [1.0, 9.0]])
+    report = export_report(tmp_path, cli, rerank=record, quality="val-rel")
+    noise = seed_noise(load_study(tmp_path / "study"), "val_rel")
+    assert noise.quality == "val_rel" and noise.sd.sd == pytest.approx(0.01 * math.sqrt(2))
+    assert seed_noise(load_study(tmp_path / "study")).sd.sd > 1  # val_loss: from the losses
+    assert f"Proxy seed SD of val_rel: {0.01 * math.sqrt(2):.3g}" in report
+    p_close = 2 * stats.t.sf(0.001 / 0.02, 2)
+    assert row_of(report, 0).endswith(f"| {p_close:.3g} | indistinguishable |")
+    assert "whose noise is unmeasured" not in report
+
+
 def test_fidelity_noise_runs_count_for_trials_rerank_left_out(tmp_path: Path) -> None:
     study = fabricate_study(tmp_path / "study", TEN)
     study.set_user_attr("rerank", dict(RERANK, trials=[1], losses=[[2.0, 2.02]]))

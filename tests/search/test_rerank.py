@@ -91,7 +91,7 @@ def test_saved_to_study_json_and_report(study: Path, monkeypatch: pytest.MonkeyP
     code, out, err = cli("rerank", study, "--top", "3", "--seeds", "1")
     assert code == 0, err
     assert [line.split()[1] for line in out.splitlines()[1:4]] == ["0", "3", "4"]  # means 1.05, 2.1, 3.15
-    assert "trial 0 has the best mean over 2 seeds" in out
+    assert "trial 0 has the best mean val_loss over 2 seeds" in out
     saved = json.loads((study / "rerank.json").read_text())
     assert saved["trials"] == [0, 3, 4] and saved["losses"] == [[1.0, 1.1], [2.0, 2.2], [3.0, 3.3]]
     assert load_study(study).study.user_attrs["rerank"]["trials"] == [0, 3, 4]
@@ -99,6 +99,39 @@ def test_saved_to_study_json_and_report(study: Path, monkeypatch: pytest.MonkeyP
     assert report.startswith("# Study\n") and report.count("## Re-ranked over seeds") == 1
     save_rerank(load_study(study), rerank(load_study(study), k=3, seeds=1))  # a rerun replaces the section
     assert (export / "report.md").read_text().count("## Re-ranked over seeds") == 1
+
+
+class RelFake(SeededFake):
+    """A val-rel study's runs: ``val_rel`` per seed as chosen, ``val_loss`` ordering the trials the other way."""
+
+    def __init__(self, rel: dict[int, list[float]], seed0: int) -> None:
+        super().__init__(rel, seed0)
+
+    def __call__(self, spec: Any, config: TrainConfig, run_dir: str | Path, **kwargs: Any) -> TrainResult:
+        result = super().__call__(spec, config, run_dir, **kwargs)
+        rel = result.val["val_loss"]
+        return TrainResult(Path(run_dir), 0, config.images, [], {"val_loss": 10.0 - rel, "val_rel": rel}, None, 0.0,
+                           0.0)
+
+
+def test_a_val_rel_study_is_ranked_and_tested_by_val_rel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fabricate_study(tmp_path / "study", POINTS, quality="val-rel")
+    loaded = load_study(tmp_path / "study")
+    seed0 = loaded.config.seed
+    # val_rel per seed (all three trained: the study's own value is val_rel of one run, not reused)
+    rel = {0: [0.30, 0.34, 0.32], 3: [-0.10, -0.12, -0.08], 4: [0.01, 0.02, 0.0]}
+    monkeypatch.setattr(retrain_module, "train", RelFake(rel, seed0))
+    result = rerank(loaded, k=3, seeds=2)
+    assert result.quality == "val_rel" and result.seeds == (seed0, seed0 + 1, seed0 + 2)
+    assert result.scores == tuple(tuple(rel[n]) for n in (0, 3, 4))
+    assert result.losses == tuple(tuple(10.0 - v for v in rel[n]) for n in (0, 3, 4))
+    frame = result.frame()
+    assert frame["trial"].tolist() == [3, 4, 0]  # by mean val_rel -0.10, 0.01, 0.32 (val_loss would say 0, 4, 3)
+    assert frame["mean_val_loss"].tolist() == pytest.approx([10.10, 9.99, 9.68])
+    assert result.welch_p == pytest.approx(stats.ttest_ind(rel[3], rel[4], equal_var=False).pvalue)
+    text = rerank_text(result)
+    assert "mean val_rel" in text and "mean val_loss" in text and "best mean val_rel over 3 seeds" in text
+    assert result.to_dict()["quality"] == "val_rel"
 
 
 def test_bad_input_is_one_line(study: Path, cli) -> None:
