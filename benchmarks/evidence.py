@@ -152,6 +152,9 @@ def report(c: cmp.Comparison) -> str:
     figures = cmp.figures_dir(c)
     figures.mkdir(parents=True, exist_ok=True)
     atomic_write_text(figures / "report.md", text + "\n")
+    real = figures / "grid-real.png"  # what the sample grids are read against
+    if not real.exists():
+        cmp.draw_real_grid(c.protocol.data, next(iter(c.rows.values())).experts[0].resolution, real)
     frame = cmp.quality_cost_frame(r)
     if len(frame):
         plot_quality_cost(frame).savefig(figures / "pareto.png", dpi=110)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memekit.analysis import stats
 from memekit.space import MemeSpec, spec_cost
@@ -43,6 +43,9 @@ from memekit.space.files import atomic_write_text
 
 from .train_config import TrainConfig
 from .train_errors import TrainingPaused
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RESULTS_VERSION = 1
 METRICS = {"kid": "kid_mean", "fid": "fid", "lsd": "lsd"}
@@ -322,7 +325,9 @@ def _finish_run(comparison: Comparison, name: str, seed: int, sampling_seeds: in
         say(f"{name} seed {seed}: sampling seed {s}: FID {m['fid']:.2f}, KID {m['kid_mean']:.4f} "
             f"({time.time() - started:.0f} s)")
     if seed == 0 and "grid" not in run and not _late(deadline) and _has_checkpoint(folder):
-        run["grid"] = draw_grid(folder, figures_dir(comparison) / f"grid-{name}.png", comparison.protocol.steps, device)
+        figures = figures_dir(comparison)
+        run["grid"] = draw_grid(folder, figures / f"grid-{name}.png", comparison.protocol.steps, device,
+                                real=(comparison.protocol.data, figures / "grid-real.png"))
         comparison.save()
     return not _late(deadline)
 
@@ -348,11 +353,13 @@ def figures_dir(comparison: Comparison) -> Path:
     return comparison.path.with_suffix("")
 
 
-def draw_grid(folder: Path, path: Path, steps: int, device: str | None, n: int = 64) -> str:
+def draw_grid(folder: Path, path: Path, steps: int, device: str | None, n: int = 64,
+              real: tuple[str, Path] | None = None) -> str:
     """``n`` samples of sampling seed 0 as a PNG grid (a latent run's decoded by its recorded
     autoencoder), images below 96 px upscaled to about 96 px (nearest, so pixels show); above 64 px
-    only the first 16, to keep the file small."""
-    from .sampling import load_model, run_decoder, sample_images, save_image_grid
+    only the first 16, to keep the file small. ``real`` = (data, png): also the data's reference images
+    at the samples' size (:func:`draw_real_grid`), when that png does not exist yet."""
+    from .sampling import load_model, run_decoder, sample_images
 
     model, spec, state = load_model(folder, device=device or "cpu")
     decoder = run_decoder(state, None, device or "cpu")
@@ -360,9 +367,32 @@ def draw_grid(folder: Path, path: Path, steps: int, device: str | None, n: int =
         n = min(n, 16)
     images = sample_images(model, spec, n, steps=steps, seed=0, device=device or "cpu", batch=n, progress=False,
                            decoder=decoder)
+    _save_upscaled(images, path)
+    if real is not None and not real[1].exists():
+        draw_real_grid(real[0], images.shape[1], real[1], n)
+    return path.name
+
+
+def draw_real_grid(data: str, side: int, path: Path, n: int = 64) -> str:
+    """``n`` images evenly spaced through ``data``'s reference split (for latents, that of the images they
+    were encoded from; spaced, because folders come sorted by class or name) at ``side`` px, upscaled as
+    :func:`draw_grid` upscales samples: what its grids are read against."""
+    import numpy as np
+
+    from memekit.analysis.data import load_images
+    from memekit.analysis.latents import image_source
+
+    images = load_images(image_source(data), side, split="reference", progress=False)
+    picks = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
+    _save_upscaled(images[picks], path)
+    return path.name
+
+
+def _save_upscaled(images: np.ndarray, path: Path) -> None:
+    from .sampling import save_image_grid
+
     scale = max(1, 96 // images.shape[1])
     save_image_grid(images.repeat(scale, axis=1).repeat(scale, axis=2), path, nrow=8)
-    return path.name
 
 
 def train_run(spec: MemeSpec, config: TrainConfig, folder: Path, deadline: float | None,

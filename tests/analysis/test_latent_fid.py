@@ -72,6 +72,9 @@ def test_compare_scores_a_latent_run_against_the_images_the_latents_came_from(ta
     assert (scored["n"], scored["n_ref"]) == (4, 3)
     assert scored["fid"] == pytest.approx(hand_fid(run, latents, taef2_folder), rel=1e-4)
     # its grid shows the decoded images (32 px, so upscaled 3 x), as a hand-decoded grid of the same seed does
-    cmp.draw_grid(run, tmp_path / "grid.png", steps=2, device="cpu", n=4)
+    cmp.draw_grid(run, tmp_path / "grid.png", steps=2, device="cpu", n=4, real=(str(latents), tmp_path / "real.png"))
     expected = image_grid(hand_decoded(run, latents, taef2_folder), nrow=8, scale=3)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png").convert("RGB")), expected)
+    # beside it, the images the latents were encoded from (all 3 reference images: n = 4 asks for more), same size
+    real = image_grid(load_images(IMAGES, IMAGE_SIDE, split="reference", progress=False), nrow=8, scale=3)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "real.png").convert("RGB")), real)

@@ -35,7 +35,7 @@ def fake_scores(monkeypatch):
                 "weights": "stand-in", "protocol": "pytorch-fid"}
 
     monkeypatch.setattr(cmp, "score_run", score)
-    monkeypatch.setattr(cmp, "draw_grid", lambda folder, path, steps, device: path.name)
+    monkeypatch.setattr(cmp, "draw_grid", lambda folder, path, steps, device, real=None: path.name)
     return calls
 
 
@@ -242,3 +242,19 @@ def test_speed_rounds_load_each_rows_data_once_and_keep_every_round(monkeypatch)
     for row in timing.values():
         assert len(row["sampling_rounds"]) == len(row["train_rounds"]) == 3
         assert all(rate > 0 for rate in row["sampling_rounds"] + row["train_rounds"])
+
+
+def test_the_real_grid_spreads_its_picks_through_the_reference_split(tmp_path):
+    """Folders come sorted by class or name, so the grid the samples are read against takes images evenly
+    spaced through the reference split, not its first n (34 reference images: 0, 11, 22, 33 for n = 4)."""
+    import numpy as np
+    from PIL import Image
+
+    from memekit.analysis.data import load_images
+    from memekit.search.sampling import image_grid
+
+    reference = load_images("builtin:shapes:400", 32, split="reference", progress=False)
+    assert len(reference) == 34
+    cmp.draw_real_grid("builtin:shapes:400", 32, tmp_path / "real.png", n=4)
+    expected = image_grid(reference[[0, 11, 22, 33]], nrow=8, scale=3)  # 32 px upscaled 3 x, as samples are
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "real.png").convert("RGB")), expected)
