@@ -104,11 +104,7 @@ def verdict_cell(ds: DataSet, verdicts: list[cmp.Verdict], a: str | None, b: str
     who = "" if a is not None else f"{v.claim.a}: "
     if math.isnan(d.diff):
         return f"{who}waits for its rows"
-    word = {True: {"better": "better", "noninferior": "non-inferior", "equivalent": "equivalent"}[kind],
-            False: {"better": "not shown", "noninferior": "not shown", "equivalent": "not shown"}[kind],
-            None: "undecided (no SE)"}[v.met]
-    if kind == "better" and v.met is False and v.p_holm < stats.ALPHA and d.diff > 0:
-        word = "worse"
+    word = v.text.rsplit("-> ", 1)[-1]  # compare's own verdict word
     return f"{who}{d.diff:+.4f} +- {d.se:.4f}: **{word}** (Holm p {v.p_holm:.2g}); {beyond(d, margin)}"
 
 
@@ -122,7 +118,7 @@ def split_cell(ds: DataSet, results: dict, verdicts: list[cmp.Verdict], margin: 
             return "waits for its rows"
         d = eq.difference
         word = "negligible (equivalent)" if eq.met else "not shown negligible"
-        return (f"{a} - {b} (only the split and p_n differ) {d.diff:+.4f} +- {d.se:.4f}: **{word}** "
+        return (f"{a} - {b} (the study's split against meme-paper's) {d.diff:+.4f} +- {d.se:.4f}: **{word}** "
                 f"(TOST Holm p {eq.p_holm:.2g}); {beyond(d, margin)}")
     stored = ablate.stored(results)
     if not stored:
@@ -210,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\nVerdicts (each data set's declared family, one fit, Holm); A - B in KID, 95 % interval against the "
           "margin (" + ", ".join(f"{ds.label} {m:g}" for ds, _, _, m in loaded if not math.isnan(m)) + ")\n")
     print(head + "\n" + rule)
+    # a family is read once, when every claim of it is scored (as declared): no interim verdicts
+    waiting = {ds.label for ds, _, verdicts, _ in loaded if any(math.isnan(v.difference.diff) for v in verdicts)}
     for label, a, b, kind in VERDICTS:
-        cells = ["no results yet" if results is None else verdict_cell(ds, verdicts, a, b, kind, margin)
+        cells = ["no results yet" if results is None else "read when every claim row is scored"
+                 if ds.label in waiting else verdict_cell(ds, verdicts, a, b, kind, margin)
                  for ds, results, verdicts, margin in loaded]
         print(f"| {label} | " + " | ".join(cells) + " |")
     cells = ["no results yet" if results is None else split_cell(ds, results, verdicts, margin)
